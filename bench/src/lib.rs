@@ -1,0 +1,1 @@
+//! Capacity harness and micro-benchmark support for seckill.

@@ -1,0 +1,18 @@
+//! Queues of seckill: the admission token queue that bounds the work in
+//! flight on each core, the order events, and the order log they are
+//! appended to.
+//!
+//! Layout:
+//! - `admission`: [`Admission`], a per-core FIFO token queue; a [`Permit`]
+//!   gives its token back on drop.
+//! - `event`: [`Event`] and [`EventKind`], the versioned order-log schema.
+//! - `journal`: [`Journal`], the embedded order log: an append-only file of
+//!   CRC-framed records with group commit (one fsync per batch).
+
+pub mod admission;
+pub mod event;
+pub mod journal;
+
+pub use admission::{Admission, Overloaded, Permit};
+pub use event::{Event, EventKind};
+pub use journal::{Durable, Journal, JournalError, JournalOptions};
