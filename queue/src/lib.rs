@@ -14,5 +14,5 @@ pub mod event;
 pub mod journal;
 
 pub use admission::{Admission, Overloaded, Permit};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, SaleSwitch};
 pub use journal::{Durable, Journal, JournalError, JournalOptions};

@@ -1,0 +1,163 @@
+//! Order-log events: the one schema shared by the embedded journal and, in
+//! cluster mode, the Kafka topic the shop's order system consumes.
+//!
+//! Schema version 1. Every event is one JSON object:
+//!
+//! ```json
+//! {"v":1,"type":"order_reserved","at":1763784000123,"order_id":"1-1763784000123456",
+//!  "sale_id":"s1","user_id":"u7","quantity":1,"expires_at":1763784900,
+//!  "idempotency_key":"k-1","fingerprint":"9f..."}
+//! ```
+//!
+//! - `v`: schema version; readers must skip events with a larger `v` they do
+//!   not know rather than misread them.
+//! - `type`: one of the [`EventKind`] variants in snake case.
+//! - `at`: when the event was made, Unix milliseconds.
+//!
+//! Times inside events (`starts_at`, `ends_at`, `expires_at`) are Unix
+//! seconds, as in the HTTP API.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One record of the order log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Schema version ([`SCHEMA_VERSION`] when written by this build).
+    pub v: u32,
+    /// Unix milliseconds when the event was made.
+    pub at: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event of the current schema version made at `at_ms`.
+    pub fn new(at_ms: u64, kind: EventKind) -> Self {
+        Event {
+            v: SCHEMA_VERSION,
+            at: at_ms,
+            kind,
+        }
+    }
+
+    /// The JSON encoding written to the log.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings and integers cannot fail.
+        serde_json::to_vec(self).expect("event serialises")
+    }
+
+    /// Decodes one JSON record.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// A sale's runtime switch as recorded in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleSwitch {
+    Paused,
+    Resumed,
+    Closed,
+}
+
+/// What an [`Event`] records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A sale was created and its stock pre-loaded.
+    SaleCreated {
+        sale_id: String,
+        stock: u64,
+        per_user_limit: u32,
+        starts_at: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ends_at: Option<u64>,
+        payment_timeout_s: u64,
+    },
+    /// An operator paused, resumed or closed a sale.
+    SaleSwitched { sale_id: String, switch: SaleSwitch },
+    /// A buyer won `quantity` units; the order waits for payment until
+    /// `expires_at`.
+    OrderReserved {
+        order_id: String,
+        sale_id: String,
+        user_id: String,
+        quantity: u32,
+        expires_at: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        /// Hash of (sale, user, quantity) the key was first used with, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+    },
+    /// The order was paid; its units are sold for good.
+    OrderPaid {
+        order_id: String,
+        sale_id: String,
+        user_id: String,
+        quantity: u32,
+    },
+    /// The buyer cancelled; the units return to stock.
+    OrderCancelled {
+        order_id: String,
+        sale_id: String,
+        user_id: String,
+        quantity: u32,
+    },
+    /// The payment timeout passed; the units return to stock.
+    OrderExpired {
+        order_id: String,
+        sale_id: String,
+        user_id: String,
+        quantity: u32,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_event_has_the_documented_shape() {
+        let e = Event::new(
+            1_000,
+            EventKind::OrderReserved {
+                order_id: "1-2".into(),
+                sale_id: "s".into(),
+                user_id: "u".into(),
+                quantity: 1,
+                expires_at: 900,
+                idempotency_key: None,
+                fingerprint: None,
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["type"], "order_reserved");
+        assert_eq!(v["order_id"], "1-2");
+        assert_eq!(v["quantity"], 1);
+        assert_eq!(v["at"], 1_000);
+        assert!(v.get("idempotency_key").is_none());
+        assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
+    fn switch_round_trips() {
+        let e = Event::new(
+            5,
+            EventKind::SaleSwitched {
+                sale_id: "s".into(),
+                switch: SaleSwitch::Closed,
+            },
+        );
+        let text = String::from_utf8(e.to_json()).unwrap();
+        assert!(text.contains(r#""type":"sale_switched""#), "{text}");
+        assert!(text.contains(r#""switch":"closed""#), "{text}");
+        assert_eq!(Event::from_json(text.as_bytes()).unwrap(), e);
+    }
+}
