@@ -1,1 +1,27 @@
-//! seckill
+//! The seckill node: a thread-per-core flash-sale HTTP service.
+//!
+//! Layout:
+//! - `config`: [`config::Config`], loaded once from flags, env and TOML.
+//! - `server`: one monoio runtime and SO_REUSEPORT listener per core, the
+//!   connection loop, the expiry sweeper, graceful stop.
+//! - `http`: HTTP/1.1 parsing (httparse) with limits, response writing.
+//! - `api`: routing and the handlers of DESIGN.md's API; the purchase hot
+//!   path is `Core::purchase`.
+//! - `node`: [`node::Node`] (shared: config, stock authority, order log,
+//!   metrics) and [`node::Core`] (per core: sale cache, admission queue),
+//!   and the journal replay.
+//! - `error`: [`error::ApiError`], the one place errors become statuses and
+//!   stable codes.
+//! - `metrics`: per-core counters, Prometheus text on `/metrics`.
+//! - `timefmt`: RFC 3339 times for the admin API.
+//! - `app`: start-up glue used by `main`: token, demo sale, signals.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod timefmt;

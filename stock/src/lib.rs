@@ -6,10 +6,26 @@
 //! - `shards`: [`ShardedStock`], one padded atomic counter per core, with
 //!   stealing between siblings, a sold-out flag, and [`Units`], the guard for
 //!   units taken but not yet committed.
+//! - `sale`: [`Sale`], one sale on a node: spec, shards, switch, sold count.
+//! - `authority`: the [`StockAuthority`] trait (the seam between the node and
+//!   whoever accounts for units) and the types it speaks.
+//! - `embedded`: [`EmbeddedAuthority`], the in-process authority of the
+//!   embedded mode, rebuilt from the order log on start.
+//! - `striped`: lock-striped maps used by the embedded authority.
 //! - `sync`: the std/loom switch used by `shards` so that the stealing and
 //!   sold-out logic can be model-checked (`RUSTFLAGS="--cfg loom"`).
 
+pub mod authority;
+pub mod embedded;
+pub mod sale;
 pub mod shards;
+mod striped;
 mod sync;
 
+pub use authority::{
+    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, SaleState, StockAuthority,
+    StockError, Switch, Transition,
+};
+pub use embedded::EmbeddedAuthority;
+pub use sale::Sale;
 pub use shards::{ShardedStock, Units};

@@ -1,0 +1,625 @@
+//! The HTTP API of DESIGN.md: routing and one handler per endpoint.
+//!
+//! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
+//! one call each, returning early: parse → sale lookup (per-core cache) →
+//! idempotency replay → sale gate (sold-out flag) → admission token → take
+//! units from the local shard → reserve with the stock authority → append
+//! to the order log → confirm → answer. Banned on it: blocking I/O, locks
+//! held across `.await`, logging at info level or above, allocation on the
+//! sold-out and rejection paths beyond the response (the response buffers
+//! are the connection's own and are reused).
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use queue::{Event, EventKind, OrderLog, SaleSwitch};
+use serde::{Deserialize, Serialize};
+use stock::{
+    Attempt, KeyLookup, Order, OrderStatus, Reservation, Sale, SaleSpec, StockAuthority,
+    StockError, Switch, Transition,
+};
+
+use crate::error::ApiError;
+use crate::http::{Method, Request, Response};
+use crate::node::{now_ms, now_s, Core};
+use crate::timefmt;
+
+/// The default payment timeout of a sale: 15 minutes.
+pub const DEFAULT_PAYMENT_TIMEOUT_S: u64 = 900;
+/// Longest accepted user id, sale id and Idempotency-Key.
+const MAX_ID_LEN: usize = 64;
+
+/// A successful answer; its body is already in the body buffer.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub replayed: bool,
+}
+
+impl Reply {
+    fn json() -> Self {
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            replayed: false,
+        }
+    }
+}
+
+impl<A: StockAuthority, L: OrderLog> Core<A, L> {
+    /// Answers one request: appends the whole response to `out`, using
+    /// `body` as scratch for the response body. Returns whether the
+    /// connection may stay open.
+    pub async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>, body: &mut Vec<u8>) -> bool {
+        let _inflight = self.begin_request();
+        body.clear();
+        let keep_alive = req.keep_alive && !self.node.is_shutting_down();
+        match self.route(req, body).await {
+            Ok(reply) => {
+                self.metrics().response(reply.status);
+                Response {
+                    status: reply.status,
+                    content_type: reply.content_type,
+                    body,
+                    retry_after: None,
+                    replayed: reply.replayed,
+                }
+                .write_to(out, keep_alive);
+            }
+            Err(err) => {
+                self.metrics().response(err.status());
+                err.render(body).write_to(out, keep_alive);
+            }
+        }
+        keep_alive
+    }
+
+    async fn route(&self, req: &Request<'_>, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+        let path = req.path;
+        let method = req.method;
+        if let Some(rest) = path.strip_prefix("/sales/") {
+            return match (method, rest.split_once('/')) {
+                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, body).await,
+                (Method::Get, None) => self.get_sale(rest, body),
+                (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
+                _ => Err(ApiError::NotFound("no such route")),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/orders/") {
+            return match (method, rest.split_once('/')) {
+                (Method::Get, None) => self.get_order(rest, body).await,
+                (Method::Post, Some((id, "pay"))) => {
+                    self.pay_or_cancel(id, OrderStatus::Paid, body).await
+                }
+                (Method::Post, Some((id, "cancel"))) => {
+                    self.pay_or_cancel(id, OrderStatus::Cancelled, body).await
+                }
+                (_, None) | (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed),
+                _ => Err(ApiError::NotFound("no such route")),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/admin/sales/") {
+            if !self.node.is_admin(req.authorization) {
+                return Err(ApiError::Unauthorized);
+            }
+            return match (method, rest.split_once('/')) {
+                (Method::Put, None) => self.create_sale(rest, req.body, body).await,
+                (Method::Post, Some((id, "pause"))) => {
+                    self.switch_sale(id, Switch::Pause, body).await
+                }
+                (Method::Post, Some((id, "resume"))) => {
+                    self.switch_sale(id, Switch::Resume, body).await
+                }
+                (Method::Post, Some((id, "close"))) => {
+                    self.switch_sale(id, Switch::Close, body).await
+                }
+                (_, None) | (_, Some((_, "pause" | "resume" | "close"))) => {
+                    Err(ApiError::MethodNotAllowed)
+                }
+                _ => Err(ApiError::NotFound("no such route")),
+            };
+        }
+        match (method, path) {
+            (Method::Get, "/healthz") => {
+                body.extend_from_slice(b"{\"status\":\"ok\"}");
+                Ok(Reply::json())
+            }
+            (Method::Get, "/metrics") => {
+                self.node.metrics.render(body);
+                self.render_sale_gauges(body);
+                Ok(Reply {
+                    content_type: "text/plain; version=0.0.4",
+                    ..Reply::json()
+                })
+            }
+            (_, "/healthz" | "/metrics") => Err(ApiError::MethodNotAllowed),
+            _ => Err(ApiError::NotFound("no such route")),
+        }
+    }
+
+    /// `POST /sales/{id}/purchase`: the hot path, one step per line.
+    async fn purchase(
+        &self,
+        sale_id: &str,
+        req: &Request<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        let started = Instant::now();
+        let input = PurchaseInput::parse(req)?;
+        let now = now_s();
+        let attempt = Attempt {
+            user_id: &input.user_id,
+            quantity: input.quantity,
+            idempotency_key: input.idempotency_key,
+            now,
+            core: self.id,
+        };
+        // Rejections decided from the per-core cache and read-mostly flags
+        // only: no shared write, no allocation.
+        let sale = self
+            .with_sale(sale_id, |sale| {
+                if attempt.idempotency_key.is_some() {
+                    // A retry must get its order back even after sell-out.
+                    return Ok(sale.clone());
+                }
+                sale.gate(now)?;
+                if attempt.quantity > sale.spec().per_user_limit {
+                    return Err(StockError::LimitExceeded);
+                }
+                Ok(sale.clone())
+            })
+            .ok_or(StockError::SaleNotFound)??;
+        if attempt.idempotency_key.is_some() {
+            if let KeyLookup::Replay(order) =
+                self.node.authority.lookup_key(&sale, &attempt).await?
+            {
+                return self.replayed(&order, body);
+            }
+            sale.gate(now)?;
+            if attempt.quantity > sale.spec().per_user_limit {
+                return Err(StockError::LimitExceeded.into());
+            }
+        }
+        let _permit = self
+            .admission
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Overloaded)?;
+        let units = sale
+            .stock
+            .take(self.id, attempt.quantity)
+            .ok_or(StockError::SoldOut)?;
+        let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
+            Reservation::Replay(order) => return self.replayed(&order, body),
+            Reservation::New { order, pending } => (order, pending),
+        };
+        let event = reserved_event(&order, &attempt, sale.id());
+        if let Err(e) = self.node.log.append(&event).await {
+            self.node.authority.abort(pending);
+            return Err(e.into());
+        }
+        self.node.authority.confirm(pending);
+        self.metrics().order(started.elapsed().as_micros() as u64);
+        write_json(body, &OrderView::from(&order));
+        Ok(Reply::json())
+    }
+
+    fn replayed(&self, order: &Order, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+        self.metrics().replay();
+        // The first response again: the order as it was answered then.
+        let mut view = OrderView::from(order);
+        view.status = OrderStatus::Reserved.as_str();
+        write_json(body, &view);
+        Ok(Reply {
+            replayed: true,
+            ..Reply::json()
+        })
+    }
+
+    fn get_sale(&self, sale_id: &str, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+        let now = now_s();
+        self.with_sale(sale_id, |sale| write_json(body, &SaleView::new(sale, now)))
+            .ok_or(StockError::SaleNotFound)?;
+        Ok(Reply::json())
+    }
+
+    async fn get_order(&self, order_id: &str, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+        let order = self.node.authority.order(order_id).await?;
+        write_json(body, &OrderView::from(&order));
+        Ok(Reply::json())
+    }
+
+    async fn pay_or_cancel(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        let order = self.move_order(order_id, to).await?;
+        write_json(body, &OrderView::from(&order));
+        Ok(Reply::json())
+    }
+
+    /// Moves an order to `to` (paid, cancelled or expired): the authority
+    /// checks the move, the log records it, then the authority applies it
+    /// (cancel and expiry return the units exactly once).
+    pub async fn move_order(&self, order_id: &str, to: OrderStatus) -> Result<Order, ApiError> {
+        let authority = &self.node.authority;
+        let (order, pending) = match authority.begin_transition(order_id, to, now_s()).await? {
+            Transition::Unchanged(order) => return Ok(order),
+            Transition::Pending { order, pending } => (order, pending),
+        };
+        let fields = (
+            order.order_id.clone(),
+            order.sale_id.clone(),
+            order.user_id.clone(),
+            order.quantity,
+        );
+        let (order_id, sale_id, user_id, quantity) = fields;
+        let kind = match to {
+            OrderStatus::Paid => EventKind::OrderPaid {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+            OrderStatus::Cancelled => EventKind::OrderCancelled {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+            OrderStatus::Expired => EventKind::OrderExpired {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+            OrderStatus::Reserved => {
+                authority.abort_transition(pending);
+                return Err(StockError::InvalidState("an order cannot go back to reserved").into());
+            }
+        };
+        if let Err(e) = self.node.log.append(&Event::new(now_ms(), kind)).await {
+            authority.abort_transition(pending);
+            return Err(e.into());
+        }
+        Ok(authority.finish_transition(pending))
+    }
+
+    async fn create_sale(
+        &self,
+        sale_id: &str,
+        input: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        let spec = SaleInput::parse(sale_id, input, now_s())?;
+        let authority = &self.node.authority;
+        if let Some(existing) = authority.sale(sale_id) {
+            if existing.spec() != &spec {
+                return Err(StockError::InvalidState(
+                    "a sale with this id exists with another definition",
+                )
+                .into());
+            }
+        } else {
+            let event = Event::new(
+                now_ms(),
+                EventKind::SaleCreated {
+                    sale_id: spec.sale_id.clone(),
+                    stock: spec.stock,
+                    per_user_limit: spec.per_user_limit,
+                    starts_at: spec.starts_at,
+                    ends_at: spec.ends_at,
+                    payment_timeout_s: spec.payment_timeout_s,
+                },
+            );
+            self.node.log.append(&event).await?;
+        }
+        let sale = authority.create_sale(spec).await?;
+        write_json(body, &SaleView::new(&sale, now_s()));
+        Ok(Reply::json())
+    }
+
+    async fn switch_sale(
+        &self,
+        sale_id: &str,
+        switch: Switch,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        let authority = &self.node.authority;
+        let sale = authority.sale(sale_id).ok_or(StockError::SaleNotFound)?;
+        if switch != Switch::Close && sale.state(now_s()) == stock::SaleState::Closed {
+            return Err(StockError::InvalidState("the sale is closed").into());
+        }
+        let recorded = match switch {
+            Switch::Pause => SaleSwitch::Paused,
+            Switch::Resume => SaleSwitch::Resumed,
+            Switch::Close => SaleSwitch::Closed,
+        };
+        let event = Event::new(
+            now_ms(),
+            EventKind::SaleSwitched {
+                sale_id: sale_id.to_owned(),
+                switch: recorded,
+            },
+        );
+        self.node.log.append(&event).await?;
+        let sale = authority.switch(sale_id, switch).await?;
+        write_json(body, &SaleView::new(&sale, now_s()));
+        Ok(Reply::json())
+    }
+
+    fn render_sale_gauges(&self, body: &mut Vec<u8>) {
+        use std::io::Write;
+        let sales = self.node.authority.sales();
+        let _ = writeln!(
+            body,
+            "# HELP seckill_sale_units Units of each sale by kind."
+        );
+        let _ = writeln!(body, "# TYPE seckill_sale_units gauge");
+        for sale in &sales {
+            let id = sale.id();
+            let _ = writeln!(
+                body,
+                "seckill_sale_units{{sale_id=\"{id}\",kind=\"stock\"}} {}",
+                sale.spec().stock
+            );
+            let _ = writeln!(
+                body,
+                "seckill_sale_units{{sale_id=\"{id}\",kind=\"sold\"}} {}",
+                sale.sold()
+            );
+            let _ = writeln!(
+                body,
+                "seckill_sale_units{{sale_id=\"{id}\",kind=\"available\"}} {}",
+                sale.stock.available()
+            );
+        }
+        let _ = writeln!(
+            body,
+            "# HELP seckill_admission_available Free admission tokens on the core that answered."
+        );
+        let _ = writeln!(body, "# TYPE seckill_admission_available gauge");
+        let _ = writeln!(
+            body,
+            "seckill_admission_available {}",
+            self.admission.available()
+        );
+        let _ = writeln!(
+            body,
+            "# HELP seckill_driver_info The monoio driver the cores run."
+        );
+        let _ = writeln!(body, "# TYPE seckill_driver_info gauge");
+        let _ = writeln!(
+            body,
+            "seckill_driver_info{{driver=\"{}\"}} 1",
+            self.node.driver()
+        );
+    }
+}
+
+fn reserved_event(order: &Order, attempt: &Attempt<'_>, sale_id: &str) -> Event {
+    Event::new(
+        now_ms(),
+        EventKind::OrderReserved {
+            order_id: order.order_id.clone(),
+            sale_id: order.sale_id.clone(),
+            user_id: order.user_id.clone(),
+            quantity: order.quantity,
+            expires_at: order.expires_at,
+            idempotency_key: attempt.idempotency_key.map(str::to_owned),
+            fingerprint: attempt
+                .idempotency_key
+                .map(|_| format!("{:x}", attempt.fingerprint(sale_id))),
+        },
+    )
+}
+
+fn write_json<T: Serialize>(body: &mut Vec<u8>, value: &T) {
+    body.clear();
+    // Plain strings and numbers always serialise.
+    let _ = serde_json::to_writer(&mut *body, value);
+}
+
+/// A purchase request, validated.
+struct PurchaseInput<'a> {
+    user_id: Cow<'a, str>,
+    quantity: u32,
+    idempotency_key: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct PurchaseBody<'a> {
+    #[serde(borrow)]
+    user_id: Option<Cow<'a, str>>,
+    quantity: Option<i64>,
+}
+
+impl<'a> PurchaseInput<'a> {
+    fn parse(req: &Request<'a>) -> Result<Self, ApiError> {
+        let idempotency_key = match req.idempotency_key {
+            None => None,
+            Some(k)
+                if (1..=MAX_ID_LEN).contains(&k.len()) && k.iter().all(u8::is_ascii_graphic) =>
+            {
+                // Visible ASCII is valid UTF-8.
+                Some(
+                    std::str::from_utf8(k)
+                        .map_err(|_| ApiError::BadRequestStatic("invalid Idempotency-Key"))?,
+                )
+            }
+            Some(_) => {
+                return Err(ApiError::BadRequestStatic(
+                    "Idempotency-Key must be 1 to 64 visible ASCII characters",
+                ))
+            }
+        };
+        let body: PurchaseBody<'a> = serde_json::from_slice(req.body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let user_id = body
+            .user_id
+            .ok_or(ApiError::BadRequestStatic("missing field user_id"))?;
+        if user_id.is_empty() || user_id.len() > MAX_ID_LEN || user_id.chars().any(char::is_control)
+        {
+            return Err(ApiError::BadRequestStatic(
+                "user_id must be 1 to 64 bytes without control characters",
+            ));
+        }
+        let quantity = match body.quantity {
+            None => 1,
+            Some(q) if (1..=i64::from(u32::MAX)).contains(&q) => q as u32,
+            Some(_) => {
+                return Err(ApiError::BadRequestStatic(
+                    "quantity must be a positive integer",
+                ))
+            }
+        };
+        Ok(PurchaseInput {
+            user_id,
+            quantity,
+            idempotency_key,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct SaleBody {
+    stock: Option<serde_json::Value>,
+    per_user_limit: Option<serde_json::Value>,
+    starts_at: Option<serde_json::Value>,
+    ends_at: Option<serde_json::Value>,
+    payment_timeout_s: Option<serde_json::Value>,
+}
+
+struct SaleInput;
+
+impl SaleInput {
+    fn parse(sale_id: &str, input: &[u8], now: u64) -> Result<SaleSpec, ApiError> {
+        if sale_id.is_empty()
+            || sale_id.len() > MAX_ID_LEN
+            || !sale_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return Err(ApiError::BadRequestStatic(
+                "sale id must be 1 to 64 characters of A-Z a-z 0-9 - _ . :",
+            ));
+        }
+        let body: SaleBody = serde_json::from_slice(input)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let stock = positive(body.stock, "stock")?
+            .ok_or(ApiError::BadRequestStatic("missing field stock"))?;
+        let per_user_limit = positive(body.per_user_limit, "per_user_limit")?
+            .ok_or(ApiError::BadRequestStatic("missing field per_user_limit"))?;
+        let per_user_limit = u32::try_from(per_user_limit)
+            .map_err(|_| ApiError::BadRequestStatic("per_user_limit is too large"))?;
+        let starts_at = time_field(body.starts_at, "starts_at")?.unwrap_or(now);
+        let ends_at = time_field(body.ends_at, "ends_at")?;
+        if ends_at.is_some_and(|end| end <= starts_at) {
+            return Err(ApiError::BadRequestStatic(
+                "ends_at must be after starts_at",
+            ));
+        }
+        let payment_timeout_s = positive(body.payment_timeout_s, "payment_timeout_s")?
+            .unwrap_or(DEFAULT_PAYMENT_TIMEOUT_S);
+        Ok(SaleSpec {
+            sale_id: sale_id.to_owned(),
+            stock,
+            per_user_limit,
+            starts_at,
+            ends_at,
+            payment_timeout_s,
+        })
+    }
+}
+
+/// A whole number ≥ 1, or absent (`null` counts as absent).
+fn positive(v: Option<serde_json::Value>, name: &'static str) -> Result<Option<u64>, ApiError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(ApiError::BadRequest(format!(
+                "{name} must be a whole number of at least 1"
+            ))),
+        },
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "{name} must be a whole number of at least 1"
+        ))),
+    }
+}
+
+/// Unix seconds (milliseconds are recognised by size) or an RFC 3339 time.
+fn time_field(v: Option<serde_json::Value>, name: &'static str) -> Result<Option<u64>, ApiError> {
+    let bad = || ApiError::BadRequest(format!("{name} must be Unix seconds or an RFC 3339 time"));
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            let secs = n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64));
+            let secs = secs.ok_or_else(bad)?;
+            Ok(Some(if secs >= 100_000_000_000 {
+                secs / 1000
+            } else {
+                secs
+            }))
+        }
+        Some(serde_json::Value::String(s)) => timefmt::parse_rfc3339(&s).map(Some).ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+#[derive(Serialize)]
+struct OrderView<'a> {
+    order_id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
+    quantity: u32,
+    status: &'static str,
+    expires_at: u64,
+}
+
+impl<'a> From<&'a Order> for OrderView<'a> {
+    fn from(o: &'a Order) -> Self {
+        OrderView {
+            order_id: &o.order_id,
+            sale_id: &o.sale_id,
+            user_id: &o.user_id,
+            quantity: o.quantity,
+            status: o.status.as_str(),
+            expires_at: o.expires_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SaleView<'a> {
+    sale_id: &'a str,
+    state: &'static str,
+    stock: u64,
+    sold: u64,
+    remaining: u64,
+    per_user_limit: u32,
+    starts_at: u64,
+    ends_at: Option<u64>,
+    payment_timeout_s: u64,
+}
+
+impl<'a> SaleView<'a> {
+    fn new(sale: &'a Sale, now: u64) -> Self {
+        let spec = sale.spec();
+        SaleView {
+            sale_id: sale.id(),
+            state: sale.state(now).as_str(),
+            stock: spec.stock,
+            sold: sale.sold(),
+            remaining: sale.remaining(),
+            per_user_limit: spec.per_user_limit,
+            starts_at: spec.starts_at,
+            ends_at: spec.ends_at,
+            payment_timeout_s: spec.payment_timeout_s,
+        }
+    }
+}

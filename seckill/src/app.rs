@@ -1,0 +1,91 @@
+//! Start-up glue between `main` and the server: the admin token, the demo
+//! sale, signal handling, and the "listening" banner that scripts and tests
+//! read from standard output.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tracing::info;
+
+use crate::config::Config;
+use crate::http::{Method, Request};
+use crate::node::EmbeddedNode;
+use crate::server::{self, Setup};
+
+/// The sale `--demo` pre-loads.
+pub const DEMO_SALE: &str = "demo";
+
+/// Runs an embedded node with `config` until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let (token, generated) = match &config.admin_token {
+        Some(t) => (t.clone(), false),
+        None => (random_token()?, true),
+    };
+    let demo = config.demo;
+    let (node, replayed) = EmbeddedNode::open_embedded(config, token.clone())?;
+    info!(
+        events = replayed.events,
+        sales = replayed.sales,
+        orders = replayed.orders,
+        "journal replayed"
+    );
+    let stopper = node.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::Builder::new()
+        .name("seckill-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!(signal = sig, "stopping: finishing requests in flight");
+                stopper.shut_down();
+            }
+        })?;
+    let setup: Option<Setup<_, _>> = demo.then(|| -> Setup<_, _> {
+        let admin = format!("Bearer {token}");
+        Box::new(move |core| {
+            Box::pin(async move {
+                let body = br#"{"stock": 100, "per_user_limit": 1}"#;
+                let req = Request {
+                    method: Method::Put,
+                    path: "/admin/sales/demo",
+                    idempotency_key: None,
+                    authorization: Some(admin.as_bytes()),
+                    body,
+                    keep_alive: true,
+                    expects_continue: false,
+                };
+                let (mut out, mut scratch) = (Vec::new(), Vec::new());
+                core.handle(&req, &mut out, &mut scratch).await;
+                if !out.starts_with(b"HTTP/1.1 200") {
+                    tracing::warn!(response = %String::from_utf8_lossy(&out), "demo sale not created");
+                }
+            })
+        })
+    });
+    server::run(node, setup, |addr| banner(addr, &token, generated, demo))
+}
+
+fn banner(addr: SocketAddr, token: &str, generated: bool, demo: bool) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "seckill listening on http://{addr}");
+    if generated || demo {
+        let _ = writeln!(out, "admin token: {token}");
+    }
+    if demo {
+        let _ = writeln!(
+            out,
+            "demo sale '{DEMO_SALE}' (stock 100, 1 per user). Try:\n  curl -s http://{addr}/sales/{DEMO_SALE}\n  curl -s -X POST http://{addr}/sales/{DEMO_SALE}/purchase -H 'Content-Type: application/json' -d '{{\"user_id\":\"alice\",\"quantity\":1}}'"
+        );
+    }
+    let _ = out.flush();
+}
+
+/// 128 random bits from the kernel, as hex.
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

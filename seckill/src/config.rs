@@ -1,0 +1,256 @@
+//! The node's configuration: one [`Config`], loaded once from flags, the
+//! environment (`SECKILL_*`) and a TOML file (`--config`), in that order of
+//! precedence, validated, and passed down as a plain struct.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Which monoio driver the cores run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// The legacy epoll driver (the default: on the 2-core machines it was
+    /// measured, io_uring was no faster; see ARCHITECTURE.md).
+    Legacy,
+    /// io_uring; start-up fails where the kernel does not allow it.
+    Uring,
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+}
+
+/// Command-line flags; each also reads `SECKILL_<NAME>` from the
+/// environment. Unset flags fall back to the TOML file, then the defaults.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "seckill",
+    version,
+    about = "Flash-sale node: thread per core, embedded or cluster mode"
+)]
+pub struct Flags {
+    /// TOML file with any of the settings below (same names, snake_case).
+    #[arg(long, env = "SECKILL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address every core listens on (SO_REUSEPORT). Default 127.0.0.1:8080.
+    #[arg(long, env = "SECKILL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the order journal. Default ./data.
+    #[arg(long, env = "SECKILL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token of the admin API. Embedded mode makes a random one
+    /// (printed at start) when unset; cluster mode requires it.
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Cores to run (one runtime and one listener each). Default: all.
+    #[arg(long, env = "SECKILL_CORES")]
+    pub cores: Option<usize>,
+    /// Redis URL: makes Redis the stock authority (cluster mode).
+    #[arg(long, env = "SECKILL_REDIS")]
+    pub redis: Option<String>,
+    /// Kafka bootstrap brokers: makes a Kafka topic the order log.
+    #[arg(long, env = "SECKILL_KAFKA")]
+    pub kafka: Option<String>,
+    /// This node's id in a cluster; part of every order id. Default 1.
+    #[arg(long, env = "SECKILL_NODE_ID")]
+    pub node_id: Option<u32>,
+    /// monoio driver: legacy (epoll), uring, or auto. Default legacy.
+    #[arg(long, env = "SECKILL_DRIVER", value_enum)]
+    pub driver: Option<Driver>,
+    /// Pre-load a demo sale and print the admin token and a curl line.
+    #[arg(long, env = "SECKILL_DEMO")]
+    pub demo: bool,
+}
+
+/// Every setting of a node, with its default and its cost.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Where the journal lives. Default ./data.
+    pub data_dir: PathBuf,
+    /// Admin bearer token; `None` in embedded mode makes a random one.
+    pub admin_token: Option<String>,
+    /// Cores (runtimes, listeners, stock shards). Default: every core.
+    pub cores: usize,
+    pub redis: Option<String>,
+    pub kafka: Option<String>,
+    pub node_id: u32,
+    pub driver: Driver,
+    pub demo: bool,
+    /// Open connections per node; more are answered 503 and closed. Each
+    /// costs two buffers (4 KiB to 25 KiB). Default 10,000.
+    pub max_connections: usize,
+    /// A keep-alive connection idle this long is closed. Default 60 s.
+    pub idle_timeout_s: u64,
+    /// A request must arrive whole within this long of its first byte
+    /// (slow-client limit). Default 10 s.
+    pub request_timeout_s: u64,
+    /// Purchases in flight per core (waiting on the order log). Default 1,024.
+    pub admission_tokens: usize,
+    /// Purchases queued per core for a token; more get 503 `overloaded`.
+    /// Default 4,096.
+    pub admission_queue: usize,
+    /// How long an idempotency record is kept. Default 86,400 s (24 h).
+    pub idempotency_ttl_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("./data"),
+            admin_token: None,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            redis: None,
+            kafka: None,
+            node_id: 1,
+            driver: Driver::Legacy,
+            demo: false,
+            max_connections: 10_000,
+            idle_timeout_s: 60,
+            request_timeout_s: 10,
+            admission_tokens: 1024,
+            admission_queue: 4096,
+            idempotency_ttl_s: stock::embedded::DEFAULT_KEY_TTL_S,
+        }
+    }
+}
+
+impl Config {
+    /// Loads flags (and the environment), then the TOML file they name.
+    pub fn load() -> anyhow::Result<Config> {
+        Config::from_flags(Flags::parse())
+    }
+
+    /// Builds the configuration from parsed flags: flags win over the file,
+    /// the file over the defaults.
+    pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
+        let mut config = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = flags.listen {
+            config.listen = v;
+        }
+        if let Some(v) = flags.data_dir {
+            config.data_dir = v;
+        }
+        if flags.admin_token.is_some() {
+            config.admin_token = flags.admin_token;
+        }
+        if let Some(v) = flags.cores {
+            config.cores = v;
+        }
+        if flags.redis.is_some() {
+            config.redis = flags.redis;
+        }
+        if flags.kafka.is_some() {
+            config.kafka = flags.kafka;
+        }
+        if let Some(v) = flags.node_id {
+            config.node_id = v;
+        }
+        if let Some(v) = flags.driver {
+            config.driver = v;
+        }
+        config.demo |= flags.demo;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    }
+
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.cores >= 1, "cores must be at least 1");
+        anyhow::ensure!(self.cores <= 1024, "cores must be at most 1024");
+        anyhow::ensure!(
+            self.max_connections >= self.cores,
+            "max_connections must be at least cores"
+        );
+        anyhow::ensure!(
+            self.admission_tokens >= 1,
+            "admission_tokens must be at least 1"
+        );
+        anyhow::ensure!(
+            self.idle_timeout_s >= 1,
+            "idle_timeout_s must be at least 1"
+        );
+        anyhow::ensure!(
+            self.request_timeout_s >= 1,
+            "request_timeout_s must be at least 1"
+        );
+        if let Some(token) = &self.admin_token {
+            anyhow::ensure!(
+                !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+                "admin token must be non-empty visible ASCII"
+            );
+        }
+        if self.redis.is_some() || self.kafka.is_some() {
+            anyhow::ensure!(
+                self.admin_token.is_some(),
+                "cluster mode (--redis/--kafka) needs --admin-token: there is no default token"
+            );
+            anyhow::bail!(
+                "cluster mode (--redis/--kafka) is not in this build yet; run without them for the embedded default"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seckill.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ncores = 3\nidle_timeout_s = 5\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(file),
+            cores: Some(2),
+            ..Flags::default()
+        };
+        let c = Config::from_flags(flags).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cores, 2);
+        assert_eq!(c.idle_timeout_s, 5);
+        assert_eq!(c.request_timeout_s, 10);
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let flags = Flags {
+            cores: Some(0),
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(flags).is_err());
+        let flags = Flags {
+            redis: Some("redis://127.0.0.1".into()),
+            ..Flags::default()
+        };
+        let err = Config::from_flags(flags).unwrap_err().to_string();
+        assert!(err.contains("admin-token"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "no_such_setting = 1\n").unwrap();
+        let flags = Flags {
+            config: Some(file),
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(flags).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Every error the API answers, and the one place where domain errors
+//! become HTTP statuses and the stable codes of DESIGN.md.
+
+use std::fmt::{self, Write as _};
+
+use queue::LogError;
+use stock::StockError;
+
+use crate::http::{HttpError, Response};
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    BadRequestStatic(&'static str),
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body over 16 KiB")]
+    BodyTooLarge,
+    #[error("request headers over 8 KiB")]
+    HeadersTooLarge,
+    #[error("no admission token is free; retry shortly")]
+    Overloaded,
+    #[error(transparent)]
+    Stock(#[from] StockError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl From<HttpError> for ApiError {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::Malformed(why) => ApiError::BadRequestStatic(why),
+            HttpError::HeadersTooLarge => ApiError::HeadersTooLarge,
+            HttpError::BodyTooLarge => ApiError::BodyTooLarge,
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) | ApiError::BadRequestStatic(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::BodyTooLarge => 413,
+            ApiError::HeadersTooLarge => 431,
+            ApiError::Overloaded => 503,
+            ApiError::Stock(e) => match e {
+                StockError::SaleNotFound | StockError::OrderNotFound => 404,
+                StockError::SaleNotOpen => 403,
+                StockError::SoldOut => 410,
+                StockError::LimitExceeded
+                | StockError::InProgress
+                | StockError::InvalidState(_) => 409,
+                StockError::KeyReused => 422,
+                StockError::Unavailable(_) | StockError::Undetermined(_) => 503,
+            },
+            ApiError::Log(_) => 503,
+        }
+    }
+
+    /// The stable code of DESIGN.md's error table.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::BadRequestStatic(_)
+            | ApiError::MethodNotAllowed => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BodyTooLarge | ApiError::HeadersTooLarge => "too_large",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Stock(e) => e.code(),
+            ApiError::Log(e) => e.code(),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, where retrying helps.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self.status() {
+            503 | 429 => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Writes `{"error": CODE, "message": "..."}` into `body` and returns the
+    /// response that carries it.
+    pub fn render<'b>(&self, body: &'b mut Vec<u8>) -> Response<'b> {
+        body.clear();
+        body.extend_from_slice(b"{\"error\":\"");
+        body.extend_from_slice(self.code().as_bytes());
+        body.extend_from_slice(b"\",\"message\":\"");
+        // Display writes straight into the buffer, escaped: no String.
+        let _ = write!(JsonEscaped(body), "{self}");
+        body.extend_from_slice(b"\"}");
+        let mut resp = Response::json(self.status(), body);
+        resp.retry_after = self.retry_after();
+        resp
+    }
+}
+
+/// Escapes what is written into a JSON string body.
+struct JsonEscaped<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.extend_from_slice(b"\\\""),
+                '\\' => self.0.extend_from_slice(b"\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = std::io::Write::write_fmt(self.0, format_args!("\\u{:04x}", c as u32));
+                }
+                c => {
+                    let mut utf8 = [0u8; 4];
+                    self.0
+                        .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses_follow_the_table() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::BadRequestStatic("x"), 400, "bad_request"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (StockError::SaleNotFound.into(), 404, "not_found"),
+            (StockError::SaleNotOpen.into(), 403, "sale_not_open"),
+            (StockError::LimitExceeded.into(), 409, "limit_exceeded"),
+            (StockError::InProgress.into(), 409, "in_progress"),
+            (StockError::InvalidState("x").into(), 409, "invalid_state"),
+            (StockError::SoldOut.into(), 410, "sold_out"),
+            (ApiError::BodyTooLarge, 413, "too_large"),
+            (ApiError::HeadersTooLarge, 431, "too_large"),
+            (StockError::KeyReused.into(), 422, "idempotency_key_reused"),
+            (ApiError::Overloaded, 503, "overloaded"),
+            (LogError::Unavailable("x".into()).into(), 503, "unavailable"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status(), status, "{err:?}");
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn renders_escaped_json_with_retry_after() {
+        let mut body = Vec::new();
+        let resp = ApiError::BadRequest("bad \"x\"\n".into()).render(&mut body);
+        assert_eq!(resp.status, 400);
+        let v: serde_json::Value = serde_json::from_slice(resp.body).unwrap();
+        assert_eq!(v["error"], "bad_request");
+        assert_eq!(v["message"], "bad \"x\"\n");
+        let resp = ApiError::Overloaded.render(&mut body);
+        assert_eq!(resp.retry_after, Some(1));
+    }
+}

@@ -1,0 +1,314 @@
+//! The node's shared state ([`Node`]: config, stock authority, order log,
+//! metrics) and each core's own ([`Core`]: its sale cache, admission queue
+//! and connection counts), plus the journal replay that rebuilds the
+//! embedded authority on start.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use queue::{Admission, Event, EventKind, Journal, JournalOptions, OrderLog, SaleSwitch};
+use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
+
+use crate::config::Config;
+use crate::metrics::{CoreMetrics, Metrics};
+
+/// Shared by every core of one node.
+pub struct Node<A, L> {
+    pub config: Config,
+    pub authority: A,
+    pub log: L,
+    pub metrics: Metrics,
+    admin_token: String,
+    shutdown: AtomicBool,
+    driver: OnceLock<&'static str>,
+}
+
+/// What the journal replay found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub events: usize,
+    pub sales: usize,
+    pub orders: usize,
+}
+
+/// The embedded node: in-process authority, journal order log.
+pub type EmbeddedNode = Node<EmbeddedAuthority, Journal>;
+
+impl EmbeddedNode {
+    /// Opens the journal in `config.data_dir`, replays it into a fresh
+    /// embedded authority, and returns the node ready to serve.
+    pub fn open_embedded(
+        config: Config,
+        admin_token: String,
+    ) -> anyhow::Result<(Arc<Self>, Replayed)> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+        })?;
+        let (journal, events) = Journal::open(&config.data_dir, JournalOptions::default())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the journal in {}: {e}",
+                    config.data_dir.display()
+                )
+            })?;
+        let authority = EmbeddedAuthority::new(
+            config.node_id,
+            config.cores,
+            config.idempotency_ttl_s,
+            now_micros(),
+        );
+        let replayed = replay(&authority, &events)?;
+        Ok((
+            Arc::new(Node::new(config, authority, journal, admin_token)),
+            replayed,
+        ))
+    }
+}
+
+impl<A: StockAuthority, L: OrderLog> Node<A, L> {
+    pub fn new(config: Config, authority: A, log: L, admin_token: String) -> Self {
+        Node {
+            metrics: Metrics::new(config.cores),
+            config,
+            authority,
+            log,
+            admin_token,
+            shutdown: AtomicBool::new(false),
+            driver: OnceLock::new(),
+        }
+    }
+
+    /// Whether `header` (the Authorization value) carries the admin token.
+    /// Compared in constant time.
+    pub fn is_admin(&self, header: Option<&[u8]>) -> bool {
+        let Some(token) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let expected = self.admin_token.as_bytes();
+        let token = token.trim_ascii();
+        token.len() == expected.len()
+            && token
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// Asks every core to stop accepting and finish what is in flight.
+    pub fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Records which monoio driver the cores run.
+    pub fn set_driver(&self, name: &'static str) {
+        let _ = self.driver.set(name);
+    }
+
+    pub fn driver(&self) -> &'static str {
+        self.driver.get().copied().unwrap_or("unknown")
+    }
+}
+
+/// One core's state. Not shared: it lives on its core's runtime thread.
+pub struct Core<A, L> {
+    pub id: usize,
+    pub node: Arc<Node<A, L>>,
+    pub admission: Admission,
+    sales: RefCell<SaleCache>,
+    connections: Cell<usize>,
+    inflight: Cell<usize>,
+}
+
+#[derive(Default)]
+struct SaleCache {
+    epoch: Option<u64>,
+    sales: HashMap<Box<str>, Arc<Sale>>,
+}
+
+impl<A: StockAuthority, L: OrderLog> Core<A, L> {
+    pub fn new(id: usize, node: Arc<Node<A, L>>) -> Self {
+        let admission = Admission::new(node.config.admission_tokens, node.config.admission_queue);
+        Core {
+            id,
+            node,
+            admission,
+            sales: RefCell::new(SaleCache::default()),
+            connections: Cell::new(0),
+            inflight: Cell::new(0),
+        }
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        self.node.metrics.core(self.id)
+    }
+
+    /// Runs `f` on the sale, looked up in this core's cache without
+    /// touching any shared counter (no `Arc` clone). The cache is refreshed
+    /// when the authority's set of sales changed.
+    pub fn with_sale<R>(&self, sale_id: &str, f: impl FnOnce(&Arc<Sale>) -> R) -> Option<R> {
+        let epoch = self.node.authority.sales_epoch();
+        let mut cache = self.sales.borrow_mut();
+        if cache.epoch != Some(epoch) {
+            cache.sales = self
+                .node
+                .authority
+                .sales()
+                .into_iter()
+                .map(|s| (Box::<str>::from(s.id()), s))
+                .collect();
+            cache.epoch = Some(epoch);
+        }
+        cache.sales.get(sale_id).map(f)
+    }
+
+    /// Counts a connection in; `false` when the node-wide cap (split evenly
+    /// over the cores) is reached.
+    pub fn try_open_connection(&self) -> bool {
+        let cap = (self.node.config.max_connections / self.node.config.cores).max(1);
+        if self.connections.get() >= cap {
+            self.metrics().connection_refused();
+            return false;
+        }
+        self.connections.set(self.connections.get() + 1);
+        self.metrics().connection_opened();
+        true
+    }
+
+    pub fn close_connection(&self) {
+        self.connections.set(self.connections.get() - 1);
+        self.metrics().connection_closed();
+    }
+
+    /// Marks a request in flight until the guard drops (graceful stop waits
+    /// for these).
+    pub fn begin_request(&self) -> InFlight<'_> {
+        self.inflight.set(self.inflight.get() + 1);
+        InFlight(&self.inflight)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.get()
+    }
+}
+
+/// A request in flight on a core.
+pub struct InFlight<'a>(&'a Cell<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Rebuilds the embedded authority from the journal's events, in order.
+pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result<Replayed> {
+    let mut out = Replayed {
+        events: events.len(),
+        ..Replayed::default()
+    };
+    for (i, event) in events.iter().enumerate() {
+        let at_s = event.at / 1000;
+        let result = match &event.kind {
+            EventKind::SaleCreated {
+                sale_id,
+                stock,
+                per_user_limit,
+                starts_at,
+                ends_at,
+                payment_timeout_s,
+            } => {
+                let spec = SaleSpec {
+                    sale_id: sale_id.clone(),
+                    stock: *stock,
+                    per_user_limit: *per_user_limit,
+                    starts_at: *starts_at,
+                    ends_at: *ends_at,
+                    payment_timeout_s: *payment_timeout_s,
+                };
+                // A second definition of a live id lost the race when it was
+                // made (it was answered 409): the first one stands.
+                if authority.sale(sale_id).is_none() {
+                    out.sales += 1;
+                    authority.restore_sale(spec)
+                } else {
+                    Ok(())
+                }
+            }
+            EventKind::SaleSwitched { sale_id, switch } => {
+                let switch = match switch {
+                    SaleSwitch::Paused => Switch::Pause,
+                    SaleSwitch::Resumed => Switch::Resume,
+                    SaleSwitch::Closed => Switch::Close,
+                };
+                authority.restore_switch(sale_id, switch)
+            }
+            EventKind::OrderReserved {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+                expires_at,
+                idempotency_key,
+                fingerprint,
+            } => {
+                out.orders += 1;
+                let order = Order {
+                    order_id: order_id.clone(),
+                    sale_id: sale_id.clone(),
+                    user_id: user_id.clone(),
+                    quantity: *quantity,
+                    status: OrderStatus::Reserved,
+                    expires_at: *expires_at,
+                    shard: shard_of(order_id, authority.shards()),
+                };
+                let key = idempotency_key.clone().zip(
+                    fingerprint
+                        .as_deref()
+                        .and_then(|f| u64::from_str_radix(f, 16).ok()),
+                );
+                authority.restore_order(order, key, at_s)
+            }
+            EventKind::OrderPaid { order_id, .. } => {
+                authority.restore_transition(order_id, OrderStatus::Paid)
+            }
+            EventKind::OrderCancelled { order_id, .. } => {
+                authority.restore_transition(order_id, OrderStatus::Cancelled)
+            }
+            EventKind::OrderExpired { order_id, .. } => {
+                authority.restore_transition(order_id, OrderStatus::Expired)
+            }
+        };
+        result.map_err(|e| anyhow::anyhow!("journal record {i} cannot be replayed: {e}"))?;
+    }
+    Ok(out)
+}
+
+fn shard_of(order_id: &str, shards: usize) -> usize {
+    order_id
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % shards
+}
+
+/// Unix time in seconds.
+pub fn now_s() -> u64 {
+    now_micros() / 1_000_000
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    now_micros() / 1_000
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

@@ -1,0 +1,297 @@
+//! The stock authority seam: what the node asks of whoever accounts for
+//! every unit sold (the in-process [`crate::embedded::EmbeddedAuthority`], or
+//! Redis + Lua in cluster mode), and the types both sides speak.
+//!
+//! A purchase goes through the authority in two phases so that the order log
+//! can sit between them:
+//!
+//! 1. [`StockAuthority::reserve`] checks and records the per-user limit and
+//!    the idempotency key for units already taken from a local shard, and
+//!    returns a pending reservation (or the earlier order, for a replay).
+//! 2. Once the order's `order_reserved` record is durable in the order log,
+//!    [`StockAuthority::confirm`] makes it final; if the log failed,
+//!    [`StockAuthority::abort`] gives everything back.
+//!
+//! Order transitions (pay, cancel, expire) follow the same shape:
+//! [`StockAuthority::begin_transition`] then `finish_transition` once the
+//! event is durable, or `abort_transition`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::sale::Sale;
+use crate::Units;
+
+/// A sale as the operator defines it. Times are Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleSpec {
+    pub sale_id: String,
+    pub stock: u64,
+    pub per_user_limit: u32,
+    pub starts_at: u64,
+    pub ends_at: Option<u64>,
+    pub payment_timeout_s: u64,
+}
+
+/// The state shown by `GET /sales/{id}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaleState {
+    Scheduled,
+    Open,
+    SoldOut,
+    Paused,
+    Closed,
+}
+
+impl SaleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleState::Scheduled => "scheduled",
+            SaleState::Open => "open",
+            SaleState::SoldOut => "sold_out",
+            SaleState::Paused => "paused",
+            SaleState::Closed => "closed",
+        }
+    }
+}
+
+/// An operator's runtime switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    Pause,
+    Resume,
+    Close,
+}
+
+/// Where an order is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    Reserved,
+    Paid,
+    Cancelled,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Reserved => "reserved",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+        }
+    }
+
+    /// Whether leaving `Reserved` for this status gives the units back.
+    pub fn releases_stock(self) -> bool {
+        matches!(self, OrderStatus::Cancelled | OrderStatus::Expired)
+    }
+}
+
+/// One order. `expires_at` and `created_at` are Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    pub order_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub status: OrderStatus,
+    pub expires_at: u64,
+    /// The shard (core) its units return to when released.
+    pub shard: usize,
+}
+
+/// A buyer's request as the authority sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub user_id: &'a str,
+    pub quantity: u32,
+    pub idempotency_key: Option<&'a str>,
+    /// Unix seconds.
+    pub now: u64,
+    /// The core (shard) the request runs on; released units return there.
+    pub core: usize,
+}
+
+impl Attempt<'_> {
+    /// A stable 64-bit hash of what an Idempotency-Key is bound to: the sale,
+    /// the user and the quantity. Stable across builds and restarts
+    /// (FNV-1a), because it is stored in the order log.
+    pub fn fingerprint(&self, sale_id: &str) -> u64 {
+        let mut h = crate::striped::Fnv::default();
+        h.write(sale_id.as_bytes());
+        h.write(&[0]);
+        h.write(self.user_id.as_bytes());
+        h.write(&[0]);
+        h.write(&self.quantity.to_le_bytes());
+        h.finish()
+    }
+}
+
+/// What an Idempotency-Key lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// The key is new.
+    Unused,
+    /// The key already produced this order: answer it again.
+    Replay(Order),
+}
+
+/// Errors of the stock authority; each carries the stable code of
+/// DESIGN.md's error table.
+#[derive(Debug, thiserror::Error)]
+pub enum StockError {
+    #[error("no such sale")]
+    SaleNotFound,
+    #[error("no such order")]
+    OrderNotFound,
+    #[error("the sale is not open")]
+    SaleNotOpen,
+    #[error("no unit is left")]
+    SoldOut,
+    #[error("the user already holds the per-user limit")]
+    LimitExceeded,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    InProgress,
+    #[error("this Idempotency-Key was used with a different request")]
+    KeyReused,
+    #[error("{0}")]
+    InvalidState(&'static str),
+    #[error("the stock authority is unavailable: {0}")]
+    Unavailable(String),
+    /// The call may or may not have happened (a timed-out backend call); the
+    /// caller must reconcile by order id, never guess.
+    #[error("the outcome is undetermined: {0}")]
+    Undetermined(String),
+}
+
+impl StockError {
+    /// The stable error code carried by the HTTP body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StockError::SaleNotFound | StockError::OrderNotFound => "not_found",
+            StockError::SaleNotOpen => "sale_not_open",
+            StockError::SoldOut => "sold_out",
+            StockError::LimitExceeded => "limit_exceeded",
+            StockError::InProgress => "in_progress",
+            StockError::KeyReused => "idempotency_key_reused",
+            StockError::InvalidState(_) => "invalid_state",
+            StockError::Unavailable(_) | StockError::Undetermined(_) => "unavailable",
+        }
+    }
+
+    /// Whether the same request may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StockError::InProgress | StockError::Unavailable(_) | StockError::Undetermined(_)
+        )
+    }
+}
+
+/// What `begin_transition` decided.
+pub enum Transition<P> {
+    /// The order already is in the requested status: answer it unchanged.
+    Unchanged(Order),
+    /// The move is allowed; `event_order` is the order as it will be once the
+    /// move's event is durable.
+    Pending { order: Order, pending: P },
+}
+
+impl<P> fmt::Debug for Transition<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transition::Unchanged(o) => f.debug_tuple("Unchanged").field(o).finish(),
+            Transition::Pending { order, .. } => {
+                f.debug_struct("Pending").field("order", order).finish()
+            }
+        }
+    }
+}
+
+/// What `reserve` decided.
+pub enum Reservation<P> {
+    /// A new order, pending until its record is durable.
+    New { order: Order, pending: P },
+    /// The Idempotency-Key already produced this order.
+    Replay(Order),
+}
+
+/// The stock authority. Implementations: the embedded, in-process one
+/// ([`crate::embedded::EmbeddedAuthority`]); Redis + Lua in cluster mode.
+///
+/// Methods that may need a backend round trip return futures; the embedded
+/// authority answers them at once. None of them may block the calling core.
+pub trait StockAuthority: Send + Sync + 'static {
+    /// A reservation between `reserve` and `confirm`/`abort`.
+    type PendingOrder<'a>
+    where
+        Self: 'a;
+    /// A transition between `begin_transition` and `finish`/`abort`.
+    type PendingTransition;
+
+    /// Creates a sale and pre-loads its stock. Creating a sale that exists
+    /// with the same spec is a no-op; with another spec it is refused.
+    fn create_sale(&self, spec: SaleSpec) -> impl Future<Output = Result<Arc<Sale>, StockError>>;
+    /// Applies an operator's switch.
+    fn switch(
+        &self,
+        sale_id: &str,
+        switch: Switch,
+    ) -> impl Future<Output = Result<Arc<Sale>, StockError>>;
+    /// The sale, if it exists (a cheap lookup; callers cache it per core).
+    fn sale(&self, sale_id: &str) -> Option<Arc<Sale>>;
+    /// Changes whenever the set of sales changes, so per-core caches know to
+    /// refresh.
+    fn sales_epoch(&self) -> u64;
+    /// Every sale, to refresh a per-core cache.
+    fn sales(&self) -> Vec<Arc<Sale>>;
+
+    /// What an Idempotency-Key already stands for, before any stock is taken
+    /// (so a retry after sell-out still gets its order back).
+    fn lookup_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>>;
+    /// Checks and records the per-user limit and the Idempotency-Key for
+    /// `units` already taken from a local shard, and names the order.
+    fn reserve<'a>(
+        &'a self,
+        sale: &'a Sale,
+        attempt: &Attempt<'_>,
+        units: Units<'a>,
+    ) -> impl Future<Output = Result<Reservation<Self::PendingOrder<'a>>, StockError>>;
+    /// The order's record is durable: make the reservation final.
+    fn confirm(&self, pending: Self::PendingOrder<'_>);
+    /// The order log failed: give the units, the limit and the key back.
+    fn abort(&self, pending: Self::PendingOrder<'_>);
+
+    /// The order, with its current status.
+    fn order(&self, order_id: &str) -> impl Future<Output = Result<Order, StockError>>;
+    /// Starts moving a reserved order to `to` (`Paid`, `Cancelled` or
+    /// `Expired`). Repeating a move that already happened is `Unchanged`; a
+    /// move the order can no longer make is `InvalidState`.
+    fn begin_transition(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        now: u64,
+    ) -> impl Future<Output = Result<Transition<Self::PendingTransition>, StockError>>;
+    /// The transition's event is durable: apply it (cancel and expiry return
+    /// the units exactly once).
+    fn finish_transition(&self, pending: Self::PendingTransition) -> Order;
+    /// The transition's event could not be made durable: undo the start.
+    fn abort_transition(&self, pending: Self::PendingTransition);
+
+    /// Reserved orders whose payment timeout passed by `now`, among those
+    /// `shard` looks after; the node expires them. An authority whose
+    /// expiry runs elsewhere (the settler, in cluster mode) yields none.
+    fn due_expiries(&self, shard: usize, now: u64, out: &mut Vec<String>);
+    /// Puts back an order whose expiry could not be recorded, to try again.
+    fn retry_expiry(&self, order_id: &str, at: u64);
+    /// Housekeeping, about once a second: forget idempotency records whose
+    /// TTL passed. Returns how many were forgotten.
+    fn maintain(&self, now: u64) -> usize;
+}

@@ -1,0 +1,563 @@
+//! The embedded stock authority: everything the node must account for,
+//! held in process and rebuilt from the order log on start.
+//!
+//! State: the sales (a registry read through per-core caches), per-user
+//! holdings (in each [`Sale`]), idempotency records and orders (striped
+//! maps), and per-shard expiry queues. The order log is the source of truth:
+//! nothing here is final until its event is durable (`confirm`,
+//! `finish_transition`), and [`EmbeddedAuthority::restore`] replays the log
+//! into a fresh authority.
+//!
+//! Locks: striped `parking_lot` mutexes, held for a few map operations and
+//! never across an `.await` (every method here is synchronous).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::{ready, Future};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::authority::{
+    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
+    Switch, Transition,
+};
+use crate::sale::Sale;
+use crate::striped::Striped;
+use crate::Units;
+
+/// How long an idempotency record is kept by default: 24 hours.
+pub const DEFAULT_KEY_TTL_S: u64 = 24 * 3600;
+
+struct KeyRecord {
+    fingerprint: u64,
+    /// `None` while the first request with the key is in flight.
+    order_id: Option<Box<str>>,
+    /// Unix seconds after which the record may be forgotten.
+    expires_at: u64,
+}
+
+struct OrderEntry {
+    order: Order,
+    /// A transition has begun and waits for its event to be durable.
+    moving: bool,
+}
+
+/// The in-process stock authority of the embedded mode.
+pub struct EmbeddedAuthority {
+    node_id: u32,
+    shards: usize,
+    key_ttl_s: u64,
+    sales: RwLock<HashMap<Box<str>, Arc<Sale>>>,
+    epoch: AtomicU64,
+    keys: Striped<HashMap<Box<str>, KeyRecord>>,
+    orders: Striped<HashMap<Box<str>, OrderEntry>>,
+    /// Reserved orders by expiry time, one queue per shard.
+    expiries: Box<[Mutex<BinaryHeap<Reverse<(u64, Box<str>)>>>]>,
+    next_seq: AtomicU64,
+}
+
+/// A reservation waiting for its record to be durable.
+pub struct PendingOrder<'a> {
+    sale: &'a Sale,
+    units: Units<'a>,
+    order: Order,
+    key: Option<Box<str>>,
+}
+
+/// A transition waiting for its event to be durable.
+pub struct PendingMove {
+    order_id: Box<str>,
+    to: OrderStatus,
+}
+
+impl EmbeddedAuthority {
+    /// An empty authority for a node with `shards` cores. Order ids are
+    /// `{node_id}-{sequence}`; the sequence starts at the current Unix time
+    /// in microseconds so that ids stay unique across restarts.
+    pub fn new(node_id: u32, shards: usize, key_ttl_s: u64, now_micros: u64) -> Self {
+        EmbeddedAuthority {
+            node_id,
+            shards: shards.max(1),
+            key_ttl_s,
+            sales: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            keys: Striped::new(),
+            orders: Striped::new(),
+            expiries: (0..shards.max(1))
+                .map(|_| Mutex::new(BinaryHeap::new()))
+                .collect(),
+            next_seq: AtomicU64::new(now_micros),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Number of idempotency records held (metrics; bounded by the TTL).
+    pub fn key_records(&self) -> usize {
+        self.keys.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Number of orders held.
+    pub fn order_count(&self) -> usize {
+        self.orders.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn insert_sale(&self, spec: SaleSpec) -> Result<Arc<Sale>, StockError> {
+        let mut sales = self.sales.write();
+        if let Some(existing) = sales.get(spec.sale_id.as_str()) {
+            return if existing.spec() == &spec {
+                Ok(existing.clone())
+            } else {
+                Err(StockError::InvalidState(
+                    "a sale with this id exists with another definition",
+                ))
+            };
+        }
+        let sale = Arc::new(Sale::new(spec, self.shards));
+        sales.insert(sale.id().into(), sale.clone());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(sale)
+    }
+
+    fn next_order_id(&self) -> String {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}", self.node_id, seq)
+    }
+
+    fn hold_limit(&self, sale: &Sale, user_id: &str, qty: u32) -> Result<(), StockError> {
+        let limit = sale.spec().per_user_limit;
+        let mut holders = sale.holders.get(user_id).lock();
+        let held = holders.get(user_id).copied().unwrap_or(0);
+        if held.saturating_add(qty) > limit {
+            return Err(StockError::LimitExceeded);
+        }
+        holders.insert(user_id.into(), held + qty);
+        Ok(())
+    }
+
+    fn unhold_limit(&self, sale: &Sale, user_id: &str, qty: u32) {
+        let mut holders = sale.holders.get(user_id).lock();
+        if let Some(held) = holders.get_mut(user_id) {
+            *held = held.saturating_sub(qty);
+            if *held == 0 {
+                holders.remove(user_id);
+            }
+        }
+    }
+
+    /// Claims `key` for a new request; `Err` if it is taken.
+    fn claim_key(&self, key: &str, fingerprint: u64, now: u64) -> Result<(), StockError> {
+        let mut map = self.keys.get(key).lock();
+        if let Some(rec) = map.get(key) {
+            if rec.order_id.is_some() && rec.expires_at <= now {
+                map.remove(key);
+            } else {
+                return Err(key_conflict(rec, fingerprint));
+            }
+        }
+        map.insert(
+            key.into(),
+            KeyRecord {
+                fingerprint,
+                order_id: None,
+                expires_at: u64::MAX,
+            },
+        );
+        Ok(())
+    }
+
+    fn release_key(&self, key: &str) {
+        let mut map = self.keys.get(key).lock();
+        if map.get(key).is_some_and(|r| r.order_id.is_none()) {
+            map.remove(key);
+        }
+    }
+
+    fn record(&self, order: Order, key: Option<(Box<str>, u64)>, at: u64) {
+        if let Some((key, fingerprint)) = key {
+            self.keys.get(&key).lock().insert(
+                key,
+                KeyRecord {
+                    fingerprint,
+                    order_id: Some(order.order_id.as_str().into()),
+                    expires_at: at.saturating_add(self.key_ttl_s),
+                },
+            );
+        }
+        if order.status == OrderStatus::Reserved {
+            let shard = fnv_shard(&order.order_id, self.shards);
+            self.expiries[shard]
+                .lock()
+                .push(Reverse((order.expires_at, order.order_id.as_str().into())));
+        }
+        self.orders.get(&order.order_id).lock().insert(
+            order.order_id.as_str().into(),
+            OrderEntry {
+                order,
+                moving: false,
+            },
+        );
+    }
+
+    /// Gives back what a released order held: its units to stock, its count
+    /// to the user.
+    fn release_units(&self, order: &Order) {
+        if let Some(sale) = self.sale(&order.sale_id) {
+            self.unhold_limit(&sale, &order.user_id, order.quantity);
+            sale.sub_sold(order.quantity);
+            sale.stock.put_back(order.shard, u64::from(order.quantity));
+        }
+    }
+
+    // ----- replay -------------------------------------------------------
+
+    /// Replays a `sale_created` record.
+    pub fn restore_sale(&self, spec: SaleSpec) -> Result<(), StockError> {
+        self.insert_sale(spec).map(|_| ())
+    }
+
+    /// Replays a `sale_switched` record.
+    pub fn restore_switch(&self, sale_id: &str, switch: Switch) -> Result<(), StockError> {
+        let sale = self.sale(sale_id).ok_or(StockError::SaleNotFound)?;
+        if switch == Switch::Close {
+            sale.stock.drain();
+        }
+        sale.apply_switch(switch)
+    }
+
+    /// Replays an `order_reserved` record made at `at` (Unix seconds).
+    /// Fails if the log sells more than the sale's stock: the log is then
+    /// not this node's or is corrupt, and starting would risk an oversell.
+    pub fn restore_order(
+        &self,
+        order: Order,
+        key: Option<(String, u64)>,
+        at: u64,
+    ) -> Result<(), StockError> {
+        let sale = self.sale(&order.sale_id).ok_or(StockError::SaleNotFound)?;
+        let units =
+            sale.stock
+                .take(order.shard, order.quantity)
+                .ok_or(StockError::InvalidState(
+                    "the order log sells more than the stock",
+                ))?;
+        units.commit();
+        sale.add_sold(order.quantity);
+        *sale
+            .holders
+            .get(&order.user_id)
+            .lock()
+            .entry(order.user_id.as_str().into())
+            .or_insert(0) += order.quantity;
+        if let Some(seq) = order
+            .order_id
+            .rsplit_once('-')
+            .and_then(|(node, seq)| (node == self.node_id.to_string()).then_some(seq))
+            .and_then(|seq| seq.parse::<u64>().ok())
+        {
+            self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
+        }
+        self.record(order, key.map(|(k, f)| (k.into_boxed_str(), f)), at);
+        Ok(())
+    }
+
+    /// Replays a transition record.
+    pub fn restore_transition(&self, order_id: &str, to: OrderStatus) -> Result<(), StockError> {
+        let released = {
+            let mut stripe = self.orders.get(order_id).lock();
+            let entry = stripe.get_mut(order_id).ok_or(StockError::OrderNotFound)?;
+            if entry.order.status != OrderStatus::Reserved {
+                return Ok(());
+            }
+            entry.order.status = to;
+            to.releases_stock().then(|| entry.order.clone())
+        };
+        if let Some(order) = released {
+            self.release_units(&order);
+        }
+        Ok(())
+    }
+}
+
+impl StockAuthority for EmbeddedAuthority {
+    type PendingOrder<'a> = PendingOrder<'a>;
+    type PendingTransition = PendingMove;
+
+    fn create_sale(&self, spec: SaleSpec) -> impl Future<Output = Result<Arc<Sale>, StockError>> {
+        ready(self.insert_sale(spec))
+    }
+
+    fn switch(
+        &self,
+        sale_id: &str,
+        switch: Switch,
+    ) -> impl Future<Output = Result<Arc<Sale>, StockError>> {
+        ready(
+            self.sale(sale_id)
+                .ok_or(StockError::SaleNotFound)
+                .and_then(|sale| {
+                    sale.apply_switch(switch)?;
+                    if switch == Switch::Close {
+                        sale.stock.drain();
+                    }
+                    Ok(sale)
+                }),
+        )
+    }
+
+    fn sale(&self, sale_id: &str) -> Option<Arc<Sale>> {
+        self.sales.read().get(sale_id).cloned()
+    }
+
+    fn sales_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn sales(&self) -> Vec<Arc<Sale>> {
+        self.sales.read().values().cloned().collect()
+    }
+
+    fn lookup_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        let found = attempt
+            .idempotency_key
+            .map_or(Ok(KeyLookup::Unused), |key| {
+                let fingerprint = attempt.fingerprint(sale.id());
+                let order_id = {
+                    let map = self.keys.get(key).lock();
+                    match map.get(key) {
+                        None => return Ok(KeyLookup::Unused),
+                        Some(rec) if rec.order_id.is_some() && rec.expires_at <= attempt.now => {
+                            return Ok(KeyLookup::Unused)
+                        }
+                        Some(rec) if rec.fingerprint != fingerprint || rec.order_id.is_none() => {
+                            return Err(key_conflict(rec, fingerprint))
+                        }
+                        Some(rec) => rec.order_id.clone().unwrap_or_default(),
+                    }
+                };
+                let stripe = self.orders.get(&order_id).lock();
+                stripe
+                    .get(&*order_id)
+                    .map(|e| KeyLookup::Replay(e.order.clone()))
+                    .ok_or(StockError::OrderNotFound)
+            });
+        ready(found)
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        sale: &'a Sale,
+        attempt: &Attempt<'_>,
+        units: Units<'a>,
+    ) -> impl Future<Output = Result<Reservation<PendingOrder<'a>>, StockError>> {
+        let result = (|| {
+            let key = match attempt.idempotency_key {
+                Some(key) => {
+                    self.claim_key(key, attempt.fingerprint(sale.id()), attempt.now)?;
+                    Some(Box::<str>::from(key))
+                }
+                None => None,
+            };
+            if let Err(e) = self.hold_limit(sale, attempt.user_id, units.qty()) {
+                if let Some(key) = &key {
+                    self.release_key(key);
+                }
+                return Err(e);
+            }
+            let order = Order {
+                order_id: self.next_order_id(),
+                sale_id: sale.id().to_owned(),
+                user_id: attempt.user_id.to_owned(),
+                quantity: units.qty(),
+                status: OrderStatus::Reserved,
+                expires_at: attempt.now.saturating_add(sale.spec().payment_timeout_s),
+                shard: attempt.core % self.shards,
+            };
+            Ok(Reservation::New {
+                order: order.clone(),
+                pending: PendingOrder {
+                    sale,
+                    units,
+                    order,
+                    key,
+                },
+            })
+        })();
+        ready(result)
+    }
+
+    fn confirm(&self, pending: PendingOrder<'_>) {
+        let PendingOrder {
+            sale,
+            units,
+            order,
+            key,
+        } = pending;
+        sale.add_sold(units.qty());
+        units.commit();
+        let fingerprint = key.as_ref().map(|k| {
+            let map = self.keys.get(k).lock();
+            map.get(&**k).map_or(0, |r| r.fingerprint)
+        });
+        let now = now_s();
+        self.record(order, key.zip(fingerprint), now);
+    }
+
+    fn abort(&self, pending: PendingOrder<'_>) {
+        let PendingOrder {
+            sale,
+            units,
+            order,
+            key,
+        } = pending;
+        self.unhold_limit(sale, &order.user_id, order.quantity);
+        if let Some(key) = key {
+            self.release_key(&key);
+        }
+        drop(units);
+    }
+
+    fn order(&self, order_id: &str) -> impl Future<Output = Result<Order, StockError>> {
+        let stripe = self.orders.get(order_id).lock();
+        ready(
+            stripe
+                .get(order_id)
+                .map(|e| e.order.clone())
+                .ok_or(StockError::OrderNotFound),
+        )
+    }
+
+    fn begin_transition(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        now: u64,
+    ) -> impl Future<Output = Result<Transition<PendingMove>, StockError>> {
+        let mut stripe = self.orders.get(order_id).lock();
+        let result = match stripe.get_mut(order_id) {
+            None => Err(StockError::OrderNotFound),
+            Some(entry) if entry.order.status == to => {
+                Ok(Transition::Unchanged(entry.order.clone()))
+            }
+            Some(entry) if entry.order.status != OrderStatus::Reserved => {
+                Err(StockError::InvalidState(match entry.order.status {
+                    OrderStatus::Paid => "the order is paid",
+                    OrderStatus::Cancelled => "the order is cancelled",
+                    _ => "the order has expired",
+                }))
+            }
+            Some(entry) if entry.moving => Err(StockError::InProgress),
+            Some(entry) if to == OrderStatus::Paid && now >= entry.order.expires_at => {
+                Err(StockError::InvalidState("the order has expired"))
+            }
+            Some(entry) => {
+                entry.moving = true;
+                let mut order = entry.order.clone();
+                order.status = to;
+                Ok(Transition::Pending {
+                    order,
+                    pending: PendingMove {
+                        order_id: order_id.into(),
+                        to,
+                    },
+                })
+            }
+        };
+        drop(stripe);
+        ready(result)
+    }
+
+    fn finish_transition(&self, pending: PendingMove) -> Order {
+        let order = {
+            let mut stripe = self.orders.get(&pending.order_id).lock();
+            let entry = stripe
+                .get_mut(&*pending.order_id)
+                .expect("a moving order stays in the map");
+            entry.moving = false;
+            entry.order.status = pending.to;
+            entry.order.clone()
+        };
+        if pending.to.releases_stock() {
+            self.release_units(&order);
+        }
+        order
+    }
+
+    /// Forgets idempotency records whose TTL passed (their orders stay).
+    fn maintain(&self, now: u64) -> usize {
+        let mut removed = 0;
+        for stripe in self.keys.iter() {
+            let mut map = stripe.lock();
+            let before = map.len();
+            map.retain(|_, r| r.order_id.is_none() || r.expires_at > now);
+            removed += before - map.len();
+        }
+        removed
+    }
+
+    /// Reserved orders of `shard` whose payment timeout passed by `now`.
+    /// Orders that moved on meanwhile are skipped.
+    fn due_expiries(&self, shard: usize, now: u64, out: &mut Vec<String>) {
+        let mut heap = self.expiries[shard % self.shards].lock();
+        while let Some(Reverse((at, _))) = heap.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, id))) = heap.pop() else {
+                break;
+            };
+            let stripe = self.orders.get(&id).lock();
+            if stripe
+                .get(&*id)
+                .is_some_and(|e| e.order.status == OrderStatus::Reserved)
+            {
+                out.push(id.into());
+            }
+        }
+    }
+
+    /// Puts an order whose expiry could not be recorded back in its queue.
+    fn retry_expiry(&self, order_id: &str, at: u64) {
+        let shard = fnv_shard(order_id, self.shards);
+        self.expiries[shard]
+            .lock()
+            .push(Reverse((at, order_id.into())));
+    }
+
+    fn abort_transition(&self, pending: PendingMove) {
+        if let Some(entry) = self
+            .orders
+            .get(&pending.order_id)
+            .lock()
+            .get_mut(&*pending.order_id)
+        {
+            entry.moving = false;
+        }
+    }
+}
+
+fn key_conflict(rec: &KeyRecord, fingerprint: u64) -> StockError {
+    if rec.fingerprint != fingerprint {
+        StockError::KeyReused
+    } else {
+        StockError::InProgress
+    }
+}
+
+fn fnv_shard(order_id: &str, shards: usize) -> usize {
+    crate::striped::fnv(order_id.as_bytes()) as usize % shards
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,170 @@
+//! One sale as a node holds it: the operator's spec, the per-core stock
+//! shards, the runtime switch and the sold count.
+//!
+//! Hot path: `Sale::gate` and `ShardedStock::take` run on every purchase.
+//! Banned here: locks on the read path, allocation, logging.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use crate::authority::{SaleSpec, SaleState, StockError, Switch};
+use crate::striped::Striped;
+use crate::ShardedStock;
+
+const LIVE: u8 = 0;
+const PAUSED: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// One sale on this node.
+pub struct Sale {
+    spec: SaleSpec,
+    /// The units this node may sell, one shard per core.
+    pub stock: ShardedStock,
+    switch: AtomicU8,
+    /// Units in `reserved` or `paid` orders (embedded mode: node-wide).
+    sold: AtomicU64,
+    /// Units each user holds in `reserved` or `paid` orders, as counted by an
+    /// in-process authority (the Redis authority keeps them in Redis).
+    pub(crate) holders: Striped<HashMap<Box<str>, u32>>,
+}
+
+impl Sale {
+    /// A sale with all of its stock spread over `shards` shards.
+    pub fn new(spec: SaleSpec, shards: usize) -> Self {
+        Sale {
+            stock: ShardedStock::new(spec.stock, shards),
+            spec,
+            switch: AtomicU8::new(LIVE),
+            sold: AtomicU64::new(0),
+            holders: Striped::new(),
+        }
+    }
+
+    pub fn spec(&self) -> &SaleSpec {
+        &self.spec
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.sale_id
+    }
+
+    /// Units in `reserved` or `paid` orders.
+    pub fn sold(&self) -> u64 {
+        self.sold.load(Ordering::Acquire)
+    }
+
+    pub fn remaining(&self) -> u64 {
+        self.spec.stock.saturating_sub(self.sold())
+    }
+
+    /// The state at `now` (Unix seconds), for `GET /sales/{id}`.
+    pub fn state(&self, now: u64) -> SaleState {
+        match self.switch.load(Ordering::Acquire) {
+            CLOSED => return SaleState::Closed,
+            PAUSED => return SaleState::Paused,
+            _ => {}
+        }
+        if now < self.spec.starts_at {
+            SaleState::Scheduled
+        } else if self.spec.ends_at.is_some_and(|end| now >= end) {
+            SaleState::Closed
+        } else if self.remaining() == 0 {
+            SaleState::SoldOut
+        } else {
+            SaleState::Open
+        }
+    }
+
+    /// May a purchase proceed at `now`? Reads only read-mostly words: the
+    /// switch, the spec and the sold-out flag of the shards.
+    pub fn gate(&self, now: u64) -> Result<(), StockError> {
+        if self.switch.load(Ordering::Acquire) != LIVE
+            || now < self.spec.starts_at
+            || self.spec.ends_at.is_some_and(|end| now >= end)
+        {
+            return Err(StockError::SaleNotOpen);
+        }
+        if self.stock.is_sold_out() {
+            return Err(StockError::SoldOut);
+        }
+        Ok(())
+    }
+
+    /// Applies an operator's switch. A closed sale stays closed.
+    pub fn apply_switch(&self, switch: Switch) -> Result<(), StockError> {
+        let target = match switch {
+            Switch::Pause => PAUSED,
+            Switch::Resume => LIVE,
+            Switch::Close => CLOSED,
+        };
+        let mut current = self.switch.load(Ordering::Acquire);
+        loop {
+            if current == CLOSED && target != CLOSED {
+                return Err(StockError::InvalidState("the sale is closed"));
+            }
+            match self
+                .switch
+                .compare_exchange(current, target, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    pub(crate) fn add_sold(&self, qty: u32) {
+        self.sold.fetch_add(u64::from(qty), Ordering::AcqRel);
+    }
+
+    pub(crate) fn sub_sold(&self, qty: u32) {
+        self.sold.fetch_sub(u64::from(qty), Ordering::AcqRel);
+    }
+
+    /// Units `user_id` holds in live orders.
+    pub fn held_by(&self, user_id: &str) -> u32 {
+        self.holders
+            .get(user_id)
+            .lock()
+            .get(user_id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(stock: u64) -> SaleSpec {
+        SaleSpec {
+            sale_id: "s".into(),
+            stock,
+            per_user_limit: 1,
+            starts_at: 100,
+            ends_at: Some(200),
+            payment_timeout_s: 900,
+        }
+    }
+
+    #[test]
+    fn state_follows_time_switch_and_stock() {
+        let sale = Sale::new(spec(1), 2);
+        assert_eq!(sale.state(99), SaleState::Scheduled);
+        assert_eq!(sale.state(100), SaleState::Open);
+        assert_eq!(sale.state(200), SaleState::Closed);
+        assert!(matches!(sale.gate(99), Err(StockError::SaleNotOpen)));
+        assert!(sale.gate(150).is_ok());
+        sale.apply_switch(Switch::Pause).unwrap();
+        assert_eq!(sale.state(150), SaleState::Paused);
+        assert!(matches!(sale.gate(150), Err(StockError::SaleNotOpen)));
+        sale.apply_switch(Switch::Resume).unwrap();
+        sale.add_sold(1);
+        assert_eq!(sale.state(150), SaleState::SoldOut);
+        sale.apply_switch(Switch::Close).unwrap();
+        assert_eq!(sale.state(150), SaleState::Closed);
+        assert!(matches!(
+            sale.apply_switch(Switch::Resume),
+            Err(StockError::InvalidState(_))
+        ));
+    }
+}
