@@ -103,9 +103,7 @@ fn run(
                     });
                 }
             });
-            let e = start.elapsed();
-            eprintln!("iters={iters} elapsed={e:?}");
-            e
+            start.elapsed()
         })
     });
 }

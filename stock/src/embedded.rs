@@ -38,6 +38,9 @@ struct KeyRecord {
     expires_at: u64,
 }
 
+/// Reserved orders by expiry time (Unix seconds), soonest first.
+type ExpiryQueue = BinaryHeap<Reverse<(u64, Box<str>)>>;
+
 struct OrderEntry {
     order: Order,
     /// A transition has begun and waits for its event to be durable.
@@ -54,7 +57,7 @@ pub struct EmbeddedAuthority {
     keys: Striped<HashMap<Box<str>, KeyRecord>>,
     orders: Striped<HashMap<Box<str>, OrderEntry>>,
     /// Reserved orders by expiry time, one queue per shard.
-    expiries: Box<[Mutex<BinaryHeap<Reverse<(u64, Box<str>)>>>]>,
+    expiries: Box<[Mutex<ExpiryQueue>]>,
     next_seq: AtomicU64,
 }
 

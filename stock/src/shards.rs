@@ -66,7 +66,11 @@ impl ShardedStock {
     /// if `qty` units cannot be gathered (or `qty` is zero).
     ///
     /// The units are accounted to the core's own shard: dropping the returned
-    /// [`Units`] puts them back there; [`Units::commit`] sells them.
+    /// [`Units`] puts them back there; [`Units::commit`] sells them. A failed
+    /// take leaves the total unchanged but may have moved the units it had
+    /// gathered from siblings into the own shard. A take racing with a
+    /// put_back may answer `None` although the returned units are there a
+    /// moment later: it lost that race, and the next take finds them.
     pub fn take(&self, core: usize, qty: u32) -> Option<Units<'_>> {
         // The sold-out path: one load, nothing written. Acquire pairs with the
         // stores of the flag; a stale `true` only means that this request

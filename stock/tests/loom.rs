@@ -135,3 +135,30 @@ fn drain_racing_with_put_back() {
         assert_flag_consistent(&stock);
     });
 }
+
+#[test]
+fn stolen_surplus_in_flight_never_hides_behind_the_flag() {
+    // Shards [0, 3]: a buyer of one on core 0 steals 1 + (3 - 1) / 2 = 2 and
+    // moves the surplus unit into its own shard, while core 1 buys one unit
+    // twice: its second scan may find nothing while the surplus is in flight.
+    loom::model(|| {
+        let stock = Arc::new(ShardedStock::new(6, 2));
+        stock.take(0, 3).expect("shard 0").commit();
+        let stealer = {
+            let stock = stock.clone();
+            thread::spawn(move || buy(&stock, 0, 1))
+        };
+        let sold = buy(&stock, 1, 1) + buy(&stock, 1, 1);
+        let stolen = stealer.join().expect("stealer panicked");
+        assert_eq!(stock.available() + sold + stolen, 3);
+        assert_flag_consistent(&stock);
+    });
+}
+
+/// Takes and commits `qty` units on `core`; returns how many were sold.
+fn buy(stock: &ShardedStock, core: usize, qty: u32) -> u64 {
+    stock.take(core, qty).map_or(0, |units| {
+        units.commit();
+        u64::from(qty)
+    })
+}
