@@ -564,3 +564,309 @@ fn now_s() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// The embedded authority answers at once: one poll is enough.
+    fn now<F: Future>(f: F) -> F::Output {
+        let mut cx = Context::from_waker(Waker::noop());
+        match pin!(f).poll(&mut cx) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("the embedded authority never waits"),
+        }
+    }
+
+    fn spec(id: &str, stock: u64, limit: u32) -> SaleSpec {
+        SaleSpec {
+            sale_id: id.into(),
+            stock,
+            per_user_limit: limit,
+            starts_at: 0,
+            ends_at: None,
+            payment_timeout_s: 60,
+        }
+    }
+
+    fn attempt<'a>(user: &'a str, qty: u32, key: Option<&'a str>) -> Attempt<'a> {
+        Attempt {
+            user_id: user,
+            quantity: qty,
+            idempotency_key: key,
+            now: 1_000,
+            core: 0,
+        }
+    }
+
+    /// Takes units and reserves; confirms unless `fail_log`.
+    fn buy(
+        auth: &EmbeddedAuthority,
+        sale: &Sale,
+        a: &Attempt<'_>,
+        fail_log: bool,
+    ) -> Result<Order, StockError> {
+        let units = sale
+            .stock
+            .take(a.core, a.quantity)
+            .ok_or(StockError::SoldOut)?;
+        match now(auth.reserve(sale, a, units))? {
+            Reservation::Replay(o) => Ok(o),
+            Reservation::New { order, pending } => {
+                if fail_log {
+                    auth.abort(pending);
+                    Err(StockError::Unavailable("log down".into()))
+                } else {
+                    auth.confirm(pending);
+                    Ok(order)
+                }
+            }
+        }
+    }
+
+    fn authority() -> EmbeddedAuthority {
+        EmbeddedAuthority::new(7, 2, 3_600, 1_000_000)
+    }
+
+    #[test]
+    fn reserve_confirm_counts_units_limit_and_names_orders() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 3, 2))).unwrap();
+        let o1 = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        let o2 = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        assert_ne!(o1.order_id, o2.order_id);
+        assert!(o1.order_id.starts_with("7-"));
+        assert_eq!(o1.expires_at, 1_060);
+        assert!(matches!(
+            buy(&auth, &sale, &attempt("u", 1, None), false),
+            Err(StockError::LimitExceeded)
+        ));
+        // The refused attempt gave its unit back.
+        assert_eq!(sale.stock.available(), 1);
+        assert_eq!(sale.sold(), 2);
+        assert_eq!(sale.held_by("u"), 2);
+        assert_eq!(
+            now(auth.order(&o1.order_id)).unwrap().status,
+            OrderStatus::Reserved
+        );
+    }
+
+    #[test]
+    fn abort_gives_back_units_limit_and_key() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 1, 1))).unwrap();
+        let a = attempt("u", 1, Some("k"));
+        assert!(buy(&auth, &sale, &a, true).is_err());
+        assert_eq!(sale.stock.available(), 1);
+        assert_eq!(sale.sold(), 0);
+        assert_eq!(sale.held_by("u"), 0);
+        assert_eq!(now(auth.lookup_key(&sale, &a)).unwrap(), KeyLookup::Unused);
+        // And the same request can then succeed.
+        buy(&auth, &sale, &a, false).unwrap();
+    }
+
+    #[test]
+    fn keys_replay_conflict_and_in_progress() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 5, 5))).unwrap();
+        let a = attempt("u", 1, Some("k"));
+        let first = buy(&auth, &sale, &a, false).unwrap();
+        assert_eq!(
+            now(auth.lookup_key(&sale, &a)).unwrap(),
+            KeyLookup::Replay(first.clone())
+        );
+        // Same key, other user or other quantity: reused.
+        for other in [attempt("v", 1, Some("k")), attempt("u", 2, Some("k"))] {
+            assert!(matches!(
+                now(auth.lookup_key(&sale, &other)),
+                Err(StockError::KeyReused)
+            ));
+        }
+        // Same key on another sale: reused too (one key, one order).
+        let sale2 = now(auth.create_sale(spec("s2", 5, 5))).unwrap();
+        assert!(matches!(
+            now(auth.lookup_key(&sale2, &a)),
+            Err(StockError::KeyReused)
+        ));
+        // A key whose first request is still in flight.
+        let b = attempt("w", 1, Some("k2"));
+        let units = sale.stock.take(0, 1).unwrap();
+        let Reservation::New { pending, .. } = now(auth.reserve(&sale, &b, units)).unwrap() else {
+            panic!("expected a new reservation");
+        };
+        assert!(matches!(
+            now(auth.lookup_key(&sale, &b)),
+            Err(StockError::InProgress)
+        ));
+        let units = sale.stock.take(0, 1).unwrap();
+        assert!(matches!(
+            now(auth.reserve(&sale, &b, units)),
+            Err(StockError::InProgress)
+        ));
+        auth.confirm(pending);
+        assert_eq!(sale.sold(), 2);
+        assert_eq!(auth.key_records(), 2);
+    }
+
+    #[test]
+    fn keys_are_forgotten_after_their_ttl() {
+        let auth = EmbeddedAuthority::new(1, 1, 10, 0);
+        let sale = now(auth.create_sale(spec("s", 5, 5))).unwrap();
+        let a = attempt("u", 1, Some("k"));
+        buy(&auth, &sale, &a, false).unwrap();
+        assert_eq!(auth.maintain(now_s() + 5), 0);
+        assert_eq!(auth.maintain(now_s() + 11), 1);
+        assert_eq!(auth.key_records(), 0);
+        // The order itself stays.
+        assert_eq!(auth.order_count(), 1);
+    }
+
+    #[test]
+    fn cancel_and_expiry_return_units_exactly_once() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 1, 1))).unwrap();
+        let order = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        assert!(sale.stock.take(0, 1).is_none());
+        let Transition::Pending { pending, .. } =
+            now(auth.begin_transition(&order.order_id, OrderStatus::Cancelled, 1_001)).unwrap()
+        else {
+            panic!("expected a pending move");
+        };
+        // A second cancel while the first is being recorded.
+        assert!(matches!(
+            now(auth.begin_transition(&order.order_id, OrderStatus::Cancelled, 1_001)),
+            Err(StockError::InProgress)
+        ));
+        assert_eq!(
+            auth.finish_transition(pending).status,
+            OrderStatus::Cancelled
+        );
+        assert_eq!(
+            (sale.stock.available(), sale.sold(), sale.held_by("u")),
+            (1, 0, 0)
+        );
+        // Cancelling again changes nothing; paying is refused.
+        assert!(matches!(
+            now(auth.begin_transition(&order.order_id, OrderStatus::Cancelled, 1_002)),
+            Ok(Transition::Unchanged(_))
+        ));
+        assert!(matches!(
+            now(auth.begin_transition(&order.order_id, OrderStatus::Paid, 1_002)),
+            Err(StockError::InvalidState(_))
+        ));
+        assert_eq!(sale.stock.available(), 1);
+
+        // Expiry: due once the timeout passed, and only while reserved.
+        let order = buy(&auth, &sale, &attempt("v", 1, None), false).unwrap();
+        let mut due = Vec::new();
+        for shard in 0..2 {
+            auth.due_expiries(shard, order.expires_at - 1, &mut due);
+        }
+        assert!(due.is_empty());
+        for shard in 0..2 {
+            auth.due_expiries(shard, order.expires_at, &mut due);
+        }
+        assert_eq!(due, vec![order.order_id.clone()]);
+        // Paying after the timeout is refused even before the sweep.
+        assert!(matches!(
+            now(auth.begin_transition(&order.order_id, OrderStatus::Paid, order.expires_at)),
+            Err(StockError::InvalidState(_))
+        ));
+        let Transition::Pending { pending, .. } =
+            now(auth.begin_transition(&order.order_id, OrderStatus::Expired, order.expires_at))
+                .unwrap()
+        else {
+            panic!("expected a pending move");
+        };
+        auth.finish_transition(pending);
+        assert_eq!((sale.stock.available(), sale.sold()), (1, 0));
+    }
+
+    #[test]
+    fn aborted_transition_leaves_the_order_reserved() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 1, 1))).unwrap();
+        let order = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        let Transition::Pending { pending, .. } =
+            now(auth.begin_transition(&order.order_id, OrderStatus::Cancelled, 1_001)).unwrap()
+        else {
+            panic!("expected a pending move");
+        };
+        auth.abort_transition(pending);
+        assert_eq!(
+            now(auth.order(&order.order_id)).unwrap().status,
+            OrderStatus::Reserved
+        );
+        assert_eq!(sale.sold(), 1);
+        assert!(sale.stock.take(0, 1).is_none());
+    }
+
+    #[test]
+    fn restore_rebuilds_sold_limits_keys_and_sequence() {
+        let auth = authority();
+        auth.restore_sale(spec("s", 3, 1)).unwrap();
+        let order = |id: &str, user: &str| Order {
+            order_id: id.into(),
+            sale_id: "s".into(),
+            user_id: user.into(),
+            quantity: 1,
+            status: OrderStatus::Reserved,
+            expires_at: u64::MAX,
+            shard: 1,
+        };
+        let a = attempt("u", 1, Some("k"));
+        let sale = auth.sale("s").unwrap();
+        let fp = a.fingerprint("s");
+        auth.restore_order(order("7-5000000", "u"), Some(("k".into(), fp)), now_s())
+            .unwrap();
+        auth.restore_order(order("7-5000001", "v"), None, now_s())
+            .unwrap();
+        auth.restore_transition("7-5000001", OrderStatus::Cancelled)
+            .unwrap();
+        // A repeated transition record is harmless.
+        auth.restore_transition("7-5000001", OrderStatus::Cancelled)
+            .unwrap();
+        assert_eq!((sale.sold(), sale.stock.available()), (1, 2));
+        assert_eq!(sale.held_by("u"), 1);
+        assert_eq!(sale.held_by("v"), 0);
+        assert!(matches!(
+            now(auth.lookup_key(&sale, &a)).unwrap(),
+            KeyLookup::Replay(o) if o.order_id == "7-5000000"
+        ));
+        // New ids continue after the restored ones.
+        let next = buy(&auth, &sale, &attempt("w", 1, None), false).unwrap();
+        assert_eq!(next.order_id, "7-5000002");
+        // A log that sells more than the stock is refused.
+        auth.restore_order(order("7-1", "x"), None, now_s())
+            .unwrap();
+        assert!(auth
+            .restore_order(order("7-2", "y"), None, now_s())
+            .is_err());
+    }
+
+    #[test]
+    fn sales_are_not_silently_redefined_and_close_drains() {
+        let auth = authority();
+        let epoch = auth.sales_epoch();
+        now(auth.create_sale(spec("s", 3, 1))).unwrap();
+        assert_ne!(auth.sales_epoch(), epoch);
+        assert!(now(auth.create_sale(spec("s", 3, 1))).is_ok());
+        assert!(matches!(
+            now(auth.create_sale(spec("s", 4, 1))),
+            Err(StockError::InvalidState(_))
+        ));
+        let sale = now(auth.switch("s", Switch::Close)).unwrap();
+        assert_eq!(sale.stock.available(), 0);
+        assert!(matches!(
+            now(auth.switch("s", Switch::Resume)),
+            Err(StockError::InvalidState(_))
+        ));
+        assert!(matches!(
+            now(auth.switch("nope", Switch::Pause)),
+            Err(StockError::SaleNotFound)
+        ));
+    }
+}
