@@ -160,7 +160,9 @@ impl Journal {
     }
 
     /// Same, with bytes already produced by [`Event::to_json`] (so the
-    /// encoding cost stays on the caller's core).
+    /// encoding cost stays on the caller's core). Other bytes are written as
+    /// given and make the next [`Journal::open`] fail with
+    /// [`JournalError::Undecodable`].
     pub fn append_encoded(&self, payload: Vec<u8>) -> Durable {
         if payload.is_empty() || payload.len() > MAX_RECORD_BYTES {
             return Durable::ready(Err(JournalError::RecordSize { len: payload.len() }));
@@ -192,6 +194,8 @@ impl Journal {
 
     /// Stops accepting appends, flushes and fsyncs what is queued, joins
     /// the writer thread. Idempotent; a second caller waits for the first.
+    /// Blocks until the flush is done: call it on the shutdown path, not
+    /// from inside a runtime's task.
     pub fn close(&self) {
         self.inner.close();
     }
@@ -362,6 +366,7 @@ impl Pending {
 
 /// The body of the `seckill-journal` thread.
 fn run_writer(shared: &Shared, mut sink: Box<dyn Sink>, opts: &JournalOptions) {
+    let _guard = FailOnPanic(shared);
     let mut batch: Vec<Pending> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -419,13 +424,31 @@ fn run_writer(shared: &Shared, mut sink: Box<dyn Sink>, opts: &JournalOptions) {
     }
 }
 
+/// If the writer thread unwinds, fails what is queued and every later
+/// append; otherwise their `Durable`s would wait forever. Dropping a waiter's
+/// sender resolves its `Durable` as failed.
+struct FailOnPanic<'a>(&'a Shared);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let rest = {
+                let mut queue = self.0.queue.lock();
+                queue.failed = Some("the journal writer panicked".into());
+                std::mem::take(&mut queue.pending)
+            };
+            drop(rest);
+        }
+    }
+}
+
 /// Moves the next batch from `pending` to `batch`: one record without group
 /// commit; else everything queued up to `max_batch_bytes` (at least one).
 fn take_batch(pending: &mut VecDeque<Pending>, batch: &mut Vec<Pending>, opts: &JournalOptions) {
     let mut bytes = 0;
     while let Some(next) = pending.front() {
         if !batch.is_empty()
-            && (opts.group_commit || bytes + next.frame_len() > opts.max_batch_bytes)
+            && (!opts.group_commit || bytes + next.frame_len() > opts.max_batch_bytes)
         {
             break;
         }
@@ -550,17 +573,7 @@ fn replay(file: &mut File, len: u64, path: &Path) -> Result<Replay, JournalError
         if remaining == 0 {
             return Ok(out);
         }
-        let good = remaining >= FRAME_HEADER as u64 && {
-            let mut header = [0; FRAME_HEADER];
-            reader.read_exact(&mut header)?;
-            let (plen, crc) = parse_header(&header);
-            plen >= 1 && plen <= MAX_RECORD_BYTES && (FRAME_HEADER + plen) as u64 <= remaining && {
-                payload.resize(plen, 0);
-                reader.read_exact(&mut payload)?;
-                crc32fast::hash(&payload) == crc
-            }
-        };
-        if !good {
+        if !read_frame(&mut reader, remaining, &mut payload)? {
             drop(reader);
             return if is_torn_tail(&read_from(file, offset)?) {
                 Ok(out)
@@ -575,6 +588,24 @@ fn replay(file: &mut File, len: u64, path: &Path) -> Result<Replay, JournalError
             Decoded::Bad(source) => return Err(JournalError::Undecodable { offset, source }),
         }
     }
+}
+
+/// Reads the frame at the reader's position into `payload`; false if it is
+/// a bad frame (short, bad length, bad CRC). `remaining`: bytes left in the
+/// file from the frame's start.
+fn read_frame(reader: &mut impl Read, remaining: u64, payload: &mut Vec<u8>) -> io::Result<bool> {
+    if remaining < FRAME_HEADER as u64 {
+        return Ok(false);
+    }
+    let mut header = [0; FRAME_HEADER];
+    reader.read_exact(&mut header)?;
+    let (plen, crc) = parse_header(&header);
+    if !(1..=MAX_RECORD_BYTES).contains(&plen) || (FRAME_HEADER + plen) as u64 > remaining {
+        return Ok(false);
+    }
+    payload.resize(plen, 0);
+    reader.read_exact(payload)?;
+    Ok(crc32fast::hash(payload) == crc)
 }
 
 fn parse_header(header: &[u8]) -> (usize, u32) {
@@ -641,6 +672,7 @@ mod tests {
     use crate::event::EventKind;
     use std::sync::atomic::AtomicBool;
     use std::task::{Wake, Waker};
+    use std::time::{Duration, Instant};
 
     /// Runs a future to completion on this thread.
     fn block_on<F: Future>(fut: F) -> F::Output {
@@ -658,6 +690,30 @@ mod tests {
                 return out;
             }
             thread::park();
+        }
+    }
+
+    /// Like `block_on`, but gives up after `limit`.
+    fn block_on_for<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+        struct Unpark(thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let deadline = Instant::now() + limit;
+        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return Some(out);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            thread::park_timeout(left);
         }
     }
 
@@ -1053,10 +1109,10 @@ mod tests {
         j.close();
     }
 
-    /// A sink whose sync waits for the test to open a gate.
+    /// A sink whose first sync waits for the test to open a gate.
     struct GatedSink {
         entered: std::sync::mpsc::Sender<()>,
-        gate: std::sync::mpsc::Receiver<()>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
     }
 
     impl Sink for GatedSink {
@@ -1065,8 +1121,10 @@ mod tests {
         }
 
         fn sync(&mut self) -> io::Result<()> {
-            let _ = self.entered.send(());
-            let _ = self.gate.recv();
+            if let Some(gate) = self.gate.take() {
+                let _ = self.entered.send(());
+                let _ = gate.recv();
+            }
             Ok(())
         }
     }
@@ -1077,7 +1135,7 @@ mod tests {
         let (open_gate, gate) = std::sync::mpsc::channel();
         let sink = GatedSink {
             entered: entered_tx,
-            gate,
+            gate: Some(gate),
         };
         let j = Journal::start(Box::new(sink), JournalOptions::default()).unwrap();
         let first = j.append(&event(0));
@@ -1085,14 +1143,47 @@ mod tests {
         let rest: Vec<Durable> = (1..=100).map(|i| j.append(&event(i))).collect();
         open_gate.send(()).unwrap();
         block_on(first).unwrap();
-        entered.recv().unwrap(); // second sync: all 100 in one batch
-        open_gate.send(()).unwrap();
         for d in rest {
             block_on(d).unwrap();
         }
         let stats = j.stats();
+        // The 100 records queued while the first sync ran went in one batch.
         assert_eq!((stats.records, stats.syncs), (101, 2), "{stats:?}");
         j.close();
+    }
+
+    struct PanickingSink;
+
+    impl Sink for PanickingSink {
+        fn write_batch(&mut self, _buf: &[u8]) -> io::Result<()> {
+            panic!("injected writer panic");
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_writer_fails_appends_instead_of_hanging_them() {
+        let j = Journal::start(Box::new(PanickingSink), JournalOptions::default()).unwrap();
+        let err = block_on(j.append(&event(1))).unwrap_err();
+        assert!(matches!(err, JournalError::Failed { .. }), "{err:?}");
+        let later = block_on_for(j.append(&event(2)), Duration::from_secs(10));
+        let err = later
+            .expect("a later append must fail, not hang")
+            .unwrap_err();
+        assert!(matches!(err, JournalError::Failed { .. }), "{err:?}");
+        j.close();
+    }
+
+    #[test]
+    fn handles_and_futures_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Journal>();
+        send::<Durable>();
+        send_sync::<JournalError>();
     }
 
     #[test]
