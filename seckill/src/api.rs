@@ -293,9 +293,13 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         input: &[u8],
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
-        let spec = SaleInput::parse(sale_id, input, now_s())?;
         let authority = &self.node.authority;
-        if let Some(existing) = authority.sale(sale_id) {
+        let existing = authority.sale(sale_id);
+        // A retried PUT without `starts_at` means the same sale, not one that
+        // starts at the time of the retry.
+        let default_start = existing.as_ref().map_or_else(now_s, |s| s.spec().starts_at);
+        let spec = SaleInput::parse(sale_id, input, default_start)?;
+        if let Some(existing) = existing {
             if existing.spec() != &spec {
                 return Err(StockError::InvalidState(
                     "a sale with this id exists with another definition",
@@ -422,6 +426,16 @@ fn write_json<T: Serialize>(body: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(&mut *body, value);
 }
 
+/// Decodes a body that must be one JSON object (serde would also fill a
+/// struct from an array).
+fn json_object<'a, T: Deserialize<'a>>(input: &'a [u8]) -> Result<T, ApiError> {
+    if input.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::BadRequestStatic("the body must be a JSON object"));
+    }
+    serde_json::from_slice(input)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
 /// A purchase request, validated.
 struct PurchaseInput<'a> {
     user_id: Cow<'a, str>,
@@ -455,8 +469,7 @@ impl<'a> PurchaseInput<'a> {
                 ))
             }
         };
-        let body: PurchaseBody<'a> = serde_json::from_slice(req.body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let body: PurchaseBody<'a> = json_object(req.body)?;
         let user_id = body
             .user_id
             .ok_or(ApiError::BadRequestStatic("missing field user_id"))?;
@@ -495,7 +508,8 @@ struct SaleBody {
 struct SaleInput;
 
 impl SaleInput {
-    fn parse(sale_id: &str, input: &[u8], now: u64) -> Result<SaleSpec, ApiError> {
+    /// `default_start` stands in for a missing `starts_at`.
+    fn parse(sale_id: &str, input: &[u8], default_start: u64) -> Result<SaleSpec, ApiError> {
         if sale_id.is_empty()
             || sale_id.len() > MAX_ID_LEN
             || !sale_id
@@ -506,15 +520,14 @@ impl SaleInput {
                 "sale id must be 1 to 64 characters of A-Z a-z 0-9 - _ . :",
             ));
         }
-        let body: SaleBody = serde_json::from_slice(input)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let body: SaleBody = json_object(input)?;
         let stock = positive(body.stock, "stock")?
             .ok_or(ApiError::BadRequestStatic("missing field stock"))?;
         let per_user_limit = positive(body.per_user_limit, "per_user_limit")?
             .ok_or(ApiError::BadRequestStatic("missing field per_user_limit"))?;
         let per_user_limit = u32::try_from(per_user_limit)
             .map_err(|_| ApiError::BadRequestStatic("per_user_limit is too large"))?;
-        let starts_at = time_field(body.starts_at, "starts_at")?.unwrap_or(now);
+        let starts_at = time_field(body.starts_at, "starts_at")?.unwrap_or(default_start);
         let ends_at = time_field(body.ends_at, "ends_at")?;
         if ends_at.is_some_and(|end| end <= starts_at) {
             return Err(ApiError::BadRequestStatic(

@@ -1,0 +1,31 @@
+//! Integration tests of the `seckill` binary: each test starts real node
+//! processes on temp data dirs and talks HTTP/1.1 to them over TCP.
+//!
+//! Layout:
+//! - `support`: the [`support::Node`] process handle, the blocking HTTP
+//!   client, the journal reader.
+//! - `contention`: many buyers, few units: no oversell, limits hold, every
+//!   acknowledged order is in the journal exactly once.
+//! - `idempotency`: replays, reused keys, concurrent duplicates, replays
+//!   across restarts and after sell-out.
+//! - `crash`: SIGKILL mid-sale loses nothing acknowledged and resells nothing.
+//! - `lifecycle`: pay, cancel, expiry, and their survival over restarts.
+//! - `admin`: the admin token, the sale gate and switches, sale validation.
+//! - `bad_input`: malformed and oversized requests, slow clients,
+//!   pipelining and keep-alive.
+
+#[path = "node/support.rs"]
+mod support;
+
+#[path = "node/admin.rs"]
+mod admin;
+#[path = "node/bad_input.rs"]
+mod bad_input;
+#[path = "node/contention.rs"]
+mod contention;
+#[path = "node/crash.rs"]
+mod crash;
+#[path = "node/idempotency.rs"]
+mod idempotency;
+#[path = "node/lifecycle.rs"]
+mod lifecycle;

@@ -1,0 +1,366 @@
+//! Hostile and broken clients: malformed requests, garbage bytes, bad
+//! bodies and headers, oversized input, slow clients; and the good side of
+//! HTTP/1.1: pipelining and keep-alive. The node answers each with the
+//! right JSON error and keeps serving everyone else.
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{assert_error, assert_ok, encode, Client, Node};
+
+/// How soon a node must close a connection it rejected.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_malformed_request_line_is_400_and_closes_the_connection() {
+    let node = Node::start();
+    let mut bystander = node.client();
+    assert_eq!(bystander.get("/healthz").status, 200);
+
+    let mut c = node.client();
+    c.send_raw(b"GARBAGE\r\n\r\n").expect("send");
+    let resp = c.read_response().expect("an answer to garbage");
+    assert_error(&resp, 400, "bad_request");
+    assert!(resp.closes(), "no connection: close: {resp:?}");
+    assert!(c.closed_by_peer(CLOSE_WITHIN), "the connection stays open");
+
+    // Other malformed heads.
+    for raw in [
+        &b"GET /healthz HTTP/9.9\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"POST /sales/x/purchase HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST /sales/x/purchase HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"POST /sales/x/purchase HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let mut c = node.client();
+        c.send_raw(raw).expect("send");
+        let resp = c.read_response().expect("an answer");
+        assert_error(&resp, 400, "bad_request");
+        assert!(
+            c.closed_by_peer(CLOSE_WITHIN),
+            "still open after {:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(bystander.get("/healthz").status, 200);
+}
+
+#[test]
+fn binary_garbage_never_hurts_the_node() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("g", &json!({ "stock": 3, "per_user_limit": 1 }));
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    for round in 0..30 {
+        let len = 16 + (rng.next() % 3000) as usize;
+        let garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut g = node.client();
+        g.set_read_timeout(CLOSE_WITHIN);
+        // The node may close early and reset the rest of the send.
+        let _ = g.send_raw(&garbage);
+        g.shutdown_write();
+        match g.read_response() {
+            Ok(resp) => {
+                let code = match resp.status {
+                    400 => "bad_request",
+                    413 | 431 => "too_large",
+                    _ => panic!("round {round}: garbage answered {resp}"),
+                };
+                assert_error(&resp, resp.status, code);
+            }
+            // Closed (or reset) without an answer is fine; a timeout is not.
+            Err(e) => assert!(
+                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "round {round}: the node neither answered nor closed: {e}"
+            ),
+        }
+        assert_eq!(c.get("/healthz").status, 200, "round {round}");
+    }
+    assert_ok(&c.purchase("g", "alice"));
+    assert_eq!(c.sale("g")["sold"], 1);
+}
+
+#[test]
+fn bad_purchase_requests_are_400() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("p", &json!({ "stock": 5, "per_user_limit": 5 }));
+    let long_user = format!(r#"{{"user_id":"{}"}}"#, "u".repeat(65));
+    let bodies: [&[u8]; 11] = [
+        b"{bad json",
+        b"",
+        b"{}",
+        br#"{"quantity":1}"#,
+        br#"{"user_id":"a","quantity":0}"#,
+        br#"{"user_id":"a","quantity":-1}"#,
+        br#"{"user_id":"a","quantity":"1"}"#,
+        br#"{"user_id":"a","quantity":1.5}"#,
+        br#"{"user_id":""}"#,
+        br#"{"user_id":5}"#,
+        long_user.as_bytes(),
+    ];
+    for body in bodies {
+        let resp = c.try_purchase_raw("p", body, None).expect("an answer");
+        assert_eq!(
+            resp.status,
+            400,
+            "{}: {resp}",
+            String::from_utf8_lossy(body)
+        );
+        assert_error(&resp, 400, "bad_request");
+    }
+    let ok_body = br#"{"user_id":"alice","quantity":1}"#;
+    let long_key = "k".repeat(65);
+    for key in [long_key.as_str(), "", "has space", "tab\there", "caf\u{e9}"] {
+        let resp = c
+            .try_purchase_raw("p", ok_body, Some(key))
+            .expect("an answer");
+        assert_eq!(resp.status, 400, "key {key:?}: {resp}");
+        assert_error(&resp, 400, "bad_request");
+    }
+    // The connection survived every 400 above, and the edges are accepted.
+    let resp = c
+        .try_purchase_raw("p", ok_body, Some(&"k".repeat(64)))
+        .expect("an answer");
+    assert_ok(&resp);
+    let resp = c
+        .try_purchase_raw("p", br#"{"user_id":"bob"}"#, None)
+        .expect("an answer");
+    assert_eq!(assert_ok(&resp)["quantity"], 1, "quantity defaults to 1");
+    assert_eq!(c.sale("p")["sold"], 2, "no invalid request sold anything");
+
+    assert_error(&c.get("/no/such/route"), 404, "not_found");
+    assert_error(&c.post("/sales/p/refund", &json!({})), 404, "not_found");
+}
+
+/// The body is a JSON object; the same values as an array are not the
+/// documented shape.
+#[test]
+fn a_purchase_body_must_be_a_json_object() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("obj", &json!({ "stock": 5, "per_user_limit": 5 }));
+    for body in [&br#"["a",1]"#[..], br#"["a"]"#, b"\"a\"", b"1", b"null"] {
+        let resp = c.try_purchase_raw("obj", body, None).expect("an answer");
+        assert_eq!(
+            resp.status,
+            400,
+            "{}: {resp}",
+            String::from_utf8_lossy(body)
+        );
+        assert_error(&resp, 400, "bad_request");
+    }
+    assert_eq!(c.sale("obj")["sold"], 0, "no invalid request sold anything");
+}
+
+#[test]
+fn oversized_headers_are_431() {
+    let node = Node::start();
+    let mut c = node.client();
+    let pad = "a".repeat(9 * 1024);
+    let raw = encode(node.addr(), "GET", "/healthz", &[("X-Pad", &pad)], None);
+    c.send_raw(&raw).expect("send");
+    let resp = c.read_response().expect("an answer");
+    assert_error(&resp, 431, "too_large");
+    assert!(c.closed_by_peer(CLOSE_WITHIN));
+
+    // Many small headers adding up past the limit.
+    let mut c = node.client();
+    let value = "v".repeat(200);
+    let names: Vec<String> = (0..45).map(|i| format!("X-H{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+    c.send_raw(&encode(node.addr(), "GET", "/healthz", &headers, None))
+        .expect("send");
+    assert_error(&c.read_response().expect("an answer"), 431, "too_large");
+
+    // Just under the limit is fine.
+    let mut c = node.client();
+    let pad = "a".repeat(7 * 1024);
+    let resp = c.request("GET", "/healthz", &[("X-Pad", &pad)], None);
+    assert_eq!(resp.status, 200, "{resp}");
+}
+
+#[test]
+fn an_oversized_body_is_413() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("b", &json!({ "stock": 5, "per_user_limit": 1 }));
+    c.send_raw(b"POST /sales/b/purchase HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20000\r\n\r\n")
+        .expect("send");
+    let resp = c.read_response().expect("an answer before the body");
+    assert_error(&resp, 413, "too_large");
+    assert!(c.closed_by_peer(CLOSE_WITHIN));
+
+    // Exactly 16 KiB is within the limit.
+    let mut body = br#"{"user_id":"big"}"#.to_vec();
+    body.resize(16 * 1024, b' ');
+    let mut c = node.client();
+    let resp = c.try_purchase_raw("b", &body, None).expect("an answer");
+    assert_ok(&resp);
+    assert_eq!(c.sale("b")["sold"], 1);
+}
+
+#[test]
+fn a_half_sent_request_blocks_nobody() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("slow", &json!({ "stock": 50, "per_user_limit": 1 }));
+
+    // Slow clients on many connections (so on every core), each stuck
+    // in the middle of a request.
+    let mut slow: Vec<Client> = (0..16).map(|_| node.client()).collect();
+    for s in &mut slow {
+        s.send_raw(b"POST /sales/slow/purchase HTTP/1.1\r\n")
+            .expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..8 {
+        let mut fast = node.client();
+        let started = Instant::now();
+        let resp = fast.purchase("slow", &format!("fast-{i}"));
+        let took = started.elapsed();
+        assert_ok(&resp);
+        assert!(took < Duration::from_secs(2), "a purchase took {took:?}");
+    }
+    // The slow ones finish their requests and are served too.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let body = format!(r#"{{"user_id":"slow-{i}"}}"#);
+        let rest = format!(
+            "Host: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.send_raw(rest.as_bytes()).expect("send");
+    }
+    for s in &mut slow {
+        assert_ok(&s.read_response().expect("the slow request's answer"));
+    }
+    assert_eq!(c.sale("slow")["sold"], 24);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("pipe", &json!({ "stock": 5, "per_user_limit": 1 }));
+    let addr = node.addr();
+    let buy = json!({ "user_id": "alice" }).to_string();
+    let mut batch = encode(addr, "GET", "/healthz", &[], None);
+    batch.extend(encode(
+        addr,
+        "POST",
+        "/sales/pipe/purchase",
+        &[],
+        Some(buy.as_bytes()),
+    ));
+    batch.extend(encode(addr, "GET", "/sales/pipe", &[], None));
+    batch.extend(encode(addr, "GET", "/sales/nope", &[], None));
+    batch.extend(encode(
+        addr,
+        "POST",
+        "/sales/pipe/purchase",
+        &[],
+        Some(buy.as_bytes()),
+    ));
+    c.send_raw(&batch).expect("one write");
+
+    assert_eq!(assert_ok(&c.read_response().expect("1st"))["status"], "ok");
+    let order = assert_ok(&c.read_response().expect("2nd"));
+    assert_eq!(order["user_id"], "alice");
+    assert_eq!(order["status"], "reserved");
+    let view = assert_ok(&c.read_response().expect("3rd"));
+    assert_eq!(view["sale_id"], "pipe");
+    assert_eq!(
+        view["sold"], 1,
+        "the purchase before it was applied: {view}"
+    );
+    assert_error(&c.read_response().expect("4th"), 404, "not_found");
+    assert_error(&c.read_response().expect("5th"), 409, "limit_exceeded");
+    // And the connection goes on.
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn one_connection_serves_a_hundred_requests() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("ka", &json!({ "stock": 30, "per_user_limit": 1 }));
+    let local = c.local_addr();
+    let mut bought = 0;
+    for i in 0..100 {
+        let resp = if i % 2 == 0 {
+            c.purchase("ka", &format!("user-{i}"))
+        } else {
+            c.get("/sales/ka")
+        };
+        assert!(
+            !resp.closes(),
+            "request {i} closed the connection: {resp:?}"
+        );
+        match resp.status {
+            200 if i % 2 == 0 => bought += 1,
+            200 => assert_eq!(resp.json()["sold"], bought, "request {i}"),
+            _ => assert_error(&resp, 410, "sold_out"),
+        }
+    }
+    assert_eq!(bought, 30);
+    assert_eq!(c.local_addr(), local, "still the same connection");
+}
+
+/// A small deterministic generator for garbage bytes.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn connection_close_and_http10_end_the_connection() {
+    let node = Node::start();
+    let addr = node.addr();
+    let mut c = node.client();
+    let resp = c.request("GET", "/healthz", &[("Connection", "close")], None);
+    assert_eq!(resp.status, 200, "{resp}");
+    assert!(resp.closes(), "{resp:?}");
+    assert!(c.closed_by_peer(CLOSE_WITHIN));
+
+    let mut c = Client::connect(addr);
+    c.send_raw(b"GET /healthz HTTP/1.0\r\n\r\n").expect("send");
+    let resp = c.read_response().expect("an answer");
+    assert_eq!(resp.status, 200, "{resp}");
+    assert!(
+        c.closed_by_peer(CLOSE_WITHIN),
+        "HTTP/1.0 without keep-alive"
+    );
+}
+
+/// A client that drips a request a byte at a time is cut off by the
+/// slow-client limit (10 s by default), however steadily it drips.
+#[test]
+fn a_dripping_client_is_cut_off() {
+    let node = Node::start();
+    let mut c = node.client();
+    let started = Instant::now();
+    let mut cut_off = false;
+    for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain(std::iter::repeat(&b'a'))
+    {
+        if c.send_raw(&[*byte]).is_err() || c.closed_by_peer(Duration::from_millis(250)) {
+            cut_off = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(cut_off, "still connected after {took:?} of dripping");
+    assert_eq!(node.client().get("/healthz").status, 200);
+}
