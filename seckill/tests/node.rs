@@ -13,6 +13,7 @@
 //! - `admin`: the admin token, the sale gate and switches, sale validation.
 //! - `bad_input`: malformed and oversized requests, slow clients,
 //!   pipelining and keep-alive.
+//! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 
 #[path = "node/support.rs"]
 mod support;
@@ -29,3 +30,5 @@ mod crash;
 mod idempotency;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/runtime.rs"]
+mod runtime;

@@ -32,21 +32,41 @@ pub struct Node {
     addr: SocketAddr,
     root: tempfile::TempDir,
     starts: usize,
+    /// Flags added to every start (driver, config file, ...).
+    extra: Vec<String>,
 }
 
 impl Node {
     /// Starts a node on a fresh, empty data dir.
     pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a node with `extra` flags added to the usual ones (they are
+    /// used again by [`Node::restart`]). `{root}` in a flag stands for the
+    /// node's temp root, e.g. for a `--config` file written there first.
+    pub fn start_with(extra: &[&str]) -> Node {
         let root = tempfile::Builder::new()
             .prefix("seckill-it-")
             .tempdir()
             .expect("temp dir");
-        let (child, addr) = spawn(root.path(), 0);
+        Node::start_in(root, extra)
+    }
+
+    /// Like [`Node::start_with`], in a temp root made by the caller.
+    pub fn start_in(root: tempfile::TempDir, extra: &[&str]) -> Node {
+        let root_text = root.path().display().to_string();
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{root}", &root_text))
+            .collect();
+        let (child, addr) = spawn(root.path(), 0, &extra);
         Node {
             child: Some(child),
             addr,
             root,
             starts: 1,
+            extra,
         }
     }
 
@@ -109,7 +129,7 @@ impl Node {
         if self.child.is_some() {
             self.terminate();
         }
-        let (child, addr) = spawn(self.root.path(), self.starts);
+        let (child, addr) = spawn(self.root.path(), self.starts, &self.extra);
         self.starts += 1;
         self.child = Some(child);
         self.addr = addr;
@@ -147,7 +167,7 @@ fn log_path(root: &Path, n: usize) -> PathBuf {
 }
 
 /// Starts `seckill` and reads its stdout until the banner gives the port.
-fn spawn(root: &Path, n: usize) -> (Child, SocketAddr) {
+fn spawn(root: &Path, n: usize, extra: &[String]) -> (Child, SocketAddr) {
     let data = root.join("data");
     let log = File::create(log_path(root, n)).expect("create the node log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_seckill"));
@@ -159,6 +179,7 @@ fn spawn(root: &Path, n: usize) -> (Child, SocketAddr) {
         .arg(TOKEN)
         .arg("--cores")
         .arg("2")
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,0 +1,136 @@
+//! The runtime and its limits: both monoio drivers serve a sale correctly,
+//! the connection cap answers 503 and closes, idle keep-alive connections
+//! are closed after the idle timeout.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{assert_error, assert_ok, Client, Node};
+
+/// A small sale under 8 concurrent buyers on the given driver: exactly the
+/// stock is sold, the rest are 410, the journal matches.
+fn sell_out_on(driver: &str) {
+    let node = Node::start_with(&["--driver", driver]);
+    let mut admin = node.client();
+    admin.create_sale("d", &json!({"stock": 50, "per_user_limit": 1}));
+    let addr = node.addr();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut won = Vec::new();
+                for i in 0..25 {
+                    let r = c.purchase("d", &format!("u{w}-{i}"));
+                    match r.status {
+                        200 => won.push(r.str("order_id")),
+                        410 => assert_error(&r, 410, "sold_out"),
+                        other => panic!("unexpected {other}: {}", r.text()),
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let mut orders: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(orders.len(), 50, "driver {driver}");
+    orders.sort();
+    orders.dedup();
+    assert_eq!(orders.len(), 50, "order ids are distinct on {driver}");
+    assert_eq!(node.journal().reserved("d").len(), 50);
+    let sale = admin.sale("d");
+    assert_eq!(sale["sold"], 50);
+    assert_eq!(sale["state"], "sold_out");
+    let metrics = admin.get("/metrics").text();
+    let expected = if driver == "uring" {
+        "io_uring"
+    } else {
+        "legacy"
+    };
+    if driver != "auto" {
+        assert!(
+            metrics.contains(&format!("seckill_driver_info{{driver=\"{expected}\"}} 1")),
+            "{metrics}"
+        );
+    }
+}
+
+#[test]
+fn the_epoll_driver_sells_exactly_the_stock() {
+    sell_out_on("legacy");
+}
+
+#[test]
+fn the_io_uring_driver_sells_exactly_the_stock() {
+    sell_out_on("uring");
+}
+
+#[test]
+fn the_auto_driver_sells_exactly_the_stock() {
+    sell_out_on("auto");
+}
+
+fn node_with_config(text: &str) -> Node {
+    let root = tempfile::Builder::new()
+        .prefix("seckill-it-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::write(root.path().join("seckill.toml"), text).expect("write config");
+    Node::start_in(root, &["--config", "{root}/seckill.toml"])
+}
+
+#[test]
+fn connections_over_the_cap_get_503_and_are_closed() {
+    // 4 connections per node = 2 per core.
+    let node = node_with_config("max_connections = 4\n");
+    let mut held: Vec<Client> = Vec::new();
+    let mut refused = 0;
+    for _ in 0..12 {
+        let mut c = node.client();
+        c.set_read_timeout(Duration::from_secs(5));
+        match c.try_request("GET", "/healthz", &[], None) {
+            Ok(r) if r.status == 200 => held.push(c),
+            Ok(r) => {
+                assert_error(&r, 503, "overloaded");
+                assert!(r.closes(), "a refused connection is closed");
+                refused += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(held.len() <= 4, "at most the cap is served: {}", held.len());
+    assert!(refused >= 8, "the rest is refused: {refused}");
+    // Closing served connections frees room.
+    drop(held);
+    thread::sleep(Duration::from_millis(300));
+    let mut c = node.client();
+    assert_ok(&c.get("/healthz"));
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let node = node_with_config("idle_timeout_s = 1\n");
+    let mut c = node.client();
+    assert_ok(&c.get("/healthz"));
+    let started = Instant::now();
+    assert!(
+        c.closed_by_peer(Duration::from_secs(5)),
+        "the idle connection was closed"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "not before the timeout: {waited:?}"
+    );
+    // A connection that never sends anything is closed too.
+    let mut raw = TcpStream::connect(node.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(raw.read(&mut buf).unwrap_or(0), 0);
+}
