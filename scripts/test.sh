@@ -4,11 +4,17 @@
 #   2. every crate's unit and integration tests (the node tests start real
 #      `seckill` processes on loopback, kill them and restart them),
 #   3. loom model checks of the stock shards' stealing and sold-out flag.
-# Embedded mode needs nothing installed beyond the Rust toolchain.
+# Embedded mode needs nothing installed beyond the Rust toolchain; the
+# cluster tests need redis-server, which scripts/redis.sh installs (apt-get)
+# when missing. Tests start their own servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "redis-server (for the cluster tests)"
+bash scripts/redis.sh
+redis-server --version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

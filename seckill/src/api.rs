@@ -185,10 +185,15 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             .acquire()
             .await
             .map_err(|_| ApiError::Overloaded)?;
-        let units = sale
-            .stock
-            .take(self.id, attempt.quantity)
-            .ok_or(StockError::SoldOut)?;
+        let units = match sale.stock.take(self.id, attempt.quantity) {
+            Some(units) => units,
+            None => {
+                self.node
+                    .authority
+                    .refill(&sale, self.id, attempt.quantity)
+                    .await?
+            }
+        };
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
             Reservation::Replay(order) => return self.replayed(&order, body),
             Reservation::New { order, pending } => (order, pending),

@@ -9,19 +9,33 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::http::{Method, Request};
-use crate::node::EmbeddedNode;
+use std::sync::Arc;
+
+use queue::OrderLog;
+use stock::StockAuthority;
+
+use crate::node::{ClusterNode, EmbeddedNode, Node};
 use crate::server::{self, Setup};
 
 /// The sale `--demo` pre-loads.
 pub const DEMO_SALE: &str = "demo";
 
-/// Runs an embedded node with `config` until SIGTERM or SIGINT.
+/// Runs a node with `config` until SIGTERM or SIGINT: the embedded default,
+/// or a cluster node when `--redis` is given.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let (token, generated) = match &config.admin_token {
         Some(t) => (t.clone(), false),
         None => (random_token()?, true),
     };
     let demo = config.demo;
+    if config.redis.is_some() {
+        let node = ClusterNode::open_cluster(config, token.clone())?;
+        info!(
+            node_id = node.config.node_id,
+            "cluster mode: Redis is the stock authority"
+        );
+        return serve(node, token, generated, demo);
+    }
     let (node, replayed) = EmbeddedNode::open_embedded(config, token.clone())?;
     info!(
         events = replayed.events,
@@ -29,6 +43,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         orders = replayed.orders,
         "journal replayed"
     );
+    serve(node, token, generated, demo)
+}
+
+fn serve<A: StockAuthority, L: OrderLog>(
+    node: Arc<Node<A, L>>,
+    token: String,
+    generated: bool,
+    demo: bool,
+) -> anyhow::Result<()> {
     let stopper = node.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -42,7 +65,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 stopper.shut_down();
             }
         })?;
-    let setup: Option<Setup<_, _>> = demo.then(|| -> Setup<_, _> {
+    let setup: Option<Setup<A, L>> = demo.then(|| -> Setup<A, L> {
         let admin = format!("Bearer {token}");
         Box::new(move |core| {
             Box::pin(async move {

@@ -21,6 +21,16 @@ pub enum Driver {
     Auto,
 }
 
+/// How a cluster node takes stock from Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StockModeSetting {
+    /// Lease chunks of the pool into per-core shards (the default).
+    Leased,
+    /// One Lua call per purchase request: the classic design, a baseline.
+    PerRequest,
+}
+
 /// Command-line flags; each also reads `SECKILL_<NAME>` from the
 /// environment. Unset flags fall back to the TOML file, then the defaults.
 #[derive(Debug, Default, Parser)]
@@ -58,6 +68,10 @@ pub struct Flags {
     /// monoio driver: legacy (epoll), uring, or auto. Default legacy.
     #[arg(long, env = "SECKILL_DRIVER", value_enum)]
     pub driver: Option<Driver>,
+    /// Cluster mode: `leased` (default) or `per-request` (the classic
+    /// one-Lua-call-per-request design, kept as a benchmark baseline).
+    #[arg(long, env = "SECKILL_STOCK_MODE", value_enum)]
+    pub stock_mode: Option<StockModeSetting>,
     /// Pre-load a demo sale and print the admin token and a curl line.
     #[arg(long, env = "SECKILL_DEMO")]
     pub demo: bool,
@@ -80,6 +94,14 @@ pub struct Config {
     pub node_id: u32,
     pub driver: Driver,
     pub demo: bool,
+    /// Cluster mode: how stock is taken from Redis. Default leased.
+    pub stock_mode: StockModeSetting,
+    /// Cluster mode: a node whose lease heartbeat is older than this loses
+    /// its unsold leased units to the pool. Default 5 s.
+    pub lease_ttl_s: u64,
+    /// Cluster mode: longest wait for one Redis reply; past it the outcome
+    /// is undetermined and reconciled. Default 500 ms.
+    pub redis_timeout_ms: u64,
     /// Open connections per node; more are answered 503 and closed. Each
     /// costs two buffers (4 KiB to 25 KiB). Default 10,000.
     pub max_connections: usize,
@@ -109,6 +131,9 @@ impl Default for Config {
             node_id: 1,
             driver: Driver::Legacy,
             demo: false,
+            stock_mode: StockModeSetting::Leased,
+            lease_ttl_s: 5,
+            redis_timeout_ms: 500,
             max_connections: 10_000,
             idle_timeout_s: 60,
             request_timeout_s: 10,
@@ -156,6 +181,9 @@ impl Config {
         if let Some(v) = flags.driver {
             config.driver = v;
         }
+        if let Some(v) = flags.stock_mode {
+            config.stock_mode = v;
+        }
         config.demo |= flags.demo;
         config.validate()?;
         Ok(config)
@@ -198,10 +226,16 @@ impl Config {
                 self.admin_token.is_some(),
                 "cluster mode (--redis/--kafka) needs --admin-token: there is no default token"
             );
-            anyhow::bail!(
-                "cluster mode (--redis/--kafka) is not in this build yet; run without them for the embedded default"
-            );
         }
+        anyhow::ensure!(
+            self.kafka.is_none(),
+            "the Kafka order log (--kafka) is not in this build yet; nodes use the journal in --data-dir"
+        );
+        anyhow::ensure!(self.lease_ttl_s >= 1, "lease_ttl_s must be at least 1");
+        anyhow::ensure!(
+            self.redis_timeout_ms >= 10,
+            "redis_timeout_ms must be at least 10"
+        );
         Ok(())
     }
 }

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use queue::{Admission, Event, EventKind, Journal, JournalOptions, OrderLog, SaleSwitch};
+use stock::cluster::{ClusterOptions, RedisAuthority, StockMode};
 use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
 
-use crate::config::Config;
+use crate::config::{Config, StockModeSetting};
 use crate::metrics::{CoreMetrics, Metrics};
 
 /// Shared by every core of one node.
@@ -43,16 +44,7 @@ impl EmbeddedNode {
         config: Config,
         admin_token: String,
     ) -> anyhow::Result<(Arc<Self>, Replayed)> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
-        })?;
-        let (journal, events) = Journal::open(&config.data_dir, JournalOptions::default())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot open the journal in {}: {e}",
-                    config.data_dir.display()
-                )
-            })?;
+        let (journal, events) = open_journal(&config)?;
         let authority = EmbeddedAuthority::new(
             config.node_id,
             config.cores,
@@ -65,6 +57,45 @@ impl EmbeddedNode {
             replayed,
         ))
     }
+}
+
+/// A cluster node: Redis stock authority, journal order log.
+pub type ClusterNode = Node<RedisAuthority, Journal>;
+
+impl ClusterNode {
+    /// Connects to Redis (`config.redis`), opens the journal, and returns
+    /// the node. Redis holds the sales and orders, so the journal is not
+    /// replayed into the authority: it only records what this node logged.
+    pub fn open_cluster(config: Config, admin_token: String) -> anyhow::Result<Arc<Self>> {
+        let url = config
+            .redis
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("cluster mode needs --redis"))?;
+        let (journal, _) = open_journal(&config)?;
+        let mut opts = ClusterOptions::new(config.node_id, config.cores);
+        opts.mode = match config.stock_mode {
+            StockModeSetting::Leased => StockMode::Leased,
+            StockModeSetting::PerRequest => StockMode::PerRequest,
+        };
+        opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
+        opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+        let authority = RedisAuthority::connect(&url, opts, now_micros())
+            .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))?;
+        Ok(Arc::new(Node::new(config, authority, journal, admin_token)))
+    }
+}
+
+/// Opens the journal in `config.data_dir` and returns its events.
+fn open_journal(config: &Config) -> anyhow::Result<(Journal, Vec<Event>)> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+    })?;
+    Journal::open(&config.data_dir, JournalOptions::default()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the journal in {}: {e}",
+            config.data_dir.display()
+        )
+    })
 }
 
 impl<A: StockAuthority, L: OrderLog> Node<A, L> {

@@ -82,6 +82,7 @@ where
             warn!("a core thread panicked");
         }
     }
+    node.authority.close();
     node.log.close();
     info!("stopped");
     Ok(())

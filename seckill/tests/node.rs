@@ -14,6 +14,7 @@
 //! - `bad_input`: malformed and oversized requests, slow clients,
 //!   pipelining and keep-alive.
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
+//! - `cluster`: several nodes on one real `redis-server` (cluster mode).
 
 #[path = "node/support.rs"]
 mod support;
@@ -22,6 +23,8 @@ mod support;
 mod admin;
 #[path = "node/bad_input.rs"]
 mod bad_input;
+#[path = "node/cluster.rs"]
+mod cluster;
 #[path = "node/contention.rs"]
 mod contention;
 #[path = "node/crash.rs"]

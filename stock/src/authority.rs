@@ -255,6 +255,17 @@ pub trait StockAuthority: Send + Sync + 'static {
         sale: &Sale,
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>>;
+    /// Called when the core's shard and its siblings are dry: brings more
+    /// units from wherever the authority keeps them (a lease from the
+    /// cluster pool) and takes `qty` of them for `core`. Answers `SoldOut`
+    /// without a backend call when the pool is known to be empty, so
+    /// backend work stays bounded by the stock, not by the traffic.
+    fn refill<'a>(
+        &'a self,
+        sale: &'a Sale,
+        core: usize,
+        qty: u32,
+    ) -> impl Future<Output = Result<Units<'a>, StockError>>;
     /// Checks and records the per-user limit and the Idempotency-Key for
     /// `units` already taken from a local shard, and names the order.
     fn reserve<'a>(
@@ -294,4 +305,7 @@ pub trait StockAuthority: Send + Sync + 'static {
     /// Housekeeping, about once a second: forget idempotency records whose
     /// TTL passed. Returns how many were forgotten.
     fn maintain(&self, now: u64) -> usize;
+    /// The node is stopping and its cores have drained: give back what it
+    /// holds (unsold leased units) and stop background work. Blocks.
+    fn close(&self);
 }

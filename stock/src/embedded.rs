@@ -17,12 +17,13 @@ use std::future::{ready, Future};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::authority::{
     Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
     Switch, Transition,
 };
+use crate::registry::Registry;
 use crate::sale::Sale;
 use crate::striped::Striped;
 use crate::Units;
@@ -52,8 +53,7 @@ pub struct EmbeddedAuthority {
     node_id: u32,
     shards: usize,
     key_ttl_s: u64,
-    sales: RwLock<HashMap<Box<str>, Arc<Sale>>>,
-    epoch: AtomicU64,
+    sales: Registry,
     keys: Striped<HashMap<Box<str>, KeyRecord>>,
     orders: Striped<HashMap<Box<str>, OrderEntry>>,
     /// Reserved orders by expiry time, one queue per shard.
@@ -84,8 +84,7 @@ impl EmbeddedAuthority {
             node_id,
             shards: shards.max(1),
             key_ttl_s,
-            sales: RwLock::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
+            sales: Registry::default(),
             keys: Striped::new(),
             orders: Striped::new(),
             expiries: (0..shards.max(1))
@@ -110,20 +109,9 @@ impl EmbeddedAuthority {
     }
 
     fn insert_sale(&self, spec: SaleSpec) -> Result<Arc<Sale>, StockError> {
-        let mut sales = self.sales.write();
-        if let Some(existing) = sales.get(spec.sale_id.as_str()) {
-            return if existing.spec() == &spec {
-                Ok(existing.clone())
-            } else {
-                Err(StockError::InvalidState(
-                    "a sale with this id exists with another definition",
-                ))
-            };
-        }
-        let sale = Arc::new(Sale::new(spec, self.shards));
-        sales.insert(sale.id().into(), sale.clone());
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        Ok(sale)
+        let shards = self.shards;
+        self.sales
+            .insert_with(&spec, || Sale::new(spec.clone(), shards))
     }
 
     fn next_order_id(&self) -> String {
@@ -313,15 +301,15 @@ impl StockAuthority for EmbeddedAuthority {
     }
 
     fn sale(&self, sale_id: &str) -> Option<Arc<Sale>> {
-        self.sales.read().get(sale_id).cloned()
+        self.sales.get(sale_id)
     }
 
     fn sales_epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.sales.epoch()
     }
 
     fn sales(&self) -> Vec<Arc<Sale>> {
-        self.sales.read().values().cloned().collect()
+        self.sales.all()
     }
 
     fn lookup_key(
@@ -353,6 +341,16 @@ impl StockAuthority for EmbeddedAuthority {
                     .ok_or(StockError::OrderNotFound)
             });
         ready(found)
+    }
+
+    fn refill<'a>(
+        &'a self,
+        _sale: &'a Sale,
+        _core: usize,
+        _qty: u32,
+    ) -> impl Future<Output = Result<Units<'a>, StockError>> {
+        // Every unit of an embedded sale is in its shards from the start.
+        ready(Err(StockError::SoldOut))
     }
 
     fn reserve<'a>(
@@ -534,6 +532,8 @@ impl StockAuthority for EmbeddedAuthority {
             .lock()
             .push(Reverse((at, order_id.into())));
     }
+
+    fn close(&self) {}
 
     fn abort_transition(&self, pending: PendingMove) {
         if let Some(entry) = self

@@ -9,14 +9,22 @@
 //! - `sale`: [`Sale`], one sale on a node: spec, shards, switch, sold count.
 //! - `authority`: the [`StockAuthority`] trait (the seam between the node and
 //!   whoever accounts for units) and the types it speaks.
+//! - `cluster`: [`cluster::RedisAuthority`], the cluster authority: leases
+//!   from Redis into the shards, a tokio backend thread fed by channels.
 //! - `embedded`: [`EmbeddedAuthority`], the in-process authority of the
 //!   embedded mode, rebuilt from the order log on start.
+//! - `registry`: the sales a node knows, read by cores through caches.
+//! - `redis`: the Redis side of the cluster stock authority: `RedisStore`,
+//!   the Lua scripts, and a `redis-server` test fixture.
 //! - `striped`: lock-striped maps used by the embedded authority.
 //! - `sync`: the std/loom switch used by `shards` so that the stealing and
 //!   sold-out logic can be model-checked (`RUSTFLAGS="--cfg loom"`).
 
 pub mod authority;
+pub mod cluster;
 pub mod embedded;
+pub mod redis;
+mod registry;
 pub mod sale;
 pub mod shards;
 mod striped;

@@ -21,8 +21,13 @@ pub struct Sale {
     /// The units this node may sell, one shard per core.
     pub stock: ShardedStock,
     switch: AtomicU8,
-    /// Units in `reserved` or `paid` orders (embedded mode: node-wide).
+    /// Units in `reserved` or `paid` orders: node-wide in embedded mode,
+    /// cluster-wide (as last read from Redis) in cluster mode.
     sold: AtomicU64,
+    /// Units the stock authority may still lease to this node (the cluster
+    /// pool as last seen); always 0 in embedded mode, where the shards hold
+    /// everything. A dry shard with a pool hint of 0 is sold out.
+    pool_hint: AtomicU64,
     /// Units each user holds in `reserved` or `paid` orders, as counted by an
     /// in-process authority (the Redis authority keeps them in Redis).
     pub(crate) holders: Striped<HashMap<Box<str>, u32>>,
@@ -31,11 +36,19 @@ pub struct Sale {
 impl Sale {
     /// A sale with all of its stock spread over `shards` shards.
     pub fn new(spec: SaleSpec, shards: usize) -> Self {
+        let units = spec.stock;
+        Sale::with_local_units(spec, shards, units)
+    }
+
+    /// A sale whose shards start with `units` (0 when units arrive by
+    /// lease, in cluster mode).
+    pub fn with_local_units(spec: SaleSpec, shards: usize, units: u64) -> Self {
         Sale {
-            stock: ShardedStock::new(spec.stock, shards),
+            stock: ShardedStock::new(units, shards),
             spec,
             switch: AtomicU8::new(LIVE),
             sold: AtomicU64::new(0),
+            pool_hint: AtomicU64::new(0),
             holders: Striped::new(),
         }
     }
@@ -84,10 +97,33 @@ impl Sale {
         {
             return Err(StockError::SaleNotOpen);
         }
-        if self.stock.is_sold_out() {
+        if self.stock.is_sold_out() && self.pool_hint() == 0 {
             return Err(StockError::SoldOut);
         }
         Ok(())
+    }
+
+    /// Units the authority may still lease to this node, as last seen.
+    pub fn pool_hint(&self) -> u64 {
+        self.pool_hint.load(Ordering::Acquire)
+    }
+
+    pub fn set_pool_hint(&self, units: u64) {
+        self.pool_hint.store(units, Ordering::Release);
+    }
+
+    /// Sets the sold count read from the authority (cluster mode).
+    pub fn set_sold(&self, units: u64) {
+        self.sold.store(units, Ordering::Release);
+    }
+
+    /// The switch as last applied: live, paused or closed.
+    pub fn is_closed(&self) -> bool {
+        self.switch.load(Ordering::Acquire) == CLOSED
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.switch.load(Ordering::Acquire) == PAUSED
     }
 
     /// Applies an operator's switch. A closed sale stays closed.
@@ -112,11 +148,11 @@ impl Sale {
         }
     }
 
-    pub(crate) fn add_sold(&self, qty: u32) {
+    pub fn add_sold(&self, qty: u32) {
         self.sold.fetch_add(u64::from(qty), Ordering::AcqRel);
     }
 
-    pub(crate) fn sub_sold(&self, qty: u32) {
+    pub fn sub_sold(&self, qty: u32) {
         self.sold.fetch_sub(u64::from(qty), Ordering::AcqRel);
     }
 

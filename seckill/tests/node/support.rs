@@ -180,7 +180,10 @@ fn spawn(root: &Path, n: usize, extra: &[String]) -> (Child, SocketAddr) {
         .arg("--cores")
         .arg("2")
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SECKILL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));

@@ -1,0 +1,435 @@
+//! Cluster mode against a real `redis-server`: several node processes sell
+//! one sale together. No oversell, the per-user limit across nodes, no
+//! stranded stock once the sale settles, a killed node's lease comes back,
+//! Redis outages fail closed, SCRIPT FLUSH is survived, releases are
+//! idempotent, and a sold-out sale costs Redis nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stock::redis::fixture::RedisServer;
+
+use crate::support::{assert_error, assert_ok, Client, Node};
+
+/// A cluster node on `redis` with node id `id` and a short lease TTL, so
+/// that a killed node's lease comes back within the test's time.
+fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
+    let root = tempfile::Builder::new()
+        .prefix("seckill-cluster-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::write(
+        root.path().join("seckill.toml"),
+        "lease_ttl_s = 2\nredis_timeout_ms = 300\n",
+    )
+    .expect("write config");
+    let url = redis.url();
+    let id = id.to_string();
+    let mut args = vec![
+        "--redis",
+        url.as_str(),
+        "--node-id",
+        id.as_str(),
+        "--config",
+        "{root}/seckill.toml",
+    ];
+    args.extend_from_slice(extra);
+    Node::start_in(root, &args)
+}
+
+/// Waits until every node knows `sale` (nodes learn sales created
+/// elsewhere from Redis within their poll interval).
+fn wait_for_sale(nodes: &[&Node], sale: &str) {
+    for node in nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.client().get(&format!("/sales/{sale}")).status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "sale {sale} not seen by every node"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(redis.port().to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli (installed with redis-server by scripts/redis.sh)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `calls` of one command in INFO commandstats.
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis_cli(redis, &["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn redis_int(redis: &RedisServer, key: &str) -> u64 {
+    redis_cli(redis, &["GET", key]).trim().parse().unwrap_or(0)
+}
+
+/// Outcome counts and orders of a load run.
+#[derive(Default)]
+struct Tally {
+    orders: Vec<(String, String)>,
+    by_code: HashMap<String, usize>,
+}
+
+/// Each of `users` makes `attempts` purchases, spread over the nodes'
+/// addresses round-robin, from `threads` keep-alive connections.
+fn load(addrs: &[SocketAddr], sale: &str, users: usize, attempts: usize, threads: usize) -> Tally {
+    let addrs = addrs.to_vec();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let addrs = addrs.clone();
+            let sale = sale.to_owned();
+            thread::spawn(move || {
+                let mut clients: Vec<Client> = addrs.iter().map(|a| Client::connect(*a)).collect();
+                let mut tally = Tally::default();
+                let mut n = t;
+                while n < users * attempts {
+                    let user = format!("u{}", n % users);
+                    let node = (n / users + t) % clients.len();
+                    let r = clients[node].purchase(&sale, &user);
+                    if r.status == 200 {
+                        tally.orders.push((r.str("order_id"), user));
+                    } else {
+                        let code = r.error_code();
+                        match code.as_str() {
+                            "limit_exceeded" | "sold_out" => {}
+                            "unavailable" => assert_error(&r, 503, "unavailable"),
+                            other => panic!("unexpected answer {other}: {r}"),
+                        }
+                        *tally.by_code.entry(code).or_default() += 1;
+                    }
+                    n += threads;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for w in workers {
+        let t = w.join().expect("load thread");
+        total.orders.extend(t.orders);
+        for (k, v) in t.by_code {
+            *total.by_code.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+/// How long every node must answer sold out before the sale counts as
+/// settled: longer than the lease TTL (2 s here) plus a reclaim round, so
+/// that a dead node's lease has come back to the pool by then.
+const SETTLED: Duration = Duration::from_millis(3500);
+
+/// New buyers, round-robin over the nodes, until every node has answered
+/// sold out for [`SETTLED`]: what is left anywhere (pool, leases) gets sold.
+fn buy_the_rest(addrs: &[SocketAddr], sale: &str, tag: &str, limit: Duration) -> Vec<String> {
+    let mut clients: Vec<Client> = addrs.iter().map(|a| Client::connect(*a)).collect();
+    let deadline = Instant::now() + limit;
+    let mut orders = Vec::new();
+    let mut sold_out_since: Option<Instant> = None;
+    let mut n = 0;
+    while sold_out_since.is_none_or(|t| t.elapsed() < SETTLED) {
+        assert!(
+            Instant::now() < deadline,
+            "the sale did not settle in {limit:?}"
+        );
+        let i = n % clients.len();
+        let r = clients[i].purchase(sale, &format!("{tag}-{n}"));
+        n += 1;
+        match r.status {
+            200 => {
+                orders.push(r.str("order_id"));
+                sold_out_since = None;
+            }
+            410 => {
+                sold_out_since.get_or_insert_with(Instant::now);
+                thread::sleep(Duration::from_millis(20));
+            }
+            503 => {
+                sold_out_since = None;
+                thread::sleep(Duration::from_millis(100));
+            }
+            _ => panic!("unexpected answer: {r}"),
+        }
+    }
+    orders
+}
+
+#[test]
+fn three_nodes_sell_exactly_the_stock_with_the_limit_held_across_nodes() {
+    let redis = RedisServer::start();
+    let nodes: Vec<Node> = (1..=3).map(|id| cluster_node(&redis, id, &[])).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    nodes[0]
+        .client()
+        .create_sale("c3", &json!({"stock": 3000, "per_user_limit": 1}));
+    // Every node sees the sale created through node 1.
+    wait_for_sale(&nodes.iter().collect::<Vec<_>>(), "c3");
+    let tally = load(&addrs, "c3", 8_000, 3, 12);
+    assert!(
+        tally.orders.len() <= 3000,
+        "oversold: {}",
+        tally.orders.len()
+    );
+    let rest = buy_the_rest(&addrs, "c3", "late", Duration::from_secs(30));
+    let all: Vec<String> = tally
+        .orders
+        .iter()
+        .map(|(o, _)| o.clone())
+        .chain(rest)
+        .collect();
+    assert_eq!(
+        all.len(),
+        3000,
+        "sold == stock once settled ({:?})",
+        tally.by_code
+    );
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 3000, "order ids are distinct");
+    let mut per_user: HashMap<&str, usize> = HashMap::new();
+    for (_, user) in &tally.orders {
+        *per_user.entry(user).or_default() += 1;
+    }
+    assert!(
+        per_user.values().all(|n| *n == 1),
+        "a user got two units across nodes"
+    );
+    assert_eq!(redis_int(&redis, "sk:{c3}:sold"), 3000);
+    for node in &nodes {
+        let sale = {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let s = node.client().sale("c3");
+                if s["sold"] == 3000 || Instant::now() > deadline {
+                    break s;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        };
+        assert_eq!(sale["sold"], 3000, "cluster-wide sold on every node");
+        assert_eq!(sale["state"], "sold_out");
+    }
+    // Every acknowledged order is in exactly one node's journal.
+    let mut journaled: HashMap<String, usize> = HashMap::new();
+    for node in &nodes {
+        for (id, n) in node.journal().reserved_counts("c3") {
+            *journaled.entry(id).or_default() += n;
+        }
+    }
+    for id in &all {
+        assert_eq!(
+            journaled.get(id),
+            Some(&1),
+            "order {id} logged exactly once"
+        );
+    }
+}
+
+#[test]
+fn a_sold_out_sale_costs_redis_nothing_and_an_order_about_one_call() {
+    let redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("zero", &json!({"stock": 200, "per_user_limit": 1}));
+    let before = command_calls(&redis, "evalsha");
+    let orders = buy_the_rest(&[node.addr()], "zero", "buyer", Duration::from_secs(20));
+    assert_eq!(orders.len(), 200);
+    let during = command_calls(&redis, "evalsha") - before;
+    // One reserve per order, plus a few leases (chunks) and housekeeping.
+    assert!(during <= 200 + 60, "{during} script calls for 200 orders");
+    thread::sleep(Duration::from_millis(500));
+    let after_sell_out = command_calls(&redis, "evalsha");
+    for i in 0..500 {
+        let r = c.purchase("zero", &format!("late-{i}"));
+        assert_error(&r, 410, "sold_out");
+    }
+    let extra = command_calls(&redis, "evalsha") - after_sell_out;
+    // Housekeeping (heartbeats, reclaim) may run meanwhile: a handful of
+    // calls, never one per rejected request.
+    assert!(extra < 20, "{extra} script calls for 500 sold-out answers");
+}
+
+#[test]
+fn a_killed_nodes_lease_returns_to_the_pool_and_is_sold_by_the_others() {
+    let redis = RedisServer::start();
+    let mut a = cluster_node(&redis, 1, &[]);
+    let b = cluster_node(&redis, 2, &[]);
+    let c = cluster_node(&redis, 3, &[]);
+    a.client()
+        .create_sale("k", &json!({"stock": 600, "per_user_limit": 1}));
+    wait_for_sale(&[&b, &c], "k");
+    // Buy through node 1 only, so that it holds a lease, then kill it.
+    let mut client = a.client();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let r = client.purchase("k", &format!("a-{i}"));
+        acked.push(assert_ok(&r)["order_id"].as_str().unwrap().to_owned());
+    }
+    let leased_to_a = redis_cli(&redis, &["HGET", "sk:{k}:leases", "1"])
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0);
+    assert!(leased_to_a > 0, "node 1 holds a lease before the kill");
+    a.kill();
+    let rest = buy_the_rest(&[b.addr(), c.addr()], "k", "bc", Duration::from_secs(30));
+    assert_eq!(
+        acked.len() + rest.len(),
+        600,
+        "sold == stock after the lease TTL"
+    );
+    assert_eq!(redis_int(&redis, "sk:{k}:sold"), 600);
+    assert_eq!(redis_int(&redis, "sk:{k}:pool"), 0);
+    // Node 1's acknowledged orders stand.
+    for id in &acked {
+        assert_eq!(b.client().order(id)["status"], "reserved");
+    }
+}
+
+#[test]
+fn redis_unresponsive_mid_sale_fails_closed_and_the_sale_resumes() {
+    let redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("r", &json!({"stock": 400, "per_user_limit": 1}));
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        acked.push(
+            assert_ok(&c.purchase("r", &format!("before-{i}")))["order_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Redis stops answering for 6 s (CLIENT PAUSE): calls time out, and
+    // nothing is sold that Redis has not recorded.
+    assert!(redis_cli(&redis, &["CLIENT", "PAUSE", "6000", "ALL"]).contains("OK"));
+    let paused = Instant::now();
+    let mut unavailable = 0;
+    for i in 0..5 {
+        let r = c.purchase("r", &format!("during-{i}"));
+        match r.status {
+            200 => panic!("sold while Redis was unreachable: {r}"),
+            503 => {
+                assert_error(&r, 503, "unavailable");
+                unavailable += 1;
+            }
+            _ => panic!("unexpected answer: {r}"),
+        }
+    }
+    assert_eq!(unavailable, 5);
+    assert!(
+        paused.elapsed() < Duration::from_secs(4),
+        "answers came while paused"
+    );
+    thread::sleep(Duration::from_secs(4).saturating_sub(paused.elapsed()));
+    let rest = buy_the_rest(&[node.addr()], "r", "after", Duration::from_secs(30));
+    assert_eq!(
+        acked.len() + rest.len(),
+        400,
+        "the sale resumes and sells the rest"
+    );
+    // Reservations whose outcome was unknown were reconciled: Redis counts
+    // exactly the acknowledged orders.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_int(&redis, "sk:{r}:sold") != 400 {
+        assert!(
+            Instant::now() < deadline,
+            "sold in Redis: {}",
+            redis_int(&redis, "sk:{r}:sold")
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn script_flush_mid_sale_reloads_the_scripts_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("f", &json!({"stock": 100, "per_user_limit": 1}));
+    let mut orders = Vec::new();
+    for i in 0..40 {
+        orders.push(
+            assert_ok(&c.purchase("f", &format!("x-{i}")))["order_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(redis_cli(&redis, &["SCRIPT", "FLUSH"]).contains("OK"));
+    for i in 40..100 {
+        orders.push(
+            assert_ok(&c.purchase("f", &format!("x-{i}")))["order_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_error(&c.purchase("f", "x-late"), 410, "sold_out");
+    assert_eq!(redis_int(&redis, "sk:{f}:sold"), 100);
+    assert_eq!(node.journal().reserved("f").len(), 100);
+}
+
+#[test]
+fn a_release_is_idempotent_across_nodes() {
+    let redis = RedisServer::start();
+    let a = cluster_node(&redis, 1, &[]);
+    let b = cluster_node(&redis, 2, &[]);
+    a.client()
+        .create_sale("rel", &json!({"stock": 5, "per_user_limit": 1}));
+    wait_for_sale(&[&b], "rel");
+    let order = assert_ok(&a.client().purchase("rel", "u1"))["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sold_before = redis_int(&redis, "sk:{rel}:sold");
+    assert_eq!(sold_before, 1);
+    // The same cancel through both nodes, twice each.
+    for node in [&a, &b, &a, &b] {
+        let r = node.client().cancel(&order);
+        assert_eq!(assert_ok(&r)["status"], "cancelled");
+    }
+    assert_eq!(
+        redis_int(&redis, "sk:{rel}:sold"),
+        0,
+        "one unit returned, once"
+    );
+    // The user may buy again, through the other node.
+    let again = b.client().purchase("rel", "u1");
+    assert_eq!(again.status, 200, "{again}\n{}", b.log_tail());
+    assert_error(&b.client().pay(&order), 409, "invalid_state");
+}
+
+#[test]
+fn the_per_request_baseline_sells_exactly_the_stock() {
+    let redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &["--stock-mode", "per-request"]);
+    let mut c = node.client();
+    c.create_sale("p", &json!({"stock": 50, "per_user_limit": 1}));
+    let before = command_calls(&redis, "evalsha");
+    let orders = buy_the_rest(&[node.addr()], "p", "pr", Duration::from_secs(20));
+    assert_eq!(orders.len(), 50);
+    for i in 0..20 {
+        assert_error(&c.purchase("p", &format!("late-{i}")), 410, "sold_out");
+    }
+    // The classic design asks Redis for every request, sold-out ones too.
+    assert!(command_calls(&redis, "evalsha") - before >= 50 + 20);
+}

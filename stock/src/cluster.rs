@@ -1,0 +1,927 @@
+//! The cluster stock authority: Redis (through [`RedisStore`]'s Lua
+//! scripts) accounts for every unit; this node sells from units it leases
+//! into its per-core shards.
+//!
+//! Backend I/O runs on a small tokio runtime on its own thread ("the
+//! backend"), because the redis crate is built for tokio and the cores run
+//! monoio. Cores hand it [`Call`]s through an unbounded channel and await a
+//! tokio `oneshot` (runtime-agnostic); they never block and never hold a
+//! lock across the hand-off. The backend drains the channel in batches:
+//! every reservation of one drain goes to Redis as one pipeline.
+//!
+//! Redis work is bounded by the stock, not by the traffic:
+//! - a request that finds a unit in its core's shard costs one EVALSHA
+//!   (`reserve`), batched with others;
+//! - a request that finds no unit asks for a lease only while the pool was
+//!   last seen non-empty, and concurrent askers share one lease call;
+//! - a request on a sale whose shards are dry and whose pool is empty is
+//!   answered 410 from the node's memory.
+//!
+//! Background work on the backend: a poller (sales created or switched on
+//! other nodes, cluster-wide sold count, pool, due orders, top-up leases),
+//! heartbeats for held leases, reclaiming dead nodes' leases, and
+//! reconciling reservations whose outcome is undetermined.
+
+use std::collections::HashMap;
+use std::future::{ready, Future};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, warn};
+
+use crate::authority::{
+    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
+    Switch, Transition,
+};
+use crate::redis::{
+    Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
+};
+use crate::registry::Registry;
+use crate::sale::Sale;
+use crate::striped::{fnv, Striped};
+use crate::Units;
+
+/// How the cluster authority takes units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StockMode {
+    /// Lease chunks from the Redis pool into per-core shards; one Lua call
+    /// per reservation, batched; sold-out answered locally. The default.
+    Leased,
+    /// The classic design, kept as a baseline: one Lua call per purchase
+    /// request straight against the pool, sold-out ones included.
+    PerRequest,
+}
+
+/// Settings of the cluster authority.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub node_id: u32,
+    pub shards: usize,
+    pub mode: StockMode,
+    /// A lease whose heartbeat is older than this goes back to the pool.
+    pub lease_ttl: Duration,
+    /// Longest wait for one Redis reply; past it the outcome is undetermined.
+    pub call_timeout: Duration,
+    /// How often the poller reads sales, counts and due orders.
+    pub poll_interval: Duration,
+}
+
+impl ClusterOptions {
+    pub fn new(node_id: u32, shards: usize) -> Self {
+        ClusterOptions {
+            node_id,
+            shards: shards.max(1),
+            mode: StockMode::Leased,
+            lease_ttl: Duration::from_secs(5),
+            call_timeout: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Work the cores hand to the backend.
+enum Call {
+    Reserve(
+        ReserveCall,
+        oneshot::Sender<Result<ReserveOutcome, StockError>>,
+    ),
+    Lease(Arc<Sale>, usize),
+    Create(SaleSpec, oneshot::Sender<Result<Created, StockError>>),
+    Switch(String, Switch, oneshot::Sender<Result<(), StockError>>),
+    Move(
+        String,
+        String,
+        OrderStatus,
+        u64,
+        oneshot::Sender<Result<Moved, StockError>>,
+    ),
+    Order(
+        String,
+        String,
+        oneshot::Sender<Result<Option<Order>, StockError>>,
+    ),
+    /// Compensate an order this node will not acknowledge: release it.
+    Release(String, String),
+    /// A reservation whose outcome is unknown: find out, then release it.
+    Reconcile(String, String),
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// One sale's lease state on this node.
+#[derive(Default)]
+struct LeaseSlot {
+    in_flight: AtomicBool,
+    failed: AtomicBool,
+    done: Notify,
+}
+
+struct Shared {
+    opts: ClusterOptions,
+    sales: Registry,
+    leases: Mutex<HashMap<Box<str>, Arc<LeaseSlot>>>,
+    /// Orders this node answered with an Idempotency-Key: replays of them
+    /// need no Redis call. Bounded by the stock.
+    keys: Striped<HashMap<Box<str>, (u64, Order)>>,
+    /// Reserved orders found due by the poller, per shard.
+    due: Box<[Mutex<Vec<String>>]>,
+}
+
+/// The Redis stock authority of cluster mode.
+pub struct RedisAuthority {
+    shared: Arc<Shared>,
+    calls: mpsc::UnboundedSender<Call>,
+    next_seq: AtomicU64,
+    backend: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A reservation Redis has recorded, waiting for the order log.
+pub struct PendingOrder<'a> {
+    sale: &'a Sale,
+    units: Units<'a>,
+    order: Order,
+    key: Option<(Box<str>, u64)>,
+}
+
+/// A transition Redis has applied, waiting for the order log.
+pub struct AppliedMove(Order);
+
+impl RedisAuthority {
+    /// Connects to Redis (failing fast if it does not answer) and starts the
+    /// backend thread.
+    pub fn connect(url: &str, opts: ClusterOptions, now_micros: u64) -> Result<Self, StockError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                StockError::Unavailable(format!("cannot start the backend runtime: {e}"))
+            })?;
+        let store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
+        let shared = Arc::new(Shared {
+            due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
+            opts,
+            sales: Registry::default(),
+            leases: Mutex::new(HashMap::new()),
+            keys: Striped::new(),
+        });
+        // Learn the sales that exist before serving.
+        runtime.block_on(poll_once(&store, &shared));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backend_shared = shared.clone();
+        let backend_tx = tx.clone();
+        let backend = std::thread::Builder::new()
+            .name("seckill-backend".into())
+            .spawn(move || runtime.block_on(backend_main(store, backend_shared, rx, backend_tx)))
+            .map_err(|e| {
+                StockError::Unavailable(format!("cannot start the backend thread: {e}"))
+            })?;
+        Ok(RedisAuthority {
+            shared,
+            calls: tx,
+            next_seq: AtomicU64::new(now_micros),
+            backend: Mutex::new(Some(backend)),
+        })
+    }
+
+    fn send(&self, call: Call) -> Result<(), StockError> {
+        self.calls
+            .send(call)
+            .map_err(|_| StockError::Unavailable("the backend has stopped".into()))
+    }
+
+    /// Sends `call` and awaits its reply on `rx`, without borrowing `self`.
+    fn ask<T: Send + 'static>(
+        &self,
+        call: Call,
+        rx: oneshot::Receiver<Result<T, StockError>>,
+    ) -> impl Future<Output = Result<T, StockError>> + use<T> {
+        let sent = self.send(call);
+        async move {
+            sent?;
+            rx.await.unwrap_or_else(|_| {
+                Err(StockError::Undetermined(
+                    "the backend dropped the call".into(),
+                ))
+            })
+        }
+    }
+
+    fn lease_slot(&self, sale_id: &str) -> Arc<LeaseSlot> {
+        self.shared
+            .leases
+            .lock()
+            .entry(sale_id.into())
+            .or_default()
+            .clone()
+    }
+}
+
+fn local_units(mode: StockMode, spec: &SaleSpec) -> u64 {
+    match mode {
+        StockMode::Leased => 0,
+        // The classic design asks Redis about every unit: the shards never
+        // run dry, so every request reaches the Lua call.
+        StockMode::PerRequest => spec.stock.saturating_mul(4).max(1 << 40),
+    }
+}
+
+/// The sale id inside an order id `{node}-{seq}-{sale}`.
+fn sale_of(order_id: &str) -> Option<&str> {
+    let mut parts = order_id.splitn(3, '-');
+    let node = parts.next()?;
+    let seq = parts.next()?;
+    let sale = parts.next()?;
+    (node.bytes().all(|b| b.is_ascii_digit())
+        && seq.bytes().all(|b| b.is_ascii_digit())
+        && !sale.is_empty())
+    .then_some(sale)
+}
+
+impl StockAuthority for RedisAuthority {
+    type PendingOrder<'a> = PendingOrder<'a>;
+    type PendingTransition = AppliedMove;
+
+    fn create_sale(&self, spec: SaleSpec) -> impl Future<Output = Result<Arc<Sale>, StockError>> {
+        let created = {
+            let (tx, rx) = oneshot::channel();
+            self.ask(Call::Create(spec.clone(), tx), rx)
+        };
+        let shared = self.shared.clone();
+        async move {
+            created.await?;
+            let units = local_units(shared.opts.mode, &spec);
+            let shards = shared.opts.shards;
+            let sale = shared.sales.insert_with(&spec, || {
+                Sale::with_local_units(spec.clone(), shards, units)
+            })?;
+            if shared.opts.mode == StockMode::Leased {
+                sale.set_pool_hint(spec.stock.saturating_sub(sale.sold()).max(1));
+            }
+            Ok(sale)
+        }
+    }
+
+    fn switch(
+        &self,
+        sale_id: &str,
+        switch: Switch,
+    ) -> impl Future<Output = Result<Arc<Sale>, StockError>> {
+        let done = {
+            let (tx, rx) = oneshot::channel();
+            self.ask(Call::Switch(sale_id.to_owned(), switch, tx), rx)
+        };
+        let sale = self.shared.sales.get(sale_id);
+        async move {
+            done.await?;
+            let sale = sale.ok_or(StockError::SaleNotFound)?;
+            sale.apply_switch(switch)?;
+            Ok(sale)
+        }
+    }
+
+    fn sale(&self, sale_id: &str) -> Option<Arc<Sale>> {
+        self.shared.sales.get(sale_id)
+    }
+
+    fn sales_epoch(&self) -> u64 {
+        self.shared.sales.epoch()
+    }
+
+    fn sales(&self) -> Vec<Arc<Sale>> {
+        self.shared.sales.all()
+    }
+
+    fn lookup_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        // Keys this node answered replay from memory; a key first used on
+        // another node is checked by the reserve script itself.
+        let found = attempt
+            .idempotency_key
+            .map_or(Ok(KeyLookup::Unused), |key| {
+                let fingerprint = attempt.fingerprint(sale.id());
+                match self.shared.keys.get(key).lock().get(key) {
+                    None => Ok(KeyLookup::Unused),
+                    Some((fp, _)) if *fp != fingerprint => Err(StockError::KeyReused),
+                    Some((_, order)) => Ok(KeyLookup::Replay(order.clone())),
+                }
+            });
+        ready(found)
+    }
+
+    async fn refill<'a>(
+        &'a self,
+        sale: &'a Sale,
+        core: usize,
+        qty: u32,
+    ) -> Result<Units<'a>, StockError> {
+        if self.shared.opts.mode == StockMode::PerRequest {
+            return Err(StockError::SoldOut);
+        }
+        let slot = self.lease_slot(sale.id());
+        for _ in 0..4 {
+            if sale.pool_hint() == 0 || sale.is_closed() {
+                return Err(StockError::SoldOut);
+            }
+            let done = slot.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !slot.in_flight.swap(true, Ordering::AcqRel) {
+                let Some(owned) = self.shared.sales.get(sale.id()) else {
+                    slot.in_flight.store(false, Ordering::Release);
+                    return Err(StockError::SaleNotFound);
+                };
+                if let Err(e) = self.send(Call::Lease(owned, core)) {
+                    slot.in_flight.store(false, Ordering::Release);
+                    return Err(e);
+                }
+            }
+            done.await;
+            if let Some(units) = sale.stock.take(core, qty) {
+                return Ok(units);
+            }
+            if slot.failed.load(Ordering::Acquire) {
+                return Err(StockError::Unavailable(
+                    "cannot lease stock from Redis".into(),
+                ));
+            }
+        }
+        // Units keep going to other buyers first: say so, and let the
+        // buyer retry rather than guess sold out.
+        Err(StockError::Unavailable(
+            "stock is being moved between nodes; retry".into(),
+        ))
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        sale: &'a Sale,
+        attempt: &Attempt<'_>,
+        units: Units<'a>,
+    ) -> impl Future<Output = Result<Reservation<PendingOrder<'a>>, StockError>> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let order = Order {
+            order_id: format!("{}-{}-{}", self.shared.opts.node_id, seq, sale.id()),
+            sale_id: sale.id().to_owned(),
+            user_id: attempt.user_id.to_owned(),
+            quantity: units.qty(),
+            status: OrderStatus::Reserved,
+            expires_at: attempt.now.saturating_add(sale.spec().payment_timeout_s),
+            shard: attempt.core % self.shared.opts.shards,
+        };
+        let fingerprint = attempt.fingerprint(sale.id());
+        let key = attempt
+            .idempotency_key
+            .map(|k| (Box::<str>::from(k), fingerprint));
+        let call = ReserveCall {
+            sale_id: order.sale_id.clone(),
+            node: self.shared.opts.node_id,
+            order_id: order.order_id.clone(),
+            user_id: order.user_id.clone(),
+            quantity: order.quantity,
+            idempotency_key: attempt.idempotency_key.map(str::to_owned),
+            fingerprint,
+            expires_at: order.expires_at,
+            from_pool: self.shared.opts.mode == StockMode::PerRequest,
+        };
+        let reply = {
+            let (tx, rx) = oneshot::channel();
+            self.ask(Call::Reserve(call, tx), rx)
+        };
+        async move {
+            match reply.await {
+                Ok(ReserveOutcome::Reserved) => Ok(Reservation::New {
+                    order: order.clone(),
+                    pending: PendingOrder {
+                        sale,
+                        units,
+                        order,
+                        key,
+                    },
+                }),
+                Ok(ReserveOutcome::Replay(first)) => {
+                    if let Some((k, fp)) = key {
+                        self.shared
+                            .keys
+                            .get(&k)
+                            .lock()
+                            .insert(k, (fp, first.clone()));
+                    }
+                    Ok(Reservation::Replay(first))
+                }
+                Ok(ReserveOutcome::LimitExceeded) => Err(StockError::LimitExceeded),
+                Ok(ReserveOutcome::KeyReused) => Err(StockError::KeyReused),
+                Ok(ReserveOutcome::SaleNotOpen) => Err(StockError::SaleNotOpen),
+                Ok(ReserveOutcome::SoldOut) => Err(StockError::SoldOut),
+                Ok(ReserveOutcome::NoLease) => {
+                    // Redis took this node's lease back (a missed heartbeat):
+                    // the local units are not backed any more.
+                    units.commit();
+                    sale.stock.drain();
+                    Err(StockError::Unavailable(
+                        "this node's lease was reclaimed; retry".into(),
+                    ))
+                }
+                Err(StockError::Undetermined(why)) => {
+                    // Maybe recorded: never hand these units out again, and
+                    // release the order if Redis has it.
+                    units.commit();
+                    let _ = self.send(Call::Reconcile(
+                        order.sale_id.clone(),
+                        order.order_id.clone(),
+                    ));
+                    Err(StockError::Undetermined(why))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    fn confirm(&self, pending: PendingOrder<'_>) {
+        let PendingOrder {
+            sale,
+            units,
+            order,
+            key,
+        } = pending;
+        sale.add_sold(units.qty());
+        units.commit();
+        if let Some((k, fp)) = key {
+            self.shared.keys.get(&k).lock().insert(k, (fp, order));
+        }
+    }
+
+    fn abort(&self, pending: PendingOrder<'_>) {
+        // Redis has charged the units to this node's lease; releasing the
+        // order returns them to the pool, so the local copies are spent.
+        let PendingOrder { units, order, .. } = pending;
+        units.commit();
+        let _ = self.send(Call::Release(order.sale_id, order.order_id));
+    }
+
+    fn order(&self, order_id: &str) -> impl Future<Output = Result<Order, StockError>> {
+        let reply = sale_of(order_id).map(|sale| {
+            let (tx, rx) = oneshot::channel();
+            self.ask(Call::Order(sale.to_owned(), order_id.to_owned(), tx), rx)
+        });
+        async move {
+            match reply {
+                None => Err(StockError::OrderNotFound),
+                Some(reply) => reply.await?.ok_or(StockError::OrderNotFound),
+            }
+        }
+    }
+
+    fn begin_transition(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        now: u64,
+    ) -> impl Future<Output = Result<Transition<AppliedMove>, StockError>> {
+        let reply = sale_of(order_id).map(|sale| {
+            let (tx, rx) = oneshot::channel();
+            self.ask(
+                Call::Move(sale.to_owned(), order_id.to_owned(), to, now, tx),
+                rx,
+            )
+        });
+        async move {
+            let Some(reply) = reply else {
+                return Err(StockError::OrderNotFound);
+            };
+            match reply.await? {
+                Moved::Changed(order) => Ok(Transition::Pending {
+                    order: order.clone(),
+                    pending: AppliedMove(order),
+                }),
+                Moved::Unchanged(order) => Ok(Transition::Unchanged(order)),
+                Moved::Invalid(status) => Err(StockError::InvalidState(match status {
+                    OrderStatus::Paid => "the order is paid",
+                    OrderStatus::Cancelled => "the order is cancelled",
+                    OrderStatus::Expired => "the order has expired",
+                    OrderStatus::Reserved => "the order is still reserved",
+                })),
+                Moved::NotFound => Err(StockError::OrderNotFound),
+            }
+        }
+    }
+
+    fn finish_transition(&self, pending: AppliedMove) -> Order {
+        let order = pending.0;
+        if order.status.releases_stock() {
+            if let Some(sale) = self.shared.sales.get(&order.sale_id) {
+                // The poller corrects this from Redis; until then the node's
+                // view moves at once. The unit went back to the pool.
+                sale.sub_sold(order.quantity);
+                sale.set_pool_hint(sale.pool_hint().saturating_add(u64::from(order.quantity)));
+            }
+        }
+        order
+    }
+
+    fn abort_transition(&self, pending: AppliedMove) {
+        // Redis applied the move before the log was asked; it stands.
+        warn!(
+            order_id = pending.0.order_id,
+            "a transition applied in Redis could not be logged"
+        );
+    }
+
+    fn due_expiries(&self, shard: usize, _now: u64, out: &mut Vec<String>) {
+        out.append(&mut self.shared.due[shard % self.shared.opts.shards].lock());
+    }
+
+    fn retry_expiry(&self, order_id: &str, _at: u64) {
+        let shard = fnv(order_id.as_bytes()) as usize % self.shared.opts.shards;
+        self.shared.due[shard].lock().push(order_id.to_owned());
+    }
+
+    fn maintain(&self, _now: u64) -> usize {
+        0
+    }
+
+    fn close(&self) {
+        let Some(handle) = self.backend.lock().take() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.send(Call::Stop(tx)).is_ok() {
+            // Lease returns take one round trip per sale.
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+        let _ = handle.join();
+    }
+}
+
+// ----- the backend ---------------------------------------------------------
+
+async fn backend_main(
+    store: RedisStore,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Call>,
+    tx: mpsc::UnboundedSender<Call>,
+) {
+    let background = tokio::spawn(background(store.clone(), shared.clone(), tx));
+    let mut calls = Vec::with_capacity(512);
+    let mut batch = Vec::new();
+    let mut replies = Vec::new();
+    while rx.recv_many(&mut calls, 512).await > 0 {
+        for call in calls.drain(..) {
+            match call {
+                Call::Reserve(c, reply) => {
+                    batch.push(c);
+                    replies.push(reply);
+                }
+                Call::Stop(done) => {
+                    background.abort();
+                    return_leases(&store, &shared).await;
+                    let _ = done.send(());
+                    return;
+                }
+                other => {
+                    tokio::spawn(handle(store.clone(), shared.clone(), other));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            // One pipeline for every reservation of this drain.
+            let store = store.clone();
+            let calls = std::mem::take(&mut batch);
+            let replies = std::mem::take(&mut replies);
+            tokio::spawn(async move {
+                let results = store.reserve_batch(&calls).await;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            });
+        }
+    }
+}
+
+async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
+    match call {
+        Call::Lease(sale, core) => lease(&store, &shared, &sale, core).await,
+        Call::Create(spec, reply) => {
+            let _ = reply.send(store.create_sale(&spec).await);
+        }
+        Call::Switch(id, to, reply) => {
+            let result = store.switch(&id, to).await;
+            if result.is_ok() && to == Switch::Close {
+                if let Some(sale) = shared.sales.get(&id) {
+                    sale.stock.drain();
+                    let _ = store.return_lease(&id, shared.opts.node_id).await;
+                }
+            }
+            let _ = reply.send(result);
+        }
+        Call::Move(sale, order, to, now, reply) => {
+            let _ = reply.send(store.transition(&sale, &order, to, now).await);
+        }
+        Call::Order(sale, order, reply) => {
+            let _ = reply.send(store.order(&sale, &order).await);
+        }
+        Call::Release(sale, order) | Call::Reconcile(sale, order) => {
+            release_until_known(&store, &sale, &order).await
+        }
+        Call::Reserve(..) | Call::Stop(_) => {}
+    }
+}
+
+/// Releases an order this node will not acknowledge, retrying until Redis
+/// gives a definite answer (released, already final, or never recorded).
+async fn release_until_known(store: &RedisStore, sale: &str, order: &str) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match store
+            .transition(sale, order, OrderStatus::Cancelled, now_s())
+            .await
+        {
+            Ok(outcome) => {
+                debug!(order, ?outcome, "compensated");
+                return;
+            }
+            Err(e) => {
+                warn!(order, error = %e, "compensation pending; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How many units one lease asks for: a slice of the sale, so that no node
+/// hoards it; Redis shrinks the grant further as the pool runs low.
+fn lease_want(spec: &SaleSpec) -> u64 {
+    (spec.stock / 32).clamp(1, 256)
+}
+
+async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize) {
+    let slot = shared
+        .leases
+        .lock()
+        .entry(sale.id().into())
+        .or_default()
+        .clone();
+    let result = store
+        .lease(
+            sale.id(),
+            shared.opts.node_id,
+            lease_want(sale.spec()),
+            shared.opts.lease_ttl,
+        )
+        .await;
+    match result {
+        Ok(LeaseGrant { granted, pool_left }) => {
+            if granted > 0 {
+                sale.stock.put_back(core, granted);
+            }
+            sale.set_pool_hint(pool_left);
+            slot.failed.store(false, Ordering::Release);
+        }
+        Err(e) => {
+            warn!(sale = sale.id(), error = %e, "lease failed; returning this node's lease");
+            slot.failed.store(true, Ordering::Release);
+            // A timed-out lease may still be granted later, to units this
+            // node never receives. Start from a clean slate instead of
+            // guessing: give every unit back, then lease again.
+            reset_lease(store, shared, sale).await;
+        }
+    }
+    slot.in_flight.store(false, Ordering::Release);
+    slot.done.notify_waiters();
+}
+
+/// Drains the sale's shards and returns the node's whole lease to the
+/// pool, retrying until Redis answers.
+async fn reset_lease(store: &RedisStore, shared: &Shared, sale: &Sale) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        sale.stock.drain();
+        match store.return_lease(sale.id(), shared.opts.node_id).await {
+            Ok(units) => {
+                debug!(sale = sale.id(), units, "lease reset");
+                sale.set_pool_hint(sale.pool_hint().saturating_add(units));
+                return;
+            }
+            Err(e) => {
+                debug!(sale = sale.id(), error = %e, "lease reset pending");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn return_leases(store: &RedisStore, shared: &Shared) {
+    for sale in shared.sales.all() {
+        let drained = sale.stock.drain();
+        match store.return_lease(sale.id(), shared.opts.node_id).await {
+            Ok(units) => debug!(sale = sale.id(), units, drained, "lease returned"),
+            Err(e) => {
+                warn!(sale = sale.id(), error = %e, "lease not returned; it will be reclaimed")
+            }
+        }
+    }
+}
+
+async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedSender<Call>) {
+    let mut tick = tokio::time::interval(shared.opts.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat_every = (shared.opts.lease_ttl / 3).max(shared.opts.poll_interval);
+    let mut last_heartbeat = tokio::time::Instant::now();
+    let mut idle = IdleLeases::default();
+    loop {
+        tick.tick().await;
+        poll_once(&store, &shared).await;
+        idle.return_unused(&store, &shared).await;
+        if last_heartbeat.elapsed() >= heartbeat_every {
+            last_heartbeat = tokio::time::Instant::now();
+            let ids: Vec<String> = shared
+                .sales
+                .all()
+                .iter()
+                .map(|s| s.id().to_owned())
+                .collect();
+            if let Err(e) = store
+                .heartbeat(&ids, shared.opts.node_id, shared.opts.lease_ttl)
+                .await
+            {
+                warn!(error = %e, "heartbeat failed");
+            }
+            for id in &ids {
+                if let Err(e) = store.reclaim(id).await {
+                    debug!(sale = id, error = %e, "reclaim failed");
+                }
+            }
+        }
+        top_up(&shared, &tx);
+    }
+}
+
+/// Reads every sale's status from Redis into the local sales: new sales,
+/// switches, the cluster-wide sold count and pool, due orders.
+async fn poll_once(store: &RedisStore, shared: &Shared) {
+    let ids = match store.sale_ids().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            debug!(error = %e, "poll failed");
+            return;
+        }
+    };
+    let now = now_s();
+    for id in ids {
+        let Ok(Some(status)) = store.status(&id).await else {
+            continue;
+        };
+        let mode = shared.opts.mode;
+        let shards = shared.opts.shards;
+        let spec = status.spec.clone();
+        let Ok(sale) = shared.sales.insert_with(&status.spec, || {
+            Sale::with_local_units(spec.clone(), shards, local_units(mode, &spec))
+        }) else {
+            warn!(
+                sale = id,
+                "the sale's definition in Redis differs from this node's"
+            );
+            continue;
+        };
+        match status.switch {
+            SaleSwitchState::Closed if !sale.is_closed() => {
+                let _ = sale.apply_switch(Switch::Close);
+                sale.stock.drain();
+                let _ = store.return_lease(&id, shared.opts.node_id).await;
+            }
+            SaleSwitchState::Paused if !sale.is_paused() => {
+                let _ = sale.apply_switch(Switch::Pause);
+            }
+            SaleSwitchState::Live if sale.is_paused() => {
+                let _ = sale.apply_switch(Switch::Resume);
+            }
+            _ => {}
+        }
+        sale.set_sold(status.sold);
+        if mode == StockMode::Leased {
+            sale.set_pool_hint(status.pool);
+        }
+        if let Ok(due) = store.due(&id, now, 256).await {
+            for order_id in due {
+                let shard = fnv(order_id.as_bytes()) as usize % shards;
+                shared.due[shard].lock().push(order_id);
+            }
+        }
+    }
+}
+
+/// Units a node holds but does not sell strand the sale when the pool is
+/// empty (other nodes see it sold out). A sale whose local units have not
+/// moved for [`IDLE_LEASE`] while the pool is empty gives them back.
+#[derive(Default)]
+struct IdleLeases {
+    /// Per sale: local units at the last look, and since when unchanged.
+    seen: HashMap<String, (u64, tokio::time::Instant)>,
+}
+
+const IDLE_LEASE: Duration = Duration::from_secs(1);
+
+impl IdleLeases {
+    async fn return_unused(&mut self, store: &RedisStore, shared: &Shared) {
+        if shared.opts.mode != StockMode::Leased {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        for sale in shared.sales.all() {
+            let units = sale.stock.available();
+            if units == 0 || sale.pool_hint() > 0 {
+                self.seen.remove(sale.id());
+                continue;
+            }
+            let entry = self
+                .seen
+                .entry(sale.id().to_owned())
+                .or_insert((units, now));
+            if entry.0 != units {
+                *entry = (units, now);
+                continue;
+            }
+            if now.duration_since(entry.1) >= IDLE_LEASE {
+                self.seen.remove(sale.id());
+                let drained = sale.stock.drain();
+                match store.return_lease(sale.id(), shared.opts.node_id).await {
+                    Ok(returned) => {
+                        debug!(sale = sale.id(), drained, returned, "idle lease returned");
+                        sale.set_pool_hint(returned);
+                    }
+                    Err(e) => warn!(sale = sale.id(), error = %e, "idle lease not returned"),
+                }
+            }
+        }
+    }
+}
+
+/// Leases ahead of demand: a sale whose shards ran low while the pool has
+/// units gets a lease before a buyer has to wait for one.
+fn top_up(shared: &Shared, tx: &mpsc::UnboundedSender<Call>) {
+    if shared.opts.mode != StockMode::Leased {
+        return;
+    }
+    let now = now_s();
+    for sale in shared.sales.all() {
+        let low = lease_want(sale.spec()) / 4;
+        if sale.pool_hint() == 0
+            || sale.is_closed()
+            || sale.is_paused()
+            || now < sale.spec().starts_at
+            || sale.stock.available() > low
+        {
+            continue;
+        }
+        let slot = shared
+            .leases
+            .lock()
+            .entry(sale.id().into())
+            .or_default()
+            .clone();
+        if !slot.in_flight.swap(true, Ordering::AcqRel) {
+            let _ = tx.send(Call::Lease(sale, 0));
+        }
+    }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_carry_their_sale() {
+        assert_eq!(sale_of("3-1795000000000000-phone-1111"), Some("phone-1111"));
+        assert_eq!(sale_of("3-17-s"), Some("s"));
+        assert_eq!(sale_of("3-17"), None);
+        assert_eq!(sale_of("x-17-s"), None);
+        assert_eq!(sale_of("1-2-"), None);
+    }
+
+    #[test]
+    fn leases_are_a_slice_of_the_sale() {
+        let spec = |stock| SaleSpec {
+            sale_id: "s".into(),
+            stock,
+            per_user_limit: 1,
+            starts_at: 0,
+            ends_at: None,
+            payment_timeout_s: 900,
+        };
+        assert_eq!(lease_want(&spec(10)), 1);
+        assert_eq!(lease_want(&spec(3_000)), 93);
+        assert_eq!(lease_want(&spec(10_000_000)), 256);
+    }
+}

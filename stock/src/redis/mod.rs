@@ -1,0 +1,55 @@
+//! The Redis side of the cluster stock authority: a sale's pool, the
+//! nodes' leases, per-user limits, idempotency records and orders, all kept
+//! in Redis and changed only by the Lua scripts in `scripts/`.
+//!
+//! Layout:
+//! - `store`: [`RedisStore`], the async client (redis crate 1.x, tokio),
+//!   one round trip per call; a batch of reservations is one pipeline.
+//! - `scripts/*.lua`: one script per change (create, switch, lease,
+//!   heartbeat, return_lease, reclaim, reserve, transition), each opening
+//!   with its KEYS/ARGV/return contract; loaded with `include_str!`.
+//! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
+//!   loopback port for tests, killed on drop.
+//!
+//! # Data model
+//!
+//! Every key of sale `S` starts with `sk:{S}:`; the hash tag `{S}` puts a
+//! whole sale in one slot, so the scripts (which name every key they touch
+//! in KEYS) run unchanged on Redis Cluster.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `spec` | HASH | stock, per_user_limit, starts_at, ends_at (0 = none), payment_timeout_s, switch = live / paused / closed |
+//! | `pool` | string | units neither leased nor sold |
+//! | `sold` | string | units in reserved + paid orders |
+//! | `leases` | HASH | node → units leased to it and not yet sold |
+//! | `hb` | HASH | node → heartbeat deadline (Unix ms, Redis time) |
+//! | `users` | HASH | user → units held in live (reserved, paid) orders |
+//! | `idem` | HASH | Idempotency-Key → `fingerprint_hex\|order_id` (only successful orders write one, so it is bounded by the stock) |
+//! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?}` |
+//! | `due` | ZSET | reserved order_id by expires_at |
+//!
+//! `sk:sales` (a SET of sale ids, another slot) is written by a plain SADD
+//! beside the create script.
+//!
+//! Invariant (every script keeps it): `pool + sum(leases) + sold == stock`.
+//! A lease moves units pool → leases; a reservation leases → sold (or pool
+//! → sold in the classic per-request mode); a cancel or expiry sold → pool;
+//! a returned or reclaimed lease leases → pool.
+//!
+//! # Errors
+//!
+//! `StockError::Unavailable` means nothing was applied (Redis unreachable,
+//! or it answered with an error); `StockError::Undetermined` means the call
+//! may have been applied (no answer within the timeout, or the connection
+//! broke after sending). Reservations and transitions are idempotent (by
+//! order id, by target status), so an undetermined one is settled by
+//! repeating it or reading the order.
+
+pub mod fixture;
+mod store;
+
+pub use store::{
+    Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
+    SaleSwitchState,
+};

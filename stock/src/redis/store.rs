@@ -1,0 +1,792 @@
+//! [`RedisStore`]: the async client of the cluster stock authority. Each
+//! method is one round trip (one script, one command, or one pipeline), and
+//! every one of them is bounded by the response timeout given to
+//! [`RedisStore::connect`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{
+    ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value,
+};
+use serde::Deserialize;
+
+use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
+
+/// The set of every sale id. Another slot than the sales' own keys, so it is
+/// written by a plain SADD beside the create script, never inside it.
+const SALES_KEY: &str = "sk:sales";
+
+/// The async client of the Redis side of the cluster stock authority.
+/// Cheap to clone (one shared, self-reconnecting connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+/// What [`RedisStore::create_sale`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The sale is new; its whole stock is in the pool.
+    New,
+    /// The same spec was already there; nothing changed.
+    Same,
+}
+
+/// The operator's switch as Redis holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaleSwitchState {
+    Live,
+    Paused,
+    Closed,
+}
+
+/// One sale as Redis sees it, read atomically (MULTI/EXEC), so
+/// `pool + leased + sold == spec.stock` holds in every snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleStatus {
+    pub spec: SaleSpec,
+    pub switch: SaleSwitchState,
+    /// Units neither leased nor sold.
+    pub pool: u64,
+    /// Units in reserved and paid orders.
+    pub sold: u64,
+    /// Units leased to nodes and not yet sold (the sum of the leases).
+    pub leased: u64,
+}
+
+/// What [`RedisStore::lease`] granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub granted: u64,
+    /// The pool right after the grant.
+    pub pool_left: u64,
+}
+
+/// One reservation in a [`RedisStore::reserve_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveCall {
+    pub sale_id: String,
+    pub node: u32,
+    /// Made by the caller; a retry with the same id is never charged twice.
+    pub order_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub idempotency_key: Option<String>,
+    /// What the key is bound to ([`crate::Attempt::fingerprint`]).
+    pub fingerprint: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// `true`: the classic per-request design, units come from the pool
+    /// directly; `false`: they are charged to the node's lease.
+    pub from_pool: bool,
+}
+
+/// What one reservation decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// The order is written (or was already, under this order id).
+    Reserved,
+    /// The Idempotency-Key already produced this order (current status).
+    Replay(Order),
+    LimitExceeded,
+    /// The key was used with another fingerprint.
+    KeyReused,
+    /// The node's lease has fewer units than asked: it was reclaimed (or
+    /// returned). The node's local units for this sale are no longer its.
+    NoLease,
+    /// `from_pool` and the pool has fewer units than asked.
+    SoldOut,
+    /// Paused, closed, or outside `starts_at..ends_at` (Redis time).
+    SaleNotOpen,
+}
+
+/// What [`RedisStore::transition`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// The order moved; this is it now.
+    Changed(Order),
+    /// The order already was in that status.
+    Unchanged(Order),
+    /// The move is not allowed; the status the order is in, except for two
+    /// time-based refusals of a reserved order: paying at or after
+    /// `expires_at` answers `Invalid(Expired)`, expiring before it answers
+    /// `Invalid(Reserved)`.
+    Invalid(OrderStatus),
+    NotFound,
+}
+
+impl RedisStore {
+    /// Connects (one multiplexed connection that reconnects by itself after
+    /// a failure). `timeout` bounds the connect and every later call, from
+    /// the caller's first poll to the answer, reconnects included.
+    ///
+    /// Errors: `Unavailable` when Redis cannot be reached in time.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StockError> {
+        let client = ::redis::Client::open(url)
+            .map_err(|e| StockError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            // A reconnect is one quick retry, not a long backoff: callers
+            // must fail fast (503) while Redis is down; the next call
+            // starts the next attempt.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(timeout);
+        let conn =
+            match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(StockError::Unavailable(format!("connect {url}: {e}"))),
+                Err(_) => {
+                    return Err(StockError::Unavailable(format!(
+                        "connect {url}: no connection within {timeout:?}"
+                    )))
+                }
+            };
+        Ok(RedisStore {
+            conn,
+            timeout,
+            scripts: Arc::new(Scripts::new()),
+        })
+    }
+
+    /// Creates a sale with its whole stock in the pool, and adds it to the
+    /// set of sales. The same spec again is `Same`; another spec under the
+    /// same id is refused (`InvalidState`), whatever the sale's state.
+    pub async fn create_sale(&self, spec: &SaleSpec) -> Result<Created, StockError> {
+        let k = Keys::new(&spec.sale_id);
+        let mut inv = self.scripts.create.prepare_invoke();
+        inv.key(k.spec()).key(k.pool()).key(k.sold());
+        inv.arg(spec.stock)
+            .arg(spec.per_user_limit)
+            .arg(spec.starts_at)
+            .arg(spec.ends_at.unwrap_or(0))
+            .arg(spec.payment_timeout_s);
+        let created: i64 = self.invoke(&inv).await?;
+        let created = match created {
+            1 => Created::New,
+            0 => Created::Same,
+            _ => {
+                return Err(StockError::InvalidState(
+                    "the sale exists with another spec",
+                ))
+            }
+        };
+        // Also on `Same`: a crash between the script and this SADD heals on
+        // the next create.
+        let mut cmd = ::redis::cmd("SADD");
+        cmd.arg(SALES_KEY).arg(&spec.sale_id);
+        let _: i64 = self.query(&cmd).await?;
+        Ok(created)
+    }
+
+    /// Applies an operator's switch. Closed is final: closing again is a
+    /// no-op, pausing or resuming a closed sale is `InvalidState`.
+    pub async fn switch(&self, sale_id: &str, to: Switch) -> Result<(), StockError> {
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.switch.prepare_invoke();
+        inv.key(k.spec()).arg(match to {
+            Switch::Pause => "pause",
+            Switch::Resume => "resume",
+            Switch::Close => "close",
+        });
+        let answer: String = self.invoke(&inv).await?;
+        match answer.as_str() {
+            "ok" => Ok(()),
+            "not_found" => Err(StockError::SaleNotFound),
+            "closed" => Err(StockError::InvalidState("the sale is closed")),
+            other => Err(unexpected("switch", other)),
+        }
+    }
+
+    /// Every sale id, sorted.
+    pub async fn sale_ids(&self) -> Result<Vec<String>, StockError> {
+        let mut cmd = ::redis::cmd("SMEMBERS");
+        cmd.arg(SALES_KEY);
+        let mut ids: Vec<String> = self.query(&cmd).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The sale's spec, switch and counts in one atomic snapshot; `None`
+    /// when there is no such sale.
+    pub async fn status(&self, sale_id: &str) -> Result<Option<SaleStatus>, StockError> {
+        let k = Keys::new(sale_id);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HGETALL")
+            .arg(k.spec())
+            .cmd("GET")
+            .arg(k.pool())
+            .cmd("GET")
+            .arg(k.sold())
+            .cmd("HVALS")
+            .arg(k.leases());
+        let mut conn = self.conn.clone();
+        type Snapshot = (Vec<(String, String)>, Option<u64>, Option<u64>, Vec<u64>);
+        let (fields, pool, sold, leases): Snapshot =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| f == name)
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| unexpected("spec without", name))
+        };
+        let number = |name: &str| -> Result<u64, StockError> {
+            field(name)?
+                .parse()
+                .map_err(|_| unexpected("spec field", name))
+        };
+        let ends_at = number("ends_at")?;
+        let spec = SaleSpec {
+            sale_id: sale_id.to_owned(),
+            stock: number("stock")?,
+            per_user_limit: u32::try_from(number("per_user_limit")?)
+                .map_err(|_| unexpected("spec field", "per_user_limit"))?,
+            starts_at: number("starts_at")?,
+            ends_at: (ends_at != 0).then_some(ends_at),
+            payment_timeout_s: number("payment_timeout_s")?,
+        };
+        let switch = match field("switch")? {
+            "live" => SaleSwitchState::Live,
+            "paused" => SaleSwitchState::Paused,
+            "closed" => SaleSwitchState::Closed,
+            other => return Err(unexpected("switch state", other)),
+        };
+        Ok(Some(SaleStatus {
+            spec,
+            switch,
+            pool: pool.unwrap_or(0),
+            sold: sold.unwrap_or(0),
+            leased: leases.iter().sum(),
+        }))
+    }
+
+    /// Leases up to `want` units from the pool to `node` and refreshes the
+    /// node's heartbeat deadline to now + `ttl` (Redis time).
+    ///
+    /// Chunks shrink as the pool runs low, so the last units are spread
+    /// over the nodes that still sell instead of stranded on one:
+    /// `granted = min(want, pool, max(1, ceil(pool / 4)))`. A closed sale or
+    /// an empty pool grants 0 (a paused one still leases). Unknown sale:
+    /// `SaleNotFound`.
+    ///
+    /// An `Undetermined` answer may have leased units: they stay in the
+    /// node's lease in Redis and come back by `return_lease` or `reclaim`.
+    pub async fn lease(
+        &self,
+        sale_id: &str,
+        node: u32,
+        want: u64,
+        ttl: Duration,
+    ) -> Result<LeaseGrant, StockError> {
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.lease.prepare_invoke();
+        inv.key(k.spec())
+            .key(k.pool())
+            .key(k.leases())
+            .key(k.hb())
+            .arg(node)
+            .arg(want)
+            .arg(millis(ttl));
+        let (granted, pool_left): (i64, i64) = self.invoke(&inv).await?;
+        if granted < 0 {
+            return Err(StockError::SaleNotFound);
+        }
+        Ok(LeaseGrant {
+            granted: granted as u64,
+            pool_left: pool_left.max(0) as u64,
+        })
+    }
+
+    /// Refreshes the node's heartbeat deadline (now + `ttl`) in each sale
+    /// where it holds a lease, in one pipeline. A lease that was already
+    /// reclaimed is not brought back.
+    pub async fn heartbeat(
+        &self,
+        sale_ids: &[String],
+        node: u32,
+        ttl: Duration,
+    ) -> Result<(), StockError> {
+        if sale_ids.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = millis(ttl);
+        let invocations: Vec<_> = sale_ids
+            .iter()
+            .map(|sale_id| {
+                let k = Keys::new(sale_id);
+                let mut inv = self.scripts.heartbeat.prepare_invoke();
+                inv.key(k.leases()).key(k.hb()).arg(node).arg(ttl_ms);
+                inv
+            })
+            .collect();
+        let results = self
+            .bounded(self.pipeline(&self.scripts.heartbeat, &invocations))
+            .await?;
+        for result in results {
+            result.map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the node's whole unsold lease back to the pool and forgets its
+    /// heartbeat; returns how many units. 0 for an unknown sale.
+    pub async fn return_lease(&self, sale_id: &str, node: u32) -> Result<u64, StockError> {
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.return_lease.prepare_invoke();
+        inv.key(k.pool()).key(k.leases()).key(k.hb()).arg(node);
+        self.invoke(&inv).await
+    }
+
+    /// Run by any node: every lease whose heartbeat deadline passed (Redis
+    /// time) goes back to the pool; returns how many units. A node whose
+    /// lease was reclaimed gets `NoLease` when it next reserves against it.
+    pub async fn reclaim(&self, sale_id: &str) -> Result<u64, StockError> {
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.reclaim.prepare_invoke();
+        inv.key(k.pool()).key(k.leases()).key(k.hb());
+        self.invoke(&inv).await
+    }
+
+    /// Reserves a batch in one pipeline (one round trip), one atomic
+    /// `reserve.lua` call per reservation; results in the batch's order.
+    ///
+    /// Per call the script, in order: answers `Reserved` without charging
+    /// again when the order id already exists; replays an existing
+    /// Idempotency-Key (same fingerprint → `Replay(order)`, other →
+    /// `KeyReused`); checks the sale is open; checks and records the
+    /// per-user limit; charges the node's lease (`NoLease` when short) or,
+    /// `from_pool`, the pool (`SoldOut` when short); writes the order
+    /// (reserved), `sold`, the expiry queue and the key record.
+    ///
+    /// A pipeline of EVALSHA does not load a missing script: the calls that
+    /// answered NOSCRIPT (a restarted or flushed Redis) are retried once
+    /// after SCRIPT LOAD. Retrying is safe because a reservation is
+    /// idempotent by order id.
+    ///
+    /// Errors: a call whose answer is `Undetermined` (timeout, connection
+    /// lost after sending) may have been applied: retry it with the same
+    /// order id, or read the order, never guess.
+    pub async fn reserve_batch(
+        &self,
+        calls: &[ReserveCall],
+    ) -> Vec<Result<ReserveOutcome, StockError>> {
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let invocations: Vec<_> = calls.iter().map(|c| self.reserve_invocation(c)).collect();
+        match self
+            .bounded(self.pipeline(&self.scripts.reserve, &invocations))
+            .await
+        {
+            Ok(results) => calls
+                .iter()
+                .zip(results)
+                .map(|(call, result)| parse_reserve(call, result.map_err(classify)?))
+                .collect(),
+            Err(e) => calls.iter().map(|_| Err(same_error(&e))).collect(),
+        }
+    }
+
+    /// Moves an order to `to` (`Paid`, `Cancelled` or `Expired`), exactly
+    /// once; `now_s` is the caller's Unix time.
+    ///
+    /// - to `Paid`: only from reserved and while `now_s < expires_at`; at or
+    ///   after it the answer is `Invalid(Expired)` and the order stays
+    ///   reserved until expiry runs.
+    /// - to `Cancelled` / `Expired`: from reserved, the units go back to the
+    ///   pool, the user's count and `sold` drop, the order leaves the
+    ///   expiry queue. Expiring before `expires_at` is `Invalid(Reserved)`.
+    /// - The move that already happened → `Unchanged`; any other move from
+    ///   a non-reserved order → `Invalid(current status)`.
+    ///
+    /// `to == Reserved` is `InvalidState`. An `Undetermined` answer is
+    /// settled by repeating the same move (`Changed` or `Unchanged`).
+    pub async fn transition(
+        &self,
+        sale_id: &str,
+        order_id: &str,
+        to: OrderStatus,
+        now_s: u64,
+    ) -> Result<Moved, StockError> {
+        if to == OrderStatus::Reserved {
+            return Err(StockError::InvalidState(
+                "an order cannot move back to reserved",
+            ));
+        }
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.transition.prepare_invoke();
+        inv.key(k.pool())
+            .key(k.sold())
+            .key(k.users())
+            .key(k.orders())
+            .key(k.due())
+            .arg(order_id)
+            .arg(to.as_str())
+            .arg(now_s);
+        let reply: Vec<String> = self.invoke(&inv).await?;
+        let order = |json: &str| parse_order(sale_id, order_id, json);
+        match reply.as_slice() {
+            [tag] if tag == "not_found" => Ok(Moved::NotFound),
+            [tag, json] if tag == "changed" => Ok(Moved::Changed(order(json)?)),
+            [tag, json] if tag == "unchanged" => Ok(Moved::Unchanged(order(json)?)),
+            [tag, status] if tag == "invalid" => Ok(Moved::Invalid(parse_status(status)?)),
+            _ => Err(unexpected("transition reply", &format!("{reply:?}"))),
+        }
+    }
+
+    /// The order with its current status, if it exists.
+    pub async fn order(&self, sale_id: &str, order_id: &str) -> Result<Option<Order>, StockError> {
+        let mut cmd = ::redis::cmd("HGET");
+        cmd.arg(Keys::new(sale_id).orders()).arg(order_id);
+        let json: Option<String> = self.query(&cmd).await?;
+        json.map(|json| parse_order(sale_id, order_id, &json))
+            .transpose()
+    }
+
+    /// Up to `limit` reserved orders of the sale whose `expires_at <= now_s`,
+    /// earliest first.
+    pub async fn due(
+        &self,
+        sale_id: &str,
+        now_s: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StockError> {
+        let mut cmd = ::redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(Keys::new(sale_id).due())
+            .arg("-inf")
+            .arg(now_s)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        self.query(&cmd).await
+    }
+
+    /// `INFO commandstats` as (command, calls), e.g. `("evalsha", 50)`; for
+    /// tests and benchmarks (Redis commands per order).
+    pub async fn command_stats(&self) -> Result<Vec<(String, u64)>, StockError> {
+        let mut cmd = ::redis::cmd("INFO");
+        cmd.arg("commandstats");
+        let info: String = self.query(&cmd).await?;
+        Ok(parse_command_stats(&info))
+    }
+
+    // Helpers below.
+
+    fn reserve_invocation<'a>(&'a self, call: &ReserveCall) -> ScriptInvocation<'a> {
+        let k = Keys::new(&call.sale_id);
+        let mut inv = self.scripts.reserve.prepare_invoke();
+        inv.key(k.spec())
+            .key(k.pool())
+            .key(k.sold())
+            .key(k.leases())
+            .key(k.users())
+            .key(k.idem())
+            .key(k.orders())
+            .key(k.due())
+            .arg(call.node)
+            .arg(&call.order_id)
+            .arg(&call.user_id)
+            .arg(call.quantity)
+            .arg(call.idempotency_key.as_deref().unwrap_or(""))
+            .arg(format!("{:016x}", call.fingerprint))
+            .arg(call.expires_at)
+            .arg(if call.from_pool { "1" } else { "0" });
+        inv
+    }
+
+    /// Runs EVALSHA invocations of one script in one pipeline; the calls
+    /// that answered NOSCRIPT are retried once after SCRIPT LOAD.
+    async fn pipeline(
+        &self,
+        script: &Script,
+        invocations: &[ScriptInvocation<'_>],
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let mut conn = self.conn.clone();
+        let mut results = send_pipeline(&mut conn, invocations.iter()).await?;
+        let missing: Vec<usize> = (0..results.len())
+            .filter(|&i| is_noscript(&results[i]))
+            .collect();
+        if missing.is_empty() {
+            return Ok(results);
+        }
+        script.load_async(&mut conn).await?;
+        let again = send_pipeline(&mut conn, missing.iter().map(|&i| &invocations[i])).await?;
+        for (i, result) in missing.into_iter().zip(again) {
+            results[i] = result;
+        }
+        Ok(results)
+    }
+
+    /// One script call (EVALSHA, loading the script on NOSCRIPT).
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, StockError> {
+        let mut conn = self.conn.clone();
+        self.bounded(inv.invoke_async(&mut conn)).await
+    }
+
+    /// One plain command.
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, StockError> {
+        let mut conn = self.conn.clone();
+        self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Bounds a call by the response timeout and maps its error.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StockError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(classify),
+            Err(_) => Err(StockError::Undetermined(format!(
+                "no answer from Redis within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Lua scripts, one `redis::Script` each (SHA1 computed once).
+struct Scripts {
+    create: Script,
+    switch: Script,
+    lease: Script,
+    heartbeat: Script,
+    return_lease: Script,
+    reclaim: Script,
+    reserve: Script,
+    transition: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            create: Script::new(include_str!("scripts/create.lua")),
+            switch: Script::new(include_str!("scripts/switch.lua")),
+            lease: Script::new(include_str!("scripts/lease.lua")),
+            heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
+            return_lease: Script::new(include_str!("scripts/return_lease.lua")),
+            reclaim: Script::new(include_str!("scripts/reclaim.lua")),
+            reserve: Script::new(include_str!("scripts/reserve.lua")),
+            transition: Script::new(include_str!("scripts/transition.lua")),
+        }
+    }
+}
+
+/// The keys of one sale. All share the hash tag `{sale_id}`, so one slot
+/// holds a whole sale and the scripts run unchanged on Redis Cluster.
+struct Keys<'a> {
+    sale_id: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    fn new(sale_id: &'a str) -> Self {
+        Keys { sale_id }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("sk:{{{}}}:{name}", self.sale_id)
+    }
+
+    fn spec(&self) -> String {
+        self.key("spec")
+    }
+    fn pool(&self) -> String {
+        self.key("pool")
+    }
+    fn sold(&self) -> String {
+        self.key("sold")
+    }
+    fn leases(&self) -> String {
+        self.key("leases")
+    }
+    fn hb(&self) -> String {
+        self.key("hb")
+    }
+    fn users(&self) -> String {
+        self.key("users")
+    }
+    fn idem(&self) -> String {
+        self.key("idem")
+    }
+    fn orders(&self) -> String {
+        self.key("orders")
+    }
+    fn due(&self) -> String {
+        self.key("due")
+    }
+}
+
+/// The order record as `reserve.lua` writes it (cjson).
+#[derive(Deserialize)]
+struct OrderRecord {
+    user_id: String,
+    quantity: u32,
+    status: String,
+    expires_at: u64,
+}
+
+async fn send_pipeline<'a, 'b: 'a>(
+    conn: &mut ConnectionManager,
+    invocations: impl Iterator<Item = &'a ScriptInvocation<'b>>,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let mut pipe = ::redis::pipe();
+    pipe.ignore_errors();
+    for inv in invocations {
+        pipe.invoke_script(inv);
+    }
+    pipe.query_async(conn).await
+}
+
+fn is_noscript(result: &RedisResult<Value>) -> bool {
+    matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+}
+
+fn parse_reserve(call: &ReserveCall, value: Value) -> Result<ReserveOutcome, StockError> {
+    let reply: Vec<String> = ::redis::from_redis_value(value)
+        .map_err(|e| StockError::Unavailable(format!("unexpected reserve reply: {e}")))?;
+    let outcome = match reply.as_slice() {
+        [tag] => match tag.as_str() {
+            "reserved" => ReserveOutcome::Reserved,
+            "key_reused" => ReserveOutcome::KeyReused,
+            "limit" => ReserveOutcome::LimitExceeded,
+            "no_lease" => ReserveOutcome::NoLease,
+            "sold_out" => ReserveOutcome::SoldOut,
+            "not_open" => ReserveOutcome::SaleNotOpen,
+            "not_found" => return Err(StockError::SaleNotFound),
+            other => return Err(unexpected("reserve reply", other)),
+        },
+        [tag, order_id, json] if tag == "replay" => {
+            ReserveOutcome::Replay(parse_order(&call.sale_id, order_id, json)?)
+        }
+        _ => return Err(unexpected("reserve reply", &format!("{reply:?}"))),
+    };
+    Ok(outcome)
+}
+
+fn parse_order(sale_id: &str, order_id: &str, json: &str) -> Result<Order, StockError> {
+    let record: OrderRecord = serde_json::from_str(json)
+        .map_err(|e| StockError::Unavailable(format!("bad order record {order_id}: {e}")))?;
+    Ok(Order {
+        order_id: order_id.to_owned(),
+        sale_id: sale_id.to_owned(),
+        user_id: record.user_id,
+        quantity: record.quantity,
+        status: parse_status(&record.status)?,
+        expires_at: record.expires_at,
+        shard: 0,
+    })
+}
+
+fn parse_status(status: &str) -> Result<OrderStatus, StockError> {
+    match status {
+        "reserved" => Ok(OrderStatus::Reserved),
+        "paid" => Ok(OrderStatus::Paid),
+        "cancelled" => Ok(OrderStatus::Cancelled),
+        "expired" => Ok(OrderStatus::Expired),
+        other => Err(unexpected("order status", other)),
+    }
+}
+
+fn parse_command_stats(info: &str) -> Vec<(String, u64)> {
+    // Lines look like `cmdstat_evalsha:calls=50,usec=812,...`.
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// Redis errors as stock errors:
+/// - `Unavailable` (nothing was applied): connection refused or not
+///   reachable, or the server answered with an error (scripts check before
+///   they write, so an error reply leaves nothing behind);
+/// - `Undetermined` (may have been applied): a timeout, or the connection
+///   broke while the command may already have been sent.
+fn classify(e: RedisError) -> StockError {
+    if e.is_connection_refusal() {
+        StockError::Unavailable(e.to_string())
+    } else if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+        StockError::Undetermined(e.to_string())
+    } else {
+        StockError::Unavailable(e.to_string())
+    }
+}
+
+/// The same error for every call of a failed batch.
+fn same_error(e: &StockError) -> StockError {
+    match e {
+        StockError::Undetermined(m) => StockError::Undetermined(m.clone()),
+        StockError::Unavailable(m) => StockError::Unavailable(m.clone()),
+        other => StockError::Unavailable(other.to_string()),
+    }
+}
+
+fn unexpected(what: &str, got: &str) -> StockError {
+    StockError::Unavailable(format!("unexpected {what}: {got}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_sale_hash_tag() {
+        let k = Keys::new("s1");
+        assert_eq!(k.spec(), "sk:{s1}:spec");
+        assert_eq!(k.due(), "sk:{s1}:due");
+    }
+
+    #[test]
+    fn command_stats_are_parsed() {
+        let info = "# Commandstats\r\ncmdstat_evalsha:calls=50,usec=812,usec_per_call=16.24,\
+                    rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=2,usec=40\r\n";
+        assert_eq!(
+            parse_command_stats(info),
+            vec![("evalsha".to_owned(), 50), ("info".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn order_records_are_parsed() {
+        let json =
+            r#"{"user_id":"u\/1","quantity":2,"status":"paid","expires_at":1700000900,"node":3}"#;
+        let order = parse_order("s", "o", json).unwrap();
+        assert_eq!(order.user_id, "u/1");
+        assert_eq!(order.quantity, 2);
+        assert_eq!(order.status, OrderStatus::Paid);
+        assert_eq!(order.expires_at, 1_700_000_900);
+    }
+}

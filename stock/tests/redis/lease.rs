@@ -1,0 +1,187 @@
+use std::time::Duration;
+
+use stock::redis::LeaseGrant;
+use stock::{StockError, Switch};
+
+use crate::{call, counts, setup, spec, TIMEOUT};
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn chunks_shrink_as_the_pool_runs_low() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 100, 1)).await.unwrap();
+
+    // grant = min(want, pool, max(1, ceil(pool / 4)))
+    let mut grants = Vec::new();
+    loop {
+        let LeaseGrant { granted, pool_left } = store.lease("s1", 1, 1000, TTL).await.unwrap();
+        if granted == 0 {
+            assert_eq!(pool_left, 0);
+            break;
+        }
+        grants.push(granted);
+    }
+    assert_eq!(grants[..6], [25, 19, 14, 11, 8, 6]);
+    assert!(grants.windows(2).all(|w| w[1] <= w[0]), "{grants:?}");
+    assert_eq!(grants.iter().sum::<u64>(), 100);
+    assert_eq!(counts(&store, "s1").await, (0, 100, 0));
+
+    // `want` caps a grant.
+    store.create_sale(&spec("s2", 100, 1)).await.unwrap();
+    let grant = store.lease("s2", 1, 3, TTL).await.unwrap();
+    assert_eq!(
+        grant,
+        LeaseGrant {
+            granted: 3,
+            pool_left: 97
+        }
+    );
+}
+
+#[tokio::test]
+async fn leasing_to_exhaustion_from_three_nodes_grants_exactly_the_stock() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 1000, 1)).await.unwrap();
+
+    let mut per_node = [0u64; 3];
+    let mut last_pool = 1000;
+    'outer: loop {
+        for node in 0..3u32 {
+            let grant = store.lease("s1", node, 64, TTL).await.unwrap();
+            assert!(grant.granted <= last_pool, "a grant over the pool");
+            assert_eq!(grant.pool_left, last_pool - grant.granted);
+            last_pool = grant.pool_left;
+            per_node[node as usize] += grant.granted;
+            if grant.granted == 0 {
+                break 'outer;
+            }
+        }
+    }
+    assert_eq!(per_node.iter().sum::<u64>(), 1000);
+    // Shrinking chunks spread the tail over the nodes.
+    assert!(per_node.iter().all(|&n| n > 250), "{per_node:?}");
+    assert_eq!(counts(&store, "s1").await, (0, 1000, 0));
+}
+
+#[tokio::test]
+async fn concurrent_leases_never_exceed_the_pool() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 500, 1)).await.unwrap();
+    let tasks: Vec<_> = (0..3u32)
+        .map(|node| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut total = 0;
+                loop {
+                    let grant = store.lease("s1", node, 50, TTL).await.unwrap();
+                    if grant.granted == 0 {
+                        return total;
+                    }
+                    total += grant.granted;
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, 500);
+    assert_eq!(counts(&store, "s1").await, (0, 500, 0));
+}
+
+#[tokio::test]
+async fn a_closed_sale_grants_nothing_and_an_unknown_one_is_not_found() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 10, 1)).await.unwrap();
+    store.switch("s1", Switch::Close).await.unwrap();
+    let grant = store.lease("s1", 1, 5, TTL).await.unwrap();
+    assert_eq!(
+        grant,
+        LeaseGrant {
+            granted: 0,
+            pool_left: 10
+        }
+    );
+
+    let err = store.lease("nope", 1, 5, TTL).await.unwrap_err();
+    assert!(matches!(err, StockError::SaleNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn return_lease_gives_the_unsold_units_back() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 100, 5)).await.unwrap();
+    assert_eq!(store.lease("s1", 1, 10, TTL).await.unwrap().granted, 10);
+    assert_eq!(store.lease("s1", 2, 10, TTL).await.unwrap().granted, 10);
+    let sold = store.reserve_batch(&[call("s1", 1, "o1", "u1")]).await;
+    assert!(sold[0].is_ok());
+
+    assert_eq!(store.return_lease("s1", 1).await.unwrap(), 9);
+    assert_eq!(store.return_lease("s1", 1).await.unwrap(), 0);
+    assert_eq!(counts(&store, "s1").await, (89, 10, 1));
+    assert_eq!(store.return_lease("nope", 1).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn reclaim_takes_back_expired_leases_only() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 100, 5)).await.unwrap();
+    // Node 1 dies (no heartbeat after 100 ms); node 2's first deadline is
+    // as short, but it heartbeats; node 3 leased for long.
+    store
+        .lease("s1", 1, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    store
+        .lease("s1", 2, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    store.lease("s1", 3, 10, TTL).await.unwrap();
+    let sold = store.reserve_batch(&[call("s1", 1, "o1", "u1")]).await;
+    assert!(sold[0].is_ok());
+
+    // Nothing is due yet.
+    assert_eq!(store.reclaim("s1").await.unwrap(), 0);
+
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store
+            .heartbeat(
+                &["s1".to_owned(), "other".to_owned()],
+                2,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+    }
+    // 300 ms later: node 1's deadline passed, node 2's was pushed on.
+    // Node 1's 9 unsold units return.
+    assert_eq!(store.reclaim("s1").await.unwrap(), 9);
+    assert_eq!(counts(&store, "s1").await, (79, 20, 1));
+    assert_eq!(store.reclaim("s1").await.unwrap(), 0);
+
+    // The dead node's next reservation finds no lease; its heartbeat does
+    // not bring the lease back.
+    store.heartbeat(&["s1".to_owned()], 1, TTL).await.unwrap();
+    let late = store.reserve_batch(&[call("s1", 1, "o2", "u2")]).await;
+    assert_eq!(
+        late[0].as_ref().unwrap(),
+        &stock::redis::ReserveOutcome::NoLease
+    );
+    // The live nodes still sell from theirs.
+    let live = store
+        .reserve_batch(&[call("s1", 2, "o3", "u3"), call("s1", 3, "o4", "u4")])
+        .await;
+    assert!(live
+        .iter()
+        .all(|r| r.as_ref().unwrap() == &stock::redis::ReserveOutcome::Reserved));
+    assert_eq!(counts(&store, "s1").await, (79, 18, 3));
+}
+
+#[tokio::test]
+async fn heartbeat_of_no_sales_is_a_no_op() {
+    let (_server, store) = setup().await;
+    store.heartbeat(&[], 1, TIMEOUT).await.unwrap();
+}

@@ -1,0 +1,221 @@
+use std::time::Duration;
+
+use stock::redis::{Moved, RedisStore, ReserveOutcome};
+use stock::{OrderStatus, StockError};
+
+use crate::{call, counts, now_s, setup, spec};
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// A sale of 20 with one reserved order `o1` of `alice` (limit 1), charged
+/// to node 1's lease of 5.
+async fn one_order(store: &RedisStore) {
+    store.create_sale(&spec("s1", 20, 1)).await.unwrap();
+    store.lease("s1", 1, 5, TTL).await.unwrap();
+    let answers = store.reserve_batch(&[call("s1", 1, "o1", "alice")]).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+    assert_eq!(counts(store, "s1").await, (15, 4, 1));
+}
+
+#[tokio::test]
+async fn cancel_returns_one_unit_to_the_pool_once() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+
+    let moved = store
+        .transition("s1", "o1", OrderStatus::Cancelled, now_s())
+        .await
+        .unwrap();
+    let Moved::Changed(order) = moved else {
+        panic!("expected Changed, got {moved:?}");
+    };
+    assert_eq!(order.status, OrderStatus::Cancelled);
+    assert_eq!(order.order_id, "o1");
+    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
+
+    let again = store
+        .transition("s1", "o1", OrderStatus::Cancelled, now_s())
+        .await
+        .unwrap();
+    assert!(matches!(again, Moved::Unchanged(ref o) if o.status == OrderStatus::Cancelled));
+    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
+
+    // The user's count dropped: alice may buy again.
+    let answers = store.reserve_batch(&[call("s1", 1, "o2", "alice")]).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+
+    // Pay after cancel, expire after cancel: the current status.
+    for to in [OrderStatus::Paid, OrderStatus::Expired] {
+        let moved = store
+            .transition("s1", "o1", to, u64::MAX / 2)
+            .await
+            .unwrap();
+        assert_eq!(moved, Moved::Invalid(OrderStatus::Cancelled));
+    }
+    assert!(store.due("s1", u64::MAX / 2, 10).await.unwrap() == vec!["o2"]);
+}
+
+#[tokio::test]
+async fn eight_concurrent_cancels_change_the_order_once() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .transition("s1", "o1", OrderStatus::Cancelled, now_s())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut changed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Moved::Changed(_) => changed += 1,
+            Moved::Unchanged(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(changed, 1);
+    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
+}
+
+#[tokio::test]
+async fn expiry_returns_the_unit_once_and_only_after_the_deadline() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+    let expires_at = store.order("s1", "o1").await.unwrap().unwrap().expires_at;
+
+    assert!(store
+        .due("s1", expires_at - 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.due("s1", expires_at, 10).await.unwrap(), vec!["o1"]);
+
+    let early = store
+        .transition("s1", "o1", OrderStatus::Expired, expires_at - 1)
+        .await
+        .unwrap();
+    assert_eq!(early, Moved::Invalid(OrderStatus::Reserved));
+    assert_eq!(counts(&store, "s1").await, (15, 4, 1));
+
+    let moved = store
+        .transition("s1", "o1", OrderStatus::Expired, expires_at)
+        .await
+        .unwrap();
+    assert!(matches!(moved, Moved::Changed(ref o) if o.status == OrderStatus::Expired));
+    let again = store
+        .transition("s1", "o1", OrderStatus::Expired, expires_at)
+        .await
+        .unwrap();
+    assert!(matches!(again, Moved::Unchanged(_)));
+    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
+    assert!(store.due("s1", expires_at, 10).await.unwrap().is_empty());
+
+    let cancel = store
+        .transition("s1", "o1", OrderStatus::Cancelled, expires_at)
+        .await
+        .unwrap();
+    assert_eq!(cancel, Moved::Invalid(OrderStatus::Expired));
+}
+
+#[tokio::test]
+async fn pay_in_time_keeps_the_unit_and_pay_after_the_deadline_is_refused() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+    let mut late = call("s1", 1, "o2", "bob");
+    late.expires_at = now_s() + 10;
+    store.reserve_batch(std::slice::from_ref(&late)).await[0]
+        .as_ref()
+        .unwrap();
+
+    let paid = store
+        .transition("s1", "o1", OrderStatus::Paid, now_s())
+        .await
+        .unwrap();
+    assert!(matches!(paid, Moved::Changed(ref o) if o.status == OrderStatus::Paid));
+    assert!(matches!(
+        store
+            .transition("s1", "o1", OrderStatus::Paid, now_s())
+            .await
+            .unwrap(),
+        Moved::Unchanged(_)
+    ));
+    assert_eq!(
+        store
+            .transition("s1", "o1", OrderStatus::Cancelled, now_s())
+            .await
+            .unwrap(),
+        Moved::Invalid(OrderStatus::Paid)
+    );
+    // Paid units stay sold and count against the user's limit.
+    assert_eq!(counts(&store, "s1").await, (15, 3, 2));
+    let answers = store.reserve_batch(&[call("s1", 1, "o3", "alice")]).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::LimitExceeded);
+
+    // At expires_at the payment is refused as expired; the order waits for
+    // expiry, which then returns its unit.
+    let refused = store
+        .transition("s1", "o2", OrderStatus::Paid, late.expires_at)
+        .await
+        .unwrap();
+    assert_eq!(refused, Moved::Invalid(OrderStatus::Expired));
+    let order = store.order("s1", "o2").await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Reserved);
+    assert_eq!(
+        store.due("s1", late.expires_at, 10).await.unwrap(),
+        vec!["o2"]
+    );
+    store
+        .transition("s1", "o2", OrderStatus::Expired, late.expires_at)
+        .await
+        .unwrap();
+    assert_eq!(counts(&store, "s1").await, (16, 3, 1));
+}
+
+#[tokio::test]
+async fn unknown_orders_and_moves_back_to_reserved() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+    assert_eq!(
+        store
+            .transition("s1", "nope", OrderStatus::Cancelled, now_s())
+            .await
+            .unwrap(),
+        Moved::NotFound
+    );
+    assert_eq!(store.order("s1", "nope").await.unwrap(), None);
+    let err = store
+        .transition("s1", "o1", OrderStatus::Reserved, now_s())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StockError::InvalidState(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn due_lists_reserved_orders_by_deadline_up_to_the_limit() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 100, 5)).await.unwrap();
+    store.lease("s1", 1, 10, TTL).await.unwrap();
+    let base = now_s() + 100;
+    let calls: Vec<_> = (0..4u64)
+        .map(|i| {
+            let mut c = call("s1", 1, &format!("o{i}"), "u");
+            c.expires_at = base + 3 - i;
+            c
+        })
+        .collect();
+    store.reserve_batch(&calls).await;
+    assert_eq!(
+        store.due("s1", base + 3, 3).await.unwrap(),
+        vec!["o3", "o2", "o1"]
+    );
+    assert_eq!(
+        store.due("s1", base + 1, 10).await.unwrap(),
+        vec!["o3", "o2"]
+    );
+}
