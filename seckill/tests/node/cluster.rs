@@ -433,3 +433,62 @@ fn the_per_request_baseline_sells_exactly_the_stock() {
     // The classic design asks Redis for every request, sold-out ones too.
     assert!(command_calls(&redis, "evalsha") - before >= 50 + 20);
 }
+
+#[test]
+fn switches_made_through_one_node_hold_on_every_node() {
+    let redis = RedisServer::start();
+    let a = cluster_node(&redis, 1, &[]);
+    let b = cluster_node(&redis, 2, &[]);
+    a.client()
+        .create_sale("sw", &json!({"stock": 10, "per_user_limit": 1}));
+    wait_for_sale(&[&b], "sw");
+    assert_ok(&a.client().switch("sw", "pause"));
+    let until = |node: &Node, state: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.client().sale("sw")["state"] != state {
+            assert!(Instant::now() < deadline, "node never saw {state}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(&b, "paused");
+    assert_error(&b.client().purchase("sw", "u1"), 403, "sale_not_open");
+    assert_ok(&b.client().switch("sw", "resume"));
+    until(&a, "open");
+    assert_ok(&a.client().purchase("sw", "u1"));
+    assert_ok(&a.client().switch("sw", "close"));
+    until(&b, "closed");
+    assert_error(&b.client().purchase("sw", "u2"), 403, "sale_not_open");
+    assert_error(&b.client().switch("sw", "resume"), 409, "invalid_state");
+    // The cluster-wide sold count is shown by every node.
+    assert_eq!(b.client().sale("sw")["sold"], 1);
+}
+
+#[test]
+fn sigterm_returns_the_unsold_lease_to_the_pool() {
+    let redis = RedisServer::start();
+    let mut a = cluster_node(&redis, 1, &[]);
+    a.client()
+        .create_sale("t", &json!({"stock": 1000, "per_user_limit": 1}));
+    let mut c = a.client();
+    for i in 0..10 {
+        assert_ok(&c.purchase("t", &format!("u{i}")));
+    }
+    let leased = redis_cli(&redis, &["HGET", "sk:{t}:leases", "1"])
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0);
+    assert!(leased > 0, "the node holds a lease");
+    drop(c);
+    a.terminate();
+    assert_eq!(
+        redis_cli(&redis, &["HGET", "sk:{t}:leases", "1"]).trim(),
+        "",
+        "no lease left after a graceful stop"
+    );
+    assert_eq!(
+        redis_int(&redis, "sk:{t}:pool"),
+        990,
+        "every unsold unit is back"
+    );
+    assert_eq!(redis_int(&redis, "sk:{t}:sold"), 10);
+}
