@@ -37,7 +37,7 @@ start() {
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
     --save "" --appendonly no --daemonize no \
-    --logfile "$dir/redis.log" &
+    --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do
     if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then

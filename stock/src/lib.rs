@@ -21,8 +21,10 @@
 //!   sold-out logic can be model-checked (`RUSTFLAGS="--cfg loom"`).
 
 pub mod authority;
+#[cfg(not(loom))]
 pub mod cluster;
 pub mod embedded;
+#[cfg(not(loom))]
 pub mod redis;
 mod registry;
 pub mod sale;
