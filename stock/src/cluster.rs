@@ -572,6 +572,17 @@ async fn backend_main(
     while rx.recv_many(&mut calls, 512).await > 0 {
         for call in calls.drain(..) {
             match call {
+                Call::Reserve(c, reply) if c.from_pool => {
+                    // The classic baseline: one EVALSHA per request, on its
+                    // own, as a request-scoped client would send it.
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let result = store.reserve_batch(std::slice::from_ref(&c)).await;
+                        let _ = reply.send(result.into_iter().next().unwrap_or_else(|| {
+                            Err(StockError::Undetermined("no reply for the call".into()))
+                        }));
+                    });
+                }
                 Call::Reserve(c, reply) => {
                     batch.push(c);
                     replies.push(reply);
