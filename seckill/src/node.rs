@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -156,10 +157,15 @@ pub struct Core<A, L> {
     inflight: Cell<usize>,
 }
 
+/// A sale as a core holds it: cloning the `Rc` is a core-local increment,
+/// so a request that keeps the sale across an `.await` writes no shared
+/// cache line (cloning the `Arc` would).
+pub type SaleRef = Rc<Arc<Sale>>;
+
 #[derive(Default)]
 struct SaleCache {
     epoch: Option<u64>,
-    sales: HashMap<Box<str>, Arc<Sale>>,
+    sales: HashMap<Box<str>, SaleRef>,
 }
 
 impl<A: StockAuthority, L: OrderLog> Core<A, L> {
@@ -182,7 +188,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     /// Runs `f` on the sale, looked up in this core's cache without
     /// touching any shared counter (no `Arc` clone). The cache is refreshed
     /// when the authority's set of sales changed.
-    pub fn with_sale<R>(&self, sale_id: &str, f: impl FnOnce(&Arc<Sale>) -> R) -> Option<R> {
+    pub fn with_sale<R>(&self, sale_id: &str, f: impl FnOnce(&SaleRef) -> R) -> Option<R> {
         let epoch = self.node.authority.sales_epoch();
         let mut cache = self.sales.borrow_mut();
         if cache.epoch != Some(epoch) {
@@ -191,7 +197,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 .authority
                 .sales()
                 .into_iter()
-                .map(|s| (Box::<str>::from(s.id()), s))
+                .map(|s| (Box::<str>::from(s.id()), Rc::new(s)))
                 .collect();
             cache.epoch = Some(epoch);
         }
