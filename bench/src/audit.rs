@@ -1,0 +1,637 @@
+//! The invariants a run is checked against once the load is over
+//! (DESIGN.md, "Invariants"), each one a [`Check`] that can fail:
+//!
+//! - `log_readable`: the order log reads whole (a torn tail is allowed).
+//! - `no_oversell`: live units (reserved, not cancelled or expired) never
+//!   exceed the stock at any point of the log; the node's `sold` and the
+//!   units acknowledged with 200 do not exceed it either.
+//! - `per_user_limit`: no user holds more than the limit at any point of the
+//!   log, nor in the 200 answers.
+//! - `acked_orders_logged_once`: every order answered 200 is in the log
+//!   exactly once, for the same sale, user and quantity.
+//! - `idempotency`: one key never yields two orders (answers and log).
+//! - `sold_matches_log`: the node's `sold` equals the log's live units.
+//! - `sells_out`: when the node said `sold_out` or demand reached the stock,
+//!   and nothing failed, every unit is sold (sold == stock) — no stranded
+//!   stock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use queue::EventKind;
+use serde::{Deserialize, Serialize};
+
+use crate::admin::SaleView;
+use crate::orderlog::LogContents;
+use crate::recorder::AckedOrder;
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The check does not apply to this run (the detail says why).
+    Skip,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        })
+    }
+}
+
+/// One audited invariant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &str, ok: bool, detail: String) -> Self {
+        Check {
+            name: name.into(),
+            verdict: if ok { Verdict::Pass } else { Verdict::Fail },
+            detail,
+        }
+    }
+
+    fn skip(name: &str, detail: impl Into<String>) -> Self {
+        Check {
+            name: name.into(),
+            verdict: Verdict::Skip,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Whether every check passed (skips are not failures).
+pub fn passed(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.verdict != Verdict::Fail)
+}
+
+/// What the audit looks at.
+pub struct AuditInput<'a> {
+    pub sale_id: &'a str,
+    pub stock: u64,
+    pub per_user_limit: u32,
+    /// The node's view of the sale after the run (`GET /sales/{id}`).
+    pub view: Result<SaleView, String>,
+    /// Every 200 answer to a purchase (replays included).
+    pub acked: &'a [AckedOrder],
+    /// Distinct users known to hold a unit (a 200 or `limit_exceeded`).
+    pub holders: u64,
+    /// Answers with the `sold_out` code.
+    pub sold_out_answers: u64,
+    /// Requests whose outcome is unknown (transport errors, no answer, 5xx).
+    pub failures: u64,
+    /// Requests still unanswered when the run ended.
+    pub unfinished: u64,
+    /// The order log, or why it could not be read.
+    pub log: Result<LogContents, String>,
+}
+
+/// Runs every check.
+pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let log = match &input.log {
+        Ok(log) => {
+            checks.push(Check::new(
+                "log_readable",
+                true,
+                format!(
+                    "{} events, torn tail {} bytes, {} of unknown versions",
+                    log.events.len(),
+                    log.torn_tail_bytes,
+                    log.unknown_versions
+                ),
+            ));
+            Some(replay(
+                log,
+                input.sale_id,
+                input.stock,
+                input.per_user_limit,
+            ))
+        }
+        Err(e) => {
+            checks.push(Check::new("log_readable", false, e.clone()));
+            None
+        }
+    };
+    let acked = distinct_acked(input.acked);
+    // Units acknowledged and not given back since (cancelled or expired).
+    let acked_units: u64 = acked
+        .values()
+        .filter(|o| {
+            !log.as_ref()
+                .is_some_and(|r| r.released.contains(o.order_id.as_str()))
+        })
+        .map(|o| u64::from(o.quantity))
+        .sum();
+
+    // no_oversell
+    let mut problems = Vec::new();
+    if let Ok(view) = &input.view {
+        if view.sold > input.stock {
+            problems.push(format!("node sold {} > stock {}", view.sold, input.stock));
+        }
+    }
+    if acked_units > input.stock {
+        problems.push(format!(
+            "{} units acknowledged with 200 > stock {}",
+            acked_units, input.stock
+        ));
+    }
+    if let Some(r) = &log {
+        if r.peak_live > input.stock {
+            problems.push(format!(
+                "the log holds {} live units at its peak > stock {}",
+                r.peak_live, input.stock
+            ));
+        }
+    }
+    checks.push(Check::new(
+        "no_oversell",
+        problems.is_empty(),
+        if problems.is_empty() {
+            format!(
+                "stock {}, node sold {}, acked units {}, log live units {}",
+                input.stock,
+                input
+                    .view
+                    .as_ref()
+                    .map(|v| v.sold.to_string())
+                    .unwrap_or("?".into()),
+                acked_units,
+                log.as_ref()
+                    .map(|r| r.live_units.to_string())
+                    .unwrap_or("?".into()),
+            )
+        } else {
+            problems.join("; ")
+        },
+    ));
+
+    // per_user_limit
+    let mut problems = Vec::new();
+    if let Some(r) = &log {
+        if let Some((user, held)) = &r.over_limit {
+            problems.push(format!(
+                "the log has user {user} holding {held} units > limit {}",
+                input.per_user_limit
+            ));
+        }
+    }
+    let mut per_user: HashMap<&str, u64> = HashMap::new();
+    for o in acked.values() {
+        let released = log
+            .as_ref()
+            .is_some_and(|r| r.released.contains(o.order_id.as_str()));
+        if !released {
+            *per_user.entry(o.user_id.as_str()).or_insert(0) += u64::from(o.quantity);
+        }
+    }
+    if let Some((user, held)) = per_user
+        .iter()
+        .filter(|(_, held)| **held > u64::from(input.per_user_limit))
+        .max_by_key(|(_, held)| **held)
+    {
+        problems.push(format!(
+            "user {user} was answered 200 for {held} live units > limit {}",
+            input.per_user_limit
+        ));
+    }
+    checks.push(Check::new(
+        "per_user_limit",
+        problems.is_empty(),
+        if problems.is_empty() {
+            format!(
+                "limit {}, {} users hold units",
+                input.per_user_limit,
+                log.as_ref().map(|r| r.users).unwrap_or(per_user.len())
+            )
+        } else {
+            problems.join("; ")
+        },
+    ));
+
+    // acked_orders_logged_once
+    match &log {
+        None => checks.push(Check::new(
+            "acked_orders_logged_once",
+            false,
+            "the log could not be read".into(),
+        )),
+        Some(r) => {
+            let mut missing = Vec::new();
+            let mut duplicated = Vec::new();
+            let mut mismatched = Vec::new();
+            for (id, o) in &acked {
+                match r.reserved.get(id.as_str()) {
+                    None => missing.push(id.as_str()),
+                    Some(entries) if entries.len() > 1 => duplicated.push(id.as_str()),
+                    Some(entries) => {
+                        let (sale, user, qty) = &entries[0];
+                        if sale != &o.sale_id || user != &o.user_id || *qty != o.quantity {
+                            mismatched.push(id.as_str());
+                        }
+                    }
+                }
+            }
+            let ok = missing.is_empty() && duplicated.is_empty() && mismatched.is_empty();
+            let detail = if ok {
+                format!(
+                    "{} orders acknowledged, all in the log once ({} replays)",
+                    acked.len(),
+                    input.acked.iter().filter(|o| o.replayed).count()
+                )
+            } else {
+                format!(
+                    "{} of {} acknowledged orders missing from the log{}, {} logged more than once{}, {} logged differently{}",
+                    missing.len(),
+                    acked.len(),
+                    examples(&missing),
+                    duplicated.len(),
+                    examples(&duplicated),
+                    mismatched.len(),
+                    examples(&mismatched)
+                )
+            };
+            checks.push(Check::new("acked_orders_logged_once", ok, detail));
+        }
+    }
+
+    // idempotency
+    let mut problems = Vec::new();
+    let mut by_key: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for o in input.acked {
+        if let Some(k) = &o.key {
+            by_key
+                .entry(k.as_str())
+                .or_default()
+                .insert(o.order_id.as_str());
+        }
+    }
+    let split: Vec<&str> = by_key
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|(k, _)| *k)
+        .collect();
+    if !split.is_empty() {
+        problems.push(format!(
+            "{} keys were answered with more than one order{}",
+            split.len(),
+            examples(&split)
+        ));
+    }
+    if let Some(r) = &log {
+        if !r.keys_with_two_orders.is_empty() {
+            let keys: Vec<&str> = r.keys_with_two_orders.iter().map(|k| k.as_str()).collect();
+            problems.push(format!(
+                "{} keys have more than one order in the log{}",
+                keys.len(),
+                examples(&keys)
+            ));
+        }
+    }
+    checks.push(Check::new(
+        "idempotency",
+        problems.is_empty(),
+        if problems.is_empty() {
+            format!("{} keys answered 200, one order each", by_key.len())
+        } else {
+            problems.join("; ")
+        },
+    ));
+
+    // sold_matches_log
+    match (&input.view, &log) {
+        (Err(e), _) => checks.push(Check::new(
+            "sold_matches_log",
+            false,
+            format!("no sale view: {e}"),
+        )),
+        (_, None) => checks.push(Check::skip("sold_matches_log", "no log")),
+        (Ok(_), Some(_)) if input.unfinished > 0 => checks.push(Check::skip(
+            "sold_matches_log",
+            format!("{} requests were still unanswered", input.unfinished),
+        )),
+        (Ok(view), Some(r)) => checks.push(Check::new(
+            "sold_matches_log",
+            view.sold == r.live_units,
+            format!("node sold {}, log live units {}", view.sold, r.live_units),
+        )),
+    }
+
+    // sells_out
+    let demand_met = input.sold_out_answers > 0 || input.holders >= input.stock;
+    if input.failures > 0 {
+        checks.push(Check::skip(
+            "sells_out",
+            format!("{} requests failed or went unanswered", input.failures),
+        ));
+    } else if !demand_met {
+        checks.push(Check::skip(
+            "sells_out",
+            format!(
+                "demand below stock: no sold_out answer, {} holders < stock {}",
+                input.holders, input.stock
+            ),
+        ));
+    } else {
+        let sold = input.view.as_ref().map(|v| v.sold).ok();
+        let live = log.as_ref().map(|r| r.live_units);
+        let ok = sold == Some(input.stock) && live.is_none_or(|l| l == input.stock);
+        checks.push(Check::new(
+            "sells_out",
+            ok,
+            format!(
+                "stock {}, node sold {}, log live units {} ({} sold_out answers, {} holders)",
+                input.stock,
+                sold.map(|s| s.to_string()).unwrap_or("?".into()),
+                live.map(|s| s.to_string()).unwrap_or("?".into()),
+                input.sold_out_answers,
+                input.holders
+            ),
+        ));
+    }
+    checks
+}
+
+/// The acknowledged orders by id (a replay names the same order again).
+fn distinct_acked(acked: &[AckedOrder]) -> BTreeMap<String, &AckedOrder> {
+    let mut out = BTreeMap::new();
+    for o in acked {
+        out.entry(o.order_id.clone()).or_insert(o);
+    }
+    out
+}
+
+/// The log replayed for one sale.
+struct Replayed {
+    /// order id → every `order_reserved` for it: (sale, user, quantity).
+    reserved: HashMap<String, Vec<(String, String, u32)>>,
+    /// Orders cancelled or expired.
+    released: HashSet<String>,
+    live_units: u64,
+    peak_live: u64,
+    users: usize,
+    /// The worst over-limit holding seen at any point: (user, units).
+    over_limit: Option<(String, u64)>,
+    keys_with_two_orders: Vec<String>,
+}
+
+fn replay(log: &LogContents, sale_id: &str, _stock: u64, limit: u32) -> Replayed {
+    let mut r = Replayed {
+        reserved: HashMap::new(),
+        released: HashSet::new(),
+        live_units: 0,
+        peak_live: 0,
+        users: 0,
+        over_limit: None,
+        keys_with_two_orders: Vec::new(),
+    };
+    let mut live: HashMap<String, (String, u32)> = HashMap::new();
+    let mut held: HashMap<String, u64> = HashMap::new();
+    let mut keys: HashMap<(String, String), String> = HashMap::new();
+    for e in &log.events {
+        match &e.kind {
+            EventKind::OrderReserved {
+                order_id,
+                sale_id: sale,
+                user_id,
+                quantity,
+                idempotency_key,
+                ..
+            } => {
+                r.reserved.entry(order_id.clone()).or_default().push((
+                    sale.clone(),
+                    user_id.clone(),
+                    *quantity,
+                ));
+                if sale != sale_id {
+                    continue;
+                }
+                if let Some(k) = idempotency_key {
+                    let slot = keys
+                        .entry((user_id.clone(), k.clone()))
+                        .or_insert(order_id.clone());
+                    if slot != order_id {
+                        r.keys_with_two_orders.push(k.clone());
+                    }
+                }
+                // A duplicate record of the same order counts again: a
+                // double-logged order is a double-sold unit downstream.
+                live.insert(order_id.clone(), (user_id.clone(), *quantity));
+                r.live_units += u64::from(*quantity);
+                r.peak_live = r.peak_live.max(r.live_units);
+                let h = held.entry(user_id.clone()).or_insert(0);
+                *h += u64::from(*quantity);
+                if *h > u64::from(limit)
+                    && r.over_limit.as_ref().is_none_or(|(_, worst)| *h > *worst)
+                {
+                    r.over_limit = Some((user_id.clone(), *h));
+                }
+            }
+            EventKind::OrderCancelled {
+                order_id,
+                sale_id: sale,
+                ..
+            }
+            | EventKind::OrderExpired {
+                order_id,
+                sale_id: sale,
+                ..
+            } if sale == sale_id => {
+                if let Some((user, qty)) = live.remove(order_id) {
+                    r.live_units -= u64::from(qty);
+                    if let Some(h) = held.get_mut(&user) {
+                        *h = h.saturating_sub(u64::from(qty));
+                    }
+                    r.released.insert(order_id.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    r.users = held.values().filter(|h| **h > 0).count();
+    r
+}
+
+fn examples(ids: &[&str]) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = ids.iter().take(3).copied().collect();
+    format!(" (e.g. {})", shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use queue::Event;
+
+    fn reserved(id: &str, user: &str) -> Event {
+        Event::new(
+            1,
+            EventKind::OrderReserved {
+                order_id: id.into(),
+                sale_id: "s".into(),
+                user_id: user.into(),
+                quantity: 1,
+                expires_at: 9,
+                idempotency_key: Some(format!("k-{id}")),
+                fingerprint: None,
+            },
+        )
+    }
+
+    fn acked(id: &str, user: &str) -> AckedOrder {
+        AckedOrder {
+            order_id: id.into(),
+            sale_id: "s".into(),
+            user_id: user.into(),
+            quantity: 1,
+            key: Some(format!("k-{id}")),
+            replayed: false,
+        }
+    }
+
+    fn view(sold: u64) -> SaleView {
+        SaleView {
+            sale_id: "s".into(),
+            state: "sold_out".into(),
+            stock: 2,
+            sold,
+            remaining: 2u64.saturating_sub(sold),
+            per_user_limit: 1,
+        }
+    }
+
+    fn run(events: Vec<Event>, acks: &[AckedOrder], sold: u64) -> BTreeMap<String, Verdict> {
+        let input = AuditInput {
+            sale_id: "s",
+            stock: 2,
+            per_user_limit: 1,
+            view: Ok(view(sold)),
+            acked: acks,
+            holders: 2,
+            sold_out_answers: 5,
+            failures: 0,
+            unfinished: 0,
+            log: Ok(LogContents {
+                events,
+                ..LogContents::default()
+            }),
+        };
+        audit(&input)
+            .into_iter()
+            .map(|c| (c.name, c.verdict))
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_sale_passes_every_check() {
+        let v = run(
+            vec![reserved("o1", "a"), reserved("o2", "b")],
+            &[acked("o1", "a"), acked("o2", "b")],
+            2,
+        );
+        assert!(v.values().all(|v| *v == Verdict::Pass), "{v:?}");
+        assert_eq!(v.len(), 7);
+    }
+
+    #[test]
+    fn oversell_lost_and_duplicate_orders_fail() {
+        let v = run(
+            vec![
+                reserved("o1", "a"),
+                reserved("o2", "b"),
+                reserved("o3", "c"),
+            ],
+            &[acked("o1", "a"), acked("o2", "b"), acked("o3", "c")],
+            3,
+        );
+        assert_eq!(v["no_oversell"], Verdict::Fail);
+        let v = run(
+            vec![reserved("o1", "a")],
+            &[acked("o1", "a"), acked("o2", "b")],
+            2,
+        );
+        assert_eq!(v["acked_orders_logged_once"], Verdict::Fail);
+        assert_eq!(v["sold_matches_log"], Verdict::Fail);
+        let v = run(
+            vec![reserved("o1", "a"), reserved("o1", "a")],
+            &[acked("o1", "a")],
+            1,
+        );
+        assert_eq!(v["acked_orders_logged_once"], Verdict::Fail);
+        assert_eq!(v["sells_out"], Verdict::Fail, "sold 1 of 2 after sold_out");
+    }
+
+    #[test]
+    fn over_limit_and_split_keys_fail() {
+        let v = run(
+            vec![reserved("o1", "a"), reserved("o2", "a")],
+            &[acked("o1", "a"), acked("o2", "a")],
+            2,
+        );
+        assert_eq!(v["per_user_limit"], Verdict::Fail);
+        let mut second = acked("o2", "b");
+        second.key = Some("k-o1".into());
+        let v = run(
+            vec![reserved("o1", "a"), reserved("o2", "b")],
+            &[acked("o1", "a"), second],
+            2,
+        );
+        assert_eq!(v["idempotency"], Verdict::Fail);
+    }
+
+    #[test]
+    fn released_units_do_not_count() {
+        let cancel = Event::new(
+            2,
+            EventKind::OrderCancelled {
+                order_id: "o1".into(),
+                sale_id: "s".into(),
+                user_id: "a".into(),
+                quantity: 1,
+            },
+        );
+        let v = run(
+            vec![
+                reserved("o1", "a"),
+                cancel,
+                reserved("o2", "a"),
+                reserved("o3", "b"),
+            ],
+            &[acked("o1", "a"), acked("o2", "a"), acked("o3", "b")],
+            2,
+        );
+        assert!(v.values().all(|v| *v == Verdict::Pass), "{v:?}");
+    }
+
+    #[test]
+    fn unreadable_log_fails() {
+        let input = AuditInput {
+            sale_id: "s",
+            stock: 2,
+            per_user_limit: 1,
+            view: Ok(view(0)),
+            acked: &[],
+            holders: 0,
+            sold_out_answers: 0,
+            failures: 0,
+            unfinished: 0,
+            log: Err("corrupt".into()),
+        };
+        let checks = audit(&input);
+        assert!(!passed(&checks));
+    }
+}

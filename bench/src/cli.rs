@@ -1,0 +1,645 @@
+//! The command line of `seckill-bench`:
+//!
+//! ```text
+//! seckill-bench run      --target URL [--rate R | closed loop] [scenario, sale, audit, output flags]
+//! seckill-bench find-max --target URL --slo-p99 5ms [--start-rate R --factor F ...] [same flags]
+//! ```
+//!
+//! `run` creates the sale (unless `--no-create`), drives the load, audits
+//! the invariants against the order log (`--journal`), prints the result
+//! and PASS/FAIL per check, and keeps the run under `--out`. Exit code: 0,
+//! 1 when an audit check failed, 2 when the harness could not run.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::admin::{self, SaleSetup};
+use crate::audit::{self, AuditInput, Check};
+use crate::engine::{run_load, LoadConfig, Mode};
+use crate::findmax::{self, FindMaxConfig, StepOutcome};
+use crate::orderlog::LogSpec;
+use crate::recorder::Recorder;
+use crate::report::{self, Machine, RunRecord, Versions};
+use crate::scenario::{KeyMode, PurchaseMix, Workload};
+use crate::schedule::{parse_duration, Schedule};
+use crate::BenchError;
+
+/// Capacity harness of seckill: open- and closed-loop load, invariant
+/// audit, reports.
+#[derive(Debug, Parser)]
+#[command(name = "seckill-bench", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One load run (open loop with --rate, else closed loop), then the audit.
+    Run(RunArgs),
+    /// Raise the open-loop rate until p99 breaks the SLO; report capacity.
+    FindMax(FindMaxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Open loop at this many requests/s (all threads); without it, closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct FindMaxArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The latency objective: p99 (corrected) at most this.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub slo_p99: Duration,
+    /// First rate tried, requests/s.
+    #[arg(long, default_value_t = 5000.0)]
+    pub start_rate: f64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 2_000_000.0)]
+    pub max_rate: f64,
+    /// Each step offers this many times the previous rate.
+    #[arg(long, default_value_t = 1.5)]
+    pub factor: f64,
+    /// Bisection steps between the last pass and the first failure.
+    #[arg(long, default_value_t = 3)]
+    pub refine: u32,
+    /// Largest share of failed or unanswered requests a passing step may have.
+    #[arg(long, default_value_t = 0.001)]
+    pub max_failure_ratio: f64,
+    /// Cores the node runs on (for the per-core figure).
+    #[arg(long, default_value_t = 1)]
+    pub node_cores: u32,
+    /// Report the nodes needed for this many requests/s at the SLO.
+    #[arg(long)]
+    pub plan_rate: Option<f64>,
+}
+
+/// What the load is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioKind {
+    /// GET --path (default /healthz): the harness's own ceiling.
+    Healthz,
+    /// Purchases by a crowd of buyers against a sale with stock.
+    Purchase,
+    /// Purchases against a sale that is already sold out (the 410 path).
+    Soldout,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The node, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "SECKILL_TARGET", default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    #[arg(long, value_enum, default_value = "purchase")]
+    pub scenario: ScenarioKind,
+    /// Path of the healthz scenario.
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
+    /// Load threads (one monoio runtime each).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Keep-alive connections over all threads.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// How long the load runs (find-max: each step).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many requests in all.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Open loop: the rate rises linearly from 0 to --rate over this (the
+    /// sale-start spike).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// How long to wait for answers still due after the end.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Timeline resolution.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Sale id (default bench-<unix time>; find-max adds -<step>).
+    #[arg(long)]
+    pub sale: Option<String>,
+    /// Units on sale (soldout: the units bought out before the load).
+    #[arg(long)]
+    pub stock: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub per_user_limit: u32,
+    /// The sale opens this many seconds after it is created (requests
+    /// before are answered 403): the sale-start moment.
+    #[arg(long)]
+    pub starts_in: Option<u64>,
+    #[arg(long)]
+    pub payment_timeout_s: Option<u64>,
+    /// Use an existing sale instead of creating it.
+    #[arg(long)]
+    pub no_create: bool,
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN", default_value = "")]
+    pub admin_token: String,
+
+    /// Cold buyers, each of whom comes once.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub users: u64,
+    /// The hot minority that keeps retrying.
+    #[arg(long, default_value_t = 100)]
+    pub hot_users: u64,
+    /// Share of requests sent by hot users.
+    #[arg(long, default_value_t = 0.1)]
+    pub hot_share: f64,
+    /// Probability a hot request retries the previous attempt (same key).
+    #[arg(long, default_value_t = 0.5)]
+    pub retry: f64,
+    /// Which requests carry an Idempotency-Key.
+    #[arg(long, value_enum, default_value = "hot")]
+    pub keys: KeyMode,
+    #[arg(long, default_value_t = 1)]
+    pub quantity: u32,
+
+    /// The node's order journal (file or data dir) to audit against.
+    #[arg(long, env = "SECKILL_JOURNAL")]
+    pub journal: Option<PathBuf>,
+    /// Skip the audit.
+    #[arg(long)]
+    pub no_audit: bool,
+
+    /// Run directory (default bench/runs/<date>-<host>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Name of the run's files (default <scenario>-<mode>-<time>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Keep nothing on disk.
+    #[arg(long)]
+    pub no_save: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main_with(cli: Cli, command_line: String) -> i32 {
+    let result = match cli.command {
+        Command::Run(args) => run(&args, &command_line),
+        Command::FindMax(args) => find_max(&args, &command_line),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("seckill-bench: {e}");
+            2
+        }
+    }
+}
+
+/// A scenario made concrete: the sale it needs and the workload.
+struct Prepared {
+    addr: SocketAddr,
+    sale: Option<(String, SaleSetup)>,
+    workload: Workload,
+}
+
+fn target_addr(target: &str) -> Result<SocketAddr, BenchError> {
+    let hostport = target
+        .strip_prefix("http://")
+        .unwrap_or(target)
+        .trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| BenchError::Usage(format!("bad --target {target}: {e}")))?
+        .next()
+        .ok_or_else(|| BenchError::Usage(format!("--target {target} resolves to nothing")))
+}
+
+/// Creates the sale (and, for soldout, buys it out) and builds the workload.
+fn prepare(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
+    let addr = target_addr(&c.target)?;
+    let workload_for = |sale: &str| {
+        Workload::Purchase(PurchaseMix {
+            sale: sale.to_string(),
+            users: c.users.max(1),
+            hot_users: c.hot_users,
+            hot_share: c.hot_share.clamp(0.0, 1.0),
+            retry: c.retry.clamp(0.0, 1.0),
+            keys: c.keys,
+            quantity: c.quantity.max(1),
+        })
+    };
+    let setup = |default_stock: u64| SaleSetup {
+        stock: c.stock.unwrap_or(default_stock),
+        per_user_limit: c.per_user_limit,
+        starts_at: c.starts_in.map(|s| report::now_unix() + s),
+        payment_timeout_s: c.payment_timeout_s,
+    };
+    match c.scenario {
+        ScenarioKind::Healthz => Ok(Prepared {
+            addr,
+            sale: None,
+            workload: Workload::Get {
+                path: c.path.clone(),
+            },
+        }),
+        ScenarioKind::Purchase => {
+            let setup = setup(1000);
+            if !c.no_create {
+                admin::create_sale(addr, &c.admin_token, sale_id, &setup)?;
+            }
+            Ok(Prepared {
+                addr,
+                sale: Some((sale_id.to_string(), setup)),
+                workload: workload_for(sale_id),
+            })
+        }
+        ScenarioKind::Soldout => {
+            let mut setup = setup(1);
+            setup.starts_at = None;
+            if !c.no_create {
+                admin::create_sale(addr, &c.admin_token, sale_id, &setup)?;
+                // Buy every unit before the load, one buyer per unit.
+                for i in 0..setup.stock {
+                    let body = format!("{{\"user_id\":\"early-{i}\",\"quantity\":1}}");
+                    let (status, answer) = admin::request(
+                        addr,
+                        "POST",
+                        &format!("/sales/{sale_id}/purchase"),
+                        &[],
+                        body.as_bytes(),
+                    )?;
+                    if status != 200 {
+                        return Err(BenchError::Admin(format!(
+                            "buying out {sale_id}: {status} {}",
+                            String::from_utf8_lossy(&answer)
+                        )));
+                    }
+                }
+            }
+            Ok(Prepared {
+                addr,
+                sale: Some((sale_id.to_string(), setup)),
+                workload: workload_for(sale_id),
+            })
+        }
+    }
+}
+
+fn load_config(c: &Common, p: &Prepared, mode: Mode) -> LoadConfig {
+    LoadConfig {
+        addr: p.addr,
+        workload: p.workload.clone(),
+        mode,
+        connections: c.connections,
+        threads: c.threads,
+        duration: c.duration,
+        max_requests: c.requests,
+        grace: c.grace,
+        interval: c.interval,
+        seed: c.seed,
+    }
+}
+
+/// Drives the load with a progress bar on stderr.
+fn drive(c: &Common, cfg: &LoadConfig, label: &str) -> Result<Recorder, BenchError> {
+    let bar = if c.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(
+            Some(cfg.duration.as_millis() as u64),
+            ProgressDrawTarget::stderr_with_hz(4),
+        );
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        bar
+    };
+    let mut last = (0u64, Duration::ZERO);
+    let result = run_load(cfg, &mut |done, elapsed| {
+        bar.set_position((elapsed.as_millis() as u64).min(cfg.duration.as_millis() as u64));
+        let dt = (elapsed - last.1).as_secs_f64();
+        if dt >= 0.5 {
+            bar.set_message(format!(
+                "{done} answers, {:.0}/s",
+                (done - last.0) as f64 / dt
+            ));
+            last = (done, elapsed);
+        }
+    });
+    bar.finish_and_clear();
+    result
+}
+
+/// Audits the run's sale against the node and the order log.
+fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
+    let Some((sale_id, setup)) = &p.sale else {
+        return Vec::new();
+    };
+    if c.no_audit {
+        return Vec::new();
+    }
+    let view = admin::sale_view(p.addr, sale_id).map_err(|e| e.to_string());
+    let (stock, limit) = match &view {
+        Ok(v) if c.no_create => (v.stock, v.per_user_limit),
+        _ => (setup.stock, setup.per_user_limit),
+    };
+    let log = match &c.journal {
+        Some(path) => LogSpec::Journal(path.clone())
+            .source()
+            .read()
+            .map_err(|e| e.to_string()),
+        None => Err("no order log given (--journal)".to_string()),
+    };
+    audit::audit(&AuditInput {
+        sale_id,
+        stock,
+        per_user_limit: limit,
+        view,
+        acked: rec.acked(),
+        holders: rec.holders().len() as u64,
+        sold_out_answers: rec.code_count("sold_out"),
+        failures: rec.failures(),
+        unfinished: rec.unfinished,
+        log,
+    })
+}
+
+fn run(args: &RunArgs, command_line: &str) -> Result<i32, BenchError> {
+    let c = &args.common;
+    let started = report::now_unix();
+    let sale_id = c.sale.clone().unwrap_or_else(|| format!("bench-{started}"));
+    let prepared = prepare(c, &sale_id)?;
+    let mode = match args.rate {
+        Some(r) if r > 0.0 => Mode::Open(Schedule::new(r, c.ramp)),
+        Some(_) => return Err(BenchError::Usage("--rate must be positive".into())),
+        None => Mode::Closed,
+    };
+    let cfg = load_config(c, &prepared, mode);
+    let mode_name = describe_mode(args.rate, c);
+    let rec = drive(
+        c,
+        &cfg,
+        &format!("{:?} {mode_name}", c.scenario).to_lowercase(),
+    )?;
+    let summary = rec.summary(c.duration);
+    let checks = audit_run(c, &prepared, &rec);
+    let name = c.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}",
+            format!("{:?}", c.scenario).to_lowercase(),
+            if args.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
+            report::time_of_day(started)
+        )
+    });
+    let record = RunRecord {
+        name,
+        command: command_line.to_string(),
+        started_at: started,
+        machine: Machine::detect(),
+        versions: Versions::detect(),
+        config: config_json(c, args.rate, &prepared),
+        summary: Some(summary),
+        audit: checks,
+        find_max: None,
+    };
+    print_summary(&record, &mode_name);
+    print_audit(c, &record.audit);
+    save(c, &record, Some(rec.corrected()))?;
+    Ok(if audit::passed(&record.audit) { 0 } else { 1 })
+}
+
+fn find_max(args: &FindMaxArgs, command_line: &str) -> Result<i32, BenchError> {
+    let c = &args.common;
+    let started = report::now_unix();
+    let base = c.sale.clone().unwrap_or_else(|| format!("bench-{started}"));
+    let cfg = FindMaxConfig {
+        slo_p99_ms: args.slo_p99.as_secs_f64() * 1e3,
+        start_rate: args.start_rate,
+        max_rate: args.max_rate,
+        factor: args.factor,
+        refine: args.refine,
+        max_failure_ratio: args.max_failure_ratio,
+        node_cores: args.node_cores,
+        plan_rate: args.plan_rate,
+    };
+    let mut last: Option<(Recorder, Vec<Check>, Prepared)> = None;
+    let mut all_checks: Vec<Check> = Vec::new();
+    let result = findmax::find_max(
+        &cfg,
+        |rate, step| {
+            let sale = if c.no_create {
+                base.clone()
+            } else {
+                format!("{base}-{step}")
+            };
+            let prepared = prepare(c, &sale)?;
+            let load = load_config(c, &prepared, Mode::Open(Schedule::new(rate, c.ramp)));
+            let rec = drive(c, &load, &format!("step {step}: {rate:.0}/s"))?;
+            let s = rec.summary(c.duration);
+            let checks = audit_run(c, &prepared, &rec);
+            for ch in &checks {
+                if ch.verdict == audit::Verdict::Fail {
+                    let mut ch = ch.clone();
+                    ch.detail = format!("step {step} ({rate:.0}/s): {}", ch.detail);
+                    all_checks.push(ch);
+                }
+            }
+            let outcome = StepOutcome {
+                rate,
+                achieved_rps: s.throughput_rps,
+                p50_ms: s.latency_ms.p50,
+                p99_ms: s.latency_ms.p99,
+                p999_ms: s.latency_ms.p999,
+                sent: s.sent,
+                failures: rec.failures(),
+            };
+            last = Some((rec, checks, prepared));
+            Ok(outcome)
+        },
+        |step| {
+            let o = &step.outcome;
+            println!(
+                "  {:>10.0} req/s offered  {:>10.0} answered/s  p50 {:>8.3} ms  p99 {:>8.3} ms  p99.9 {:>8.3} ms  failures {:>6}  {}: {}",
+                o.rate,
+                o.achieved_rps,
+                o.p50_ms,
+                o.p99_ms,
+                o.p999_ms,
+                o.failures,
+                if step.pass { "PASS" } else { "FAIL" },
+                step.reason
+            );
+        },
+    )?;
+    println!("{}", result.headline());
+    // The audit of every step: failures of any step, else the last step's checks.
+    let checks = if all_checks.is_empty() {
+        last.as_ref()
+            .map(|(_, ch, _)| ch.clone())
+            .unwrap_or_default()
+    } else {
+        all_checks
+    };
+    print_audit(c, &checks);
+    let prepared = last.as_ref().map(|(_, _, p)| p);
+    let record = RunRecord {
+        name: c.name.clone().unwrap_or_else(|| {
+            format!(
+                "findmax-{}-{}",
+                format!("{:?}", c.scenario).to_lowercase(),
+                report::time_of_day(started)
+            )
+        }),
+        command: command_line.to_string(),
+        started_at: started,
+        machine: Machine::detect(),
+        versions: Versions::detect(),
+        config: prepared
+            .map(|p| config_json(c, None, p))
+            .unwrap_or(serde_json::Value::Null),
+        summary: last.as_ref().map(|(r, _, _)| r.summary(c.duration)),
+        audit: checks,
+        find_max: Some(result),
+    };
+    save(c, &record, last.as_ref().map(|(r, _, _)| r.corrected()))?;
+    Ok(if audit::passed(&record.audit) { 0 } else { 1 })
+}
+
+fn save(
+    c: &Common,
+    record: &RunRecord,
+    hist: Option<&hdrhistogram::Histogram<u64>>,
+) -> Result<(), BenchError> {
+    if c.no_save {
+        return Ok(());
+    }
+    let dir = c
+        .out
+        .clone()
+        .unwrap_or_else(|| report::default_run_dir(record.started_at));
+    let path = report::write_run(&dir, record, hist)?;
+    println!("kept: {} (and .html, .hgrm, summary.md)", path.display());
+    Ok(())
+}
+
+fn describe_mode(rate: Option<f64>, c: &Common) -> String {
+    match rate {
+        Some(r) => format!(
+            "open loop {r:.0} req/s{}, {} connections, {} thread{}",
+            if c.ramp > Duration::ZERO {
+                format!(" (ramp {:?})", c.ramp)
+            } else {
+                String::new()
+            },
+            c.connections,
+            c.threads,
+            if c.threads == 1 { "" } else { "s" }
+        ),
+        None => format!(
+            "closed loop, {} connections, {} thread{}",
+            c.connections,
+            c.threads,
+            if c.threads == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+fn config_json(c: &Common, rate: Option<f64>, p: &Prepared) -> serde_json::Value {
+    serde_json::json!({
+        "target": c.target,
+        "scenario": format!("{:?}", c.scenario).to_lowercase(),
+        "mode": if rate.is_some() { "open" } else { "closed" },
+        "rate": rate,
+        "ramp_s": c.ramp.as_secs_f64(),
+        "connections": c.connections,
+        "threads": c.threads,
+        "duration_s": c.duration.as_secs_f64(),
+        "requests": c.requests,
+        "sale": p.sale.as_ref().map(|(id, setup)| serde_json::json!({"id": id, "setup": setup})),
+        "users": c.users,
+        "hot_users": c.hot_users,
+        "hot_share": c.hot_share,
+        "retry": c.retry,
+        "keys": format!("{:?}", c.keys).to_lowercase(),
+        "journal": c.journal,
+    })
+}
+
+fn print_summary(r: &RunRecord, mode: &str) {
+    let Some(s) = &r.summary else { return };
+    println!("seckill-bench {}: {mode}", r.name);
+    println!(
+        "  answers {} in {:.2} s = {:.0}/s; transport errors {}; unanswered {}",
+        s.completed, s.elapsed_s, s.throughput_rps, s.io_errors, s.unfinished
+    );
+    if let Some(e) = &s.first_io_error {
+        println!("  first transport error: {e}");
+    }
+    for (label, p) in [
+        ("latency (corrected)", &s.latency_ms),
+        ("service (uncorrected)", &s.service_latency_ms),
+    ] {
+        println!(
+            "  {label:22} p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
+            p.p50, p.p90, p.p99, p.p999, p.max
+        );
+    }
+    let statuses: Vec<String> = s
+        .by_status
+        .iter()
+        .map(|(k, n)| {
+            format!(
+                "{k}: {n} ({:.0}/s)",
+                s.rps_by_status.get(k).copied().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    println!("  status  {}", statuses.join("  "));
+    if !s.by_code.is_empty() {
+        let codes: Vec<String> = s.by_code.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("  codes   {}", codes.join("  "));
+    }
+    if s.orders_acked + s.replays_acked > 0 {
+        println!(
+            "  orders  {} acknowledged, {} replays",
+            s.orders_acked, s.replays_acked
+        );
+    }
+}
+
+fn print_audit(c: &Common, checks: &[Check]) {
+    if checks.is_empty() {
+        return;
+    }
+    match &c.journal {
+        Some(j) => println!("audit (order log: journal {}):", j.display()),
+        None => println!("audit (no order log given):"),
+    }
+    for ch in checks {
+        println!("  {} {}: {}", ch.verdict, ch.name, ch.detail);
+    }
+    println!(
+        "audit: {}",
+        if audit::passed(checks) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}

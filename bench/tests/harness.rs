@@ -1,0 +1,23 @@
+//! Integration tests of the capacity harness: each test starts its own
+//! server on `127.0.0.1:0` inside the test (no node build needed) and
+//! drives it with the harness.
+//!
+//! Layout:
+//! - `support`: the test servers: [`support::DelayServer`] (known delay,
+//!   injected stall, optional `connection: close`) and
+//!   [`support::FakeNode`] (a small seckill lookalike that writes a real
+//!   journal, with injectable faults: oversell, lost order, ignored limit,
+//!   stranded stock).
+//! - `timing`: open-loop percentiles against a known delay and a stall
+//!   (coordinated-omission correction), closed loop, reconnects, ramp.
+//! - `audit`: the audit passes a clean sale and fails on every injected
+//!   fault, including a corrupted copy of a journal; the CLI's exit codes
+//!   and run files.
+
+#[path = "harness/support.rs"]
+mod support;
+
+#[path = "harness/audit.rs"]
+mod audit;
+#[path = "harness/timing.rs"]
+mod timing;

@@ -1,0 +1,410 @@
+//! Test servers for the harness, thread per connection over `std::net`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use queue::{Event, EventKind, Journal, JournalOptions};
+
+/// Every test takes this so that none runs beside another: timing needs
+/// quiet cores (the machine may have two; a spinning pacer takes one).
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// One parsed request: method, path, headers (lowercased names), body.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request from `stream`; `None` on EOF or error.
+fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = req.parse(buf) {
+            let headers: HashMap<String, String> = req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= head + len {
+                let r = Request {
+                    method: req.method.unwrap_or("").to_string(),
+                    path: req.path.unwrap_or("").to_string(),
+                    headers,
+                    body: buf[head..head + len].to_vec(),
+                };
+                buf.drain(..head + len);
+                return Some(r);
+            }
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        _ => "Other",
+    };
+    let text = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    stream.write_all(text.as_bytes()).is_ok()
+}
+
+/// Serves `handler` on 127.0.0.1:0, a thread per connection, until dropped.
+struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    fn start<H>(handler: H) -> Server
+    where
+        H: Fn(&Request, &mut TcpStream) -> bool + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let stopping = Arc::clone(&stop);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
+                let handler = Arc::clone(&handler);
+                thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    while let Some(req) = read_request(&mut stream, &mut buf) {
+                        if !handler(&req, &mut stream) {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, stop }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Answers every request 200 after `delay`; requests that arrive during
+/// the stall window (`stall_at` after the first request, for `stall_for`)
+/// are held until the window ends, like a server frozen by a GC pause.
+pub struct DelayServer {
+    server: Server,
+    pub requests: Arc<AtomicU64>,
+    /// Per request, how long the server really took (after any stall):
+    /// the delay plus the oversleep the OS added. Tests compare the
+    /// harness with this rather than with the nominal delay, so a busy
+    /// machine's late wake-ups are not blamed on the harness.
+    handled: Arc<Mutex<Vec<Duration>>>,
+}
+
+pub struct DelayOptions {
+    pub delay: Duration,
+    pub stall_at: Duration,
+    pub stall_for: Duration,
+    /// Answer every n-th response with `connection: close` and close.
+    pub close_every: Option<u64>,
+}
+
+impl DelayServer {
+    pub fn start(opts: DelayOptions) -> DelayServer {
+        let first: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&requests);
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::clone(&handled);
+        let server = Server::start(move |_req, stream| {
+            let now = Instant::now();
+            let t0 = *first.get_or_init(|| now);
+            let n = counted.fetch_add(1, Ordering::Relaxed) + 1;
+            let stall_start = t0 + opts.stall_at;
+            let stall_end = stall_start + opts.stall_for;
+            if now >= stall_start && now < stall_end {
+                thread::sleep(stall_end - now);
+            }
+            let begun = Instant::now();
+            thread::sleep(opts.delay);
+            let close = opts
+                .close_every
+                .is_some_and(|k| n.checked_rem(k) == Some(0));
+            let ok = respond(
+                stream,
+                200,
+                if close { "connection: close\r\n" } else { "" },
+                "ok",
+            );
+            times.lock().unwrap().push(begun.elapsed());
+            ok && !close
+        });
+        DelayServer {
+            server,
+            requests,
+            handled,
+        }
+    }
+
+    /// The `q` quantile of the server's real handling times, in ms.
+    pub fn handled_ms(&self, q: f64) -> f64 {
+        let mut t: Vec<Duration> = self.handled.lock().unwrap().clone();
+        t.sort();
+        let i = ((q * t.len() as f64) as usize).min(t.len().saturating_sub(1));
+        t.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
+/// Faults a [`FakeNode`] can be told to commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Keeps selling this many units past the stock.
+    Oversell(u64),
+    /// Answers 200 but never logs every n-th order.
+    LoseEvery(u64),
+    /// Ignores the per-user limit.
+    IgnoreLimit,
+    /// Says sold_out while this many units are still unsold.
+    Strand(u64),
+}
+
+struct Sale {
+    stock: u64,
+    limit: u64,
+    sold: u64,
+    held: HashMap<String, u64>,
+    keys: HashMap<String, String>,
+}
+
+struct State {
+    sales: HashMap<String, Sale>,
+    next_order: u64,
+}
+
+/// A small seckill lookalike: admin PUT, GET sale, purchase with limits and
+/// Idempotency-Key replays, and a real journal (`queue::Journal`) in its
+/// data dir. Answers 200 only once the order is durable, unless a fault
+/// says otherwise.
+pub struct FakeNode {
+    server: Server,
+    pub dir: tempfile::TempDir,
+    journal: Arc<Journal>,
+}
+
+impl FakeNode {
+    pub fn start(fault: Fault) -> FakeNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        let journal = Arc::new(journal);
+        let state = Arc::new(Mutex::new(State {
+            sales: HashMap::new(),
+            next_order: 0,
+        }));
+        let log = Arc::clone(&journal);
+        let server = Server::start(move |req, stream| {
+            let (status, extra, body) = handle(&state, &log, fault, req);
+            respond(stream, status, extra, &body)
+        });
+        FakeNode {
+            server,
+            dir,
+            journal,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.path().join(queue::journal::FILE_NAME)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.journal.close();
+    }
+}
+
+fn handle(
+    state: &Mutex<State>,
+    log: &Journal,
+    fault: Fault,
+    req: &Request,
+) -> (u16, &'static str, String) {
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    match (req.method.as_str(), parts.as_slice()) {
+        ("PUT", ["admin", "sales", id]) => {
+            let mut st = state.lock().unwrap();
+            st.sales.insert(
+                id.to_string(),
+                Sale {
+                    stock: body["stock"].as_u64().unwrap_or(0),
+                    limit: body["per_user_limit"].as_u64().unwrap_or(1),
+                    sold: 0,
+                    held: HashMap::new(),
+                    keys: HashMap::new(),
+                },
+            );
+            (200, "", "{}".into())
+        }
+        ("GET", ["sales", id]) => {
+            let st = state.lock().unwrap();
+            let Some(s) = st.sales.get(*id) else {
+                return (404, "", r#"{"error":"not_found"}"#.into());
+            };
+            (
+                200,
+                "",
+                serde_json::json!({
+                    "sale_id": id, "state": "open", "stock": s.stock, "sold": s.sold,
+                    "remaining": s.stock.saturating_sub(s.sold), "per_user_limit": s.limit,
+                })
+                .to_string(),
+            )
+        }
+        ("POST", ["sales", id, "purchase"]) => {
+            let user = body["user_id"].as_str().unwrap_or("").to_string();
+            let key = req.headers.get("idempotency-key").cloned();
+            let mut st = state.lock().unwrap();
+            st.next_order += 1;
+            let n = st.next_order;
+            let Some(sale) = st.sales.get_mut(*id) else {
+                return (404, "", r#"{"error":"not_found"}"#.into());
+            };
+            let order = |oid: &str| {
+                serde_json::json!({
+                    "order_id": oid, "sale_id": id, "user_id": user, "quantity": 1,
+                    "status": "reserved", "expires_at": 9,
+                })
+                .to_string()
+            };
+            if let Some(k) = &key {
+                if let Some(oid) = sale.keys.get(k) {
+                    return (200, "idempotent-replayed: true\r\n", order(oid));
+                }
+            }
+            let held = sale.held.get(&user).copied().unwrap_or(0);
+            if held >= sale.limit && fault != Fault::IgnoreLimit {
+                return (409, "", r#"{"error":"limit_exceeded"}"#.into());
+            }
+            let extra = match fault {
+                Fault::Oversell(k) => k,
+                _ => 0,
+            };
+            let stranded = match fault {
+                Fault::Strand(k) => k,
+                _ => 0,
+            };
+            if sale.sold + stranded >= sale.stock + extra {
+                return (
+                    410,
+                    "",
+                    r#"{"error":"sold_out","message":"no unit is left"}"#.into(),
+                );
+            }
+            sale.sold += 1;
+            *sale.held.entry(user.clone()).or_insert(0) += 1;
+            let oid = format!("9-{n}");
+            if let Some(k) = &key {
+                sale.keys.insert(k.clone(), oid.clone());
+            }
+            let lose = matches!(fault, Fault::LoseEvery(k) if sale.sold % k == 0);
+            if !lose {
+                let event = Event::new(
+                    1,
+                    EventKind::OrderReserved {
+                        order_id: oid.clone(),
+                        sale_id: id.to_string(),
+                        user_id: user.clone(),
+                        quantity: 1,
+                        expires_at: 9,
+                        idempotency_key: key.clone(),
+                        fingerprint: None,
+                    },
+                );
+                // Durable before the 200, as the node does (under the lock:
+                // a test server, not a fast one).
+                block_on(log.append(&event)).unwrap();
+            }
+            (200, "", order(&oid))
+        }
+        _ => (404, "", r#"{"error":"not_found"}"#.into()),
+    }
+}
+
+/// Polls a future to completion on this thread.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        thread::park();
+    }
+}

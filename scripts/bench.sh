@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# One command for a capacity scenario on loopback: builds the release node
+# and the harness, starts a node on a temp data dir, runs the scenario with
+# seckill-bench, stops the node. Results go to bench/runs/<date>-<host>/.
+#
+#   scripts/bench.sh capacity        find-max of the purchase path and of the
+#                                    sold-out path at p99 <= $SLO: the capacity report
+#   scripts/bench.sh spike           a sale-start spike (0 -> $RATE in 500 ms) on a
+#                                    sale of $STOCK units with hot retriers; audited
+#   scripts/bench.sh healthz-vs-wrk  harness vs wrk on /healthz, alternating rounds, medians
+#   scripts/bench.sh run ARGS...     seckill-bench run ARGS (target, token, journal filled in)
+#   scripts/bench.sh find-max ARGS...
+#
+# Settings (env): NODE_CORES=1 LOAD_THREADS=1 DRIVER=legacy PIN=0 SLO=5ms RATE=20000
+#   STOCK=1000 DURATION=5s ROUNDS=3 CONNS=64 PLAN_RATE=500000 OUT=<run dir>
+# Cores: with PIN=1 (and enough cores) the node is pinned to the first
+# NODE_CORES cores and the harness to the next LOAD_THREADS (taskset). Off by
+# default: on a shared machine pinning keeps the scheduler from moving either
+# away from someone else's busy core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenario=${1:-capacity}
+shift || true
+NODE_CORES=${NODE_CORES:-1}
+LOAD_THREADS=${LOAD_THREADS:-1}
+DRIVER=${DRIVER:-legacy}
+SLO=${SLO:-5ms}
+RATE=${RATE:-20000}
+STOCK=${STOCK:-1000}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+PLAN_RATE=${PLAN_RATE:-500000}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+TOKEN=bench-token
+OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
+
+cargo build --release -q -p seckill -p bench
+# What was built, for the run records (the harness reads SECKILL_COMMIT).
+if [ -z "${SECKILL_COMMIT:-}" ] && git rev-parse HEAD >/dev/null 2>&1; then
+  SECKILL_COMMIT=$(git rev-parse --short=12 HEAD)
+  git diff --quiet HEAD -- seckill stock queue Cargo.lock || SECKILL_COMMIT="$SECKILL_COMMIT-dirty"
+fi
+export SECKILL_COMMIT=${SECKILL_COMMIT:-unknown}
+node_bin=$TARGET_DIR/release/seckill
+bench_bin=$TARGET_DIR/release/seckill-bench
+
+node_pin=() load_pin=()
+if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge $((NODE_CORES + LOAD_THREADS)) ]; then
+  node_pin=(taskset -c "0-$((NODE_CORES - 1))")
+  load_pin=(taskset -c "$NODE_CORES-$((NODE_CORES + LOAD_THREADS - 1))")
+fi
+
+data=$(mktemp -d)
+banner=$data/banner
+"${node_pin[@]}" "$node_bin" --listen 127.0.0.1:0 --data-dir "$data" --admin-token "$TOKEN" \
+  --cores "$NODE_CORES" --driver "$DRIVER" >"$banner" 2>"$data/node.log" &
+node_pid=$!
+trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 100); do grep -q 'listening on' "$banner" && break; sleep 0.1; done
+addr=$(grep -o 'http://[0-9.:]*' "$banner" | head -n1)
+[ -n "$addr" ] || { echo "node did not start"; cat "$data/node.log"; exit 1; }
+
+mkdir -p "$OUT"
+echo "# $(date -u +%FT%TZ) scripts/bench.sh $scenario $* (NODE_CORES=$NODE_CORES LOAD_THREADS=$LOAD_THREADS DRIVER=$DRIVER pinned=${node_pin[*]:-no}/${load_pin[*]:-no})" >>"$OUT/bench.sh.log"
+
+harness() { # subcommand, args...
+  local sub=$1; shift
+  "${load_pin[@]}" "$bench_bin" "$sub" --target "$addr" --admin-token "$TOKEN" \
+    --journal "$data" --threads "$LOAD_THREADS" --out "$OUT" "$@" | tee -a "$OUT/bench.sh.log"
+}
+
+case $scenario in
+  capacity)
+    # The purchase path: a sale with more stock than the run can sell, so
+    # every request reaches reserve + journal; fresh sale per step.
+    harness find-max --scenario purchase --stock 100000000 --hot-users 0 \
+      --slo-p99 "$SLO" --start-rate 500 --factor 1.5 --duration "$DURATION" \
+      --connections "$CONNS" --node-cores "$NODE_CORES" --plan-rate "$PLAN_RATE" --quiet \
+      --name "capacity-purchase-$(date -u +%H%M%S)" "$@"
+    # The sold-out path: every request is answered 410.
+    harness find-max --scenario soldout --stock 1 --hot-users 0 \
+      --slo-p99 "$SLO" --start-rate 5000 --factor 1.5 --duration "$DURATION" \
+      --connections "$CONNS" --node-cores "$NODE_CORES" --plan-rate "$PLAN_RATE" --quiet \
+      --name "capacity-soldout-$(date -u +%H%M%S)" "$@"
+    ;;
+  spike)
+    harness run --scenario purchase --stock "$STOCK" --rate "$RATE" --ramp 500ms \
+      --duration "$DURATION" --connections "$CONNS" --hot-users 200 --hot-share 0.2 \
+      --keys hot --name "spike-$(date -u +%H%M%S)" "$@"
+    ;;
+  healthz-vs-wrk)
+    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    results=$data/rounds
+    for round in $(seq "$ROUNDS"); do
+      h=$("${load_pin[@]}" "$bench_bin" run --target "$addr" --scenario healthz --threads "$LOAD_THREADS" \
+            --connections "$CONNS" --duration "$DURATION" --no-save --quiet | grep -o '= [0-9]*/s' | tr -dc '0-9')
+      w=$("${load_pin[@]}" wrk -t"$LOAD_THREADS" -c"$CONNS" -d"$DURATION" "$addr/healthz" | awk '/Requests\/sec/ {print $2}')
+      echo "round $round seckill-bench $h wrk $w" | tee -a "$results"
+    done
+    python3 - "$results" <<'PY' | tee -a "$OUT/bench.sh.log"
+import statistics, sys
+h, w = [], []
+for line in open(sys.argv[1]):
+    f = line.split()
+    h.append(float(f[3])); w.append(float(f[5]))
+mh, mw = statistics.median(h), statistics.median(w)
+print(f"median seckill-bench {mh:.0f} req/s, wrk {mw:.0f} req/s, ratio {mh / mw:.3f}")
+PY
+    cat "$results" >>"$OUT/bench.sh.log"
+    ;;
+  run|find-max)
+    harness "$scenario" "$@"
+    ;;
+  *) echo "unknown scenario $scenario (capacity, spike, healthz-vs-wrk, run, find-max)"; exit 2 ;;
+esac
