@@ -67,6 +67,13 @@ pub struct ClusterOptions {
     pub call_timeout: Duration,
     /// How often the poller reads sales, counts and due orders.
     pub poll_interval: Duration,
+    /// Whether this node expires unpaid orders (its poller finds the due
+    /// ones). `false` where the settler runs expiry (a Kafka order log).
+    pub expiry: bool,
+    /// Record every order change in Redis's not-yet-logged set, for the
+    /// settler's reconciliation (a Kafka order log: see
+    /// [`RedisStore::tracking_log`]).
+    pub track_log: bool,
 }
 
 impl ClusterOptions {
@@ -78,6 +85,8 @@ impl ClusterOptions {
             lease_ttl: Duration::from_secs(5),
             call_timeout: Duration::from_millis(500),
             poll_interval: Duration::from_millis(200),
+            expiry: true,
+            track_log: false,
         }
     }
 }
@@ -158,7 +167,10 @@ impl RedisAuthority {
             .map_err(|e| {
                 StockError::Unavailable(format!("cannot start the backend runtime: {e}"))
             })?;
-        let store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
+        let mut store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
+        if opts.track_log {
+            store = store.tracking_log();
+        }
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
             opts,
@@ -647,10 +659,7 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
 async fn release_until_known(store: &RedisStore, sale: &str, order: &str) {
     let mut wait = Duration::from_millis(100);
     loop {
-        match store
-            .transition(sale, order, OrderStatus::Cancelled, now_s())
-            .await
-        {
+        match store.release(sale, order).await {
             Ok(outcome) => {
                 debug!(order, ?outcome, "compensated");
                 return;
@@ -817,6 +826,9 @@ async fn poll_once(store: &RedisStore, shared: &Shared) {
         sale.set_sold(status.sold);
         if mode == StockMode::Leased {
             sale.set_pool_hint(status.pool);
+        }
+        if !shared.opts.expiry {
+            continue;
         }
         if let Ok(due) = store.due(&id, now, 256).await {
             for order_id in due {

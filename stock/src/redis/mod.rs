@@ -28,6 +28,7 @@
 //! | `idem` | HASH | Idempotency-Key → `fingerprint_hex\|order_id` (only successful orders write one, so it is bounded by the stock) |
 //! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?}` |
 //! | `due` | ZSET | reserved order_id by expires_at |
+//! | `unlogged` | ZSET | with a Kafka order log only: `order_id\|change` (reserved, paid, cancelled, expired, released) by Redis time in ms, written with the change, removed by the settler once the log shows it |
 //!
 //! `sk:sales` (a SET of sale ids, another slot) is written by a plain SADD
 //! beside the create script.

@@ -26,6 +26,9 @@ pub struct RedisStore {
     conn: ConnectionManager,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    /// Write every order change into the sale's not-yet-logged set (a
+    /// Kafka order log; see [`RedisStore::tracking_log`]).
+    track: bool,
 }
 
 /// What [`RedisStore::create_sale`] found.
@@ -154,7 +157,20 @@ impl RedisStore {
             conn,
             timeout,
             scripts: Arc::new(Scripts::new()),
+            track: false,
         })
+    }
+
+    /// The same store, writing every order change (reserve, transition,
+    /// release) into the sale's not-yet-logged set as `order_id|change`,
+    /// scored by Redis time in ms, atomically with the change. The order
+    /// log's consumer ([`RedisStore::mark_logged`]) removes what it sees;
+    /// what stays past a grace period never reached the log and is
+    /// reconciled ([`RedisStore::unlogged`]). For an order log that is not
+    /// written in step with Redis (Kafka).
+    pub fn tracking_log(mut self) -> Self {
+        self.track = true;
+        self
     }
 
     /// Creates a sale with its whole stock in the pool, and adds it to the
@@ -426,6 +442,26 @@ impl RedisStore {
                 "an order cannot move back to reserved",
             ));
         }
+        self.apply_move(sale_id, order_id, to.as_str(), now_s).await
+    }
+
+    /// Compensation for an order that was never acknowledged to its buyer:
+    /// from reserved, the order is cancelled (units back to the pool, the
+    /// user's count and `sold` drop) and its Idempotency-Key record is
+    /// dropped, so the buyer's retry is a fresh attempt. An order already
+    /// cancelled is `Unchanged`; a paid or expired one `Invalid`.
+    /// Idempotent: repeat it to settle an `Undetermined` answer.
+    pub async fn release(&self, sale_id: &str, order_id: &str) -> Result<Moved, StockError> {
+        self.apply_move(sale_id, order_id, "released", 0).await
+    }
+
+    async fn apply_move(
+        &self,
+        sale_id: &str,
+        order_id: &str,
+        to: &str,
+        now_s: u64,
+    ) -> Result<Moved, StockError> {
         let k = Keys::new(sale_id);
         let mut inv = self.scripts.transition.prepare_invoke();
         inv.key(k.pool())
@@ -433,9 +469,12 @@ impl RedisStore {
             .key(k.users())
             .key(k.orders())
             .key(k.due())
+            .key(k.idem())
+            .key(k.unlogged())
             .arg(order_id)
-            .arg(to.as_str())
-            .arg(now_s);
+            .arg(to)
+            .arg(now_s)
+            .arg(if self.track { "1" } else { "0" });
         let reply: Vec<String> = self.invoke(&inv).await?;
         let order = |json: &str| parse_order(sale_id, order_id, json);
         match reply.as_slice() {
@@ -474,6 +513,60 @@ impl RedisStore {
         self.query(&cmd).await
     }
 
+    /// Up to `limit` entries of the sale's not-yet-logged set written before
+    /// `before_ms` (Redis time), oldest first, as (`order_id`, change) with
+    /// change one of `reserved`, `paid`, `cancelled`, `expired`, `released`.
+    pub async fn unlogged(
+        &self,
+        sale_id: &str,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StockError> {
+        let mut cmd = ::redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(Keys::new(sale_id).unlogged())
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        let entries: Vec<String> = self.query(&cmd).await?;
+        entries
+            .into_iter()
+            .map(|entry| match entry.rsplit_once('|') {
+                Some((order, change)) => Ok((order.to_owned(), change.to_owned())),
+                None => Err(unexpected("unlogged entry", &entry)),
+            })
+            .collect()
+    }
+
+    /// Removes `(order_id, change)` entries from the sale's not-yet-logged
+    /// set: the order log has recorded them. One command for the batch;
+    /// removing an absent entry is a no-op, so a re-delivered event is
+    /// harmless.
+    pub async fn mark_logged(
+        &self,
+        sale_id: &str,
+        entries: &[(String, &str)],
+    ) -> Result<(), StockError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = ::redis::cmd("ZREM");
+        cmd.arg(Keys::new(sale_id).unlogged());
+        for (order, change) in entries {
+            cmd.arg(format!("{order}|{change}"));
+        }
+        let _removed: u64 = self.query(&cmd).await?;
+        Ok(())
+    }
+
+    /// Redis's clock, Unix milliseconds (the clock the not-yet-logged set
+    /// is scored by).
+    pub async fn time_ms(&self) -> Result<u64, StockError> {
+        let (secs, micros): (u64, u64) = self.query(&::redis::cmd("TIME")).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
     /// `INFO commandstats` as (command, calls), e.g. `("evalsha", 50)`; for
     /// tests and benchmarks (Redis commands per order).
     pub async fn command_stats(&self) -> Result<Vec<(String, u64)>, StockError> {
@@ -496,6 +589,7 @@ impl RedisStore {
             .key(k.idem())
             .key(k.orders())
             .key(k.due())
+            .key(k.unlogged())
             .arg(call.node)
             .arg(&call.order_id)
             .arg(&call.user_id)
@@ -503,7 +597,8 @@ impl RedisStore {
             .arg(call.idempotency_key.as_deref().unwrap_or(""))
             .arg(format!("{:016x}", call.fingerprint))
             .arg(call.expires_at)
-            .arg(if call.from_pool { "1" } else { "0" });
+            .arg(if call.from_pool { "1" } else { "0" })
+            .arg(if self.track { "1" } else { "0" });
         inv
     }
 
@@ -636,6 +731,9 @@ impl<'a> Keys<'a> {
     }
     fn due(&self) -> String {
         self.key("due")
+    }
+    fn unlogged(&self) -> String {
+        self.key("unlogged")
     }
 }
 

@@ -219,3 +219,95 @@ async fn due_lists_reserved_orders_by_deadline_up_to_the_limit() {
         vec!["o3", "o2"]
     );
 }
+
+#[tokio::test]
+async fn release_is_a_cancel_that_forgets_the_key_and_happens_once() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 20, 1)).await.unwrap();
+    store.lease("s1", 1, 5, TTL).await.unwrap();
+    let mut c = call("s1", 1, "o1", "alice");
+    c.idempotency_key = Some("k1".into());
+    c.fingerprint = 7;
+    let answers = store.reserve_batch(&[c.clone()]).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+
+    let released = store.release("s1", "o1").await.unwrap();
+    assert!(
+        matches!(released, Moved::Changed(ref o) if o.status == OrderStatus::Cancelled),
+        "{released:?}"
+    );
+    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
+    // Twice: one unit back, not two.
+    let again = store.release("s1", "o1").await.unwrap();
+    assert!(matches!(again, Moved::Unchanged(_)), "{again:?}");
+    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
+
+    // The key no longer names the released order: a retry is a fresh
+    // attempt (a new order id), not a replay of an order never answered.
+    let mut retry = c.clone();
+    retry.order_id = "o2".into();
+    let answers = store.reserve_batch(&[retry]).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+
+    // A paid order is not released.
+    store
+        .transition("s1", "o2", OrderStatus::Paid, now_s())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.release("s1", "o2").await.unwrap(),
+        Moved::Invalid(OrderStatus::Paid)
+    );
+}
+
+#[tokio::test]
+async fn a_tracking_store_records_every_change_until_it_is_marked_logged() {
+    let (_server, plain) = setup().await;
+    let store = plain.clone().tracking_log();
+    store.create_sale(&spec("s1", 20, 2)).await.unwrap();
+    store.lease("s1", 1, 5, TTL).await.unwrap();
+    let answers = store
+        .reserve_batch(&[call("s1", 1, "o1", "alice"), call("s1", 1, "o2", "bob")])
+        .await;
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().unwrap() == &ReserveOutcome::Reserved));
+    store
+        .transition("s1", "o1", OrderStatus::Paid, now_s())
+        .await
+        .unwrap();
+    store.release("s1", "o2").await.unwrap();
+    // A store that does not track adds nothing.
+    plain.reserve_batch(&[call("s1", 1, "o3", "carol")]).await[0]
+        .as_ref()
+        .unwrap();
+
+    let later = store.time_ms().await.unwrap() + 1;
+    let mut entries = store.unlogged("s1", later, 100).await.unwrap();
+    entries.sort();
+    let expect = |o: &str, c: &str| (o.to_owned(), c.to_owned());
+    assert_eq!(
+        entries,
+        vec![
+            expect("o1", "paid"),
+            expect("o1", "reserved"),
+            expect("o2", "released"),
+            expect("o2", "reserved"),
+        ]
+    );
+    // Nothing is older than a time before the first change.
+    assert!(store.unlogged("s1", 1, 100).await.unwrap().is_empty());
+
+    store
+        .mark_logged("s1", &[("o1".into(), "reserved"), ("o1".into(), "paid")])
+        .await
+        .unwrap();
+    // Marking twice (a re-delivered event) is harmless.
+    store
+        .mark_logged("s1", &[("o1".into(), "reserved")])
+        .await
+        .unwrap();
+    let left = store.unlogged("s1", later, 100).await.unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|(o, _)| o == "o2"));
+}

@@ -9,7 +9,8 @@
 --   5. the units are charged to the node's lease (or, from_pool = 1, to the
 --      pool directly: the classic per-request design);
 --   6. writes: order record (status reserved), sold, the user's count, the
---      expiry queue, and the key record.
+--      expiry queue, the key record and, with a Kafka order log (track = 1),
+--      the order's entry in the not-yet-logged set.
 -- Nothing is written before the last check passes.
 --
 -- KEYS[1] sk:{S}:spec    HASH
@@ -20,9 +21,12 @@
 -- KEYS[6] sk:{S}:idem    HASH key -> "fingerprint_hex|order_id"
 -- KEYS[7] sk:{S}:orders  HASH order_id -> JSON order
 -- KEYS[8] sk:{S}:due     ZSET order_id by expires_at (reserved orders)
+-- KEYS[9] sk:{S}:unlogged ZSET "order_id|status" by Redis time (ms): changes
+--                         the order log has not been seen to record yet
 -- ARGV[1] node, ARGV[2] order_id, ARGV[3] user_id, ARGV[4] quantity,
 -- ARGV[5] idempotency key ('' = none), ARGV[6] fingerprint (16 hex digits),
--- ARGV[7] expires_at (Unix s), ARGV[8] from_pool ('1' or '0')
+-- ARGV[7] expires_at (Unix s), ARGV[8] from_pool ('1' or '0'),
+-- ARGV[9] track ('1': write the unlogged entry)
 --
 -- Returns one of: {'reserved'}, {'replay', order_id, order_json},
 -- {'key_reused'}, {'not_found'}, {'not_open'}, {'limit'}, {'sold_out'},
@@ -56,7 +60,8 @@ if key ~= '' then
   end
 end
 
-local now = tonumber(redis.call('TIME')[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1])
 local ends_at = tonumber(spec[4])
 if spec[1] ~= 'live' or now < tonumber(spec[3]) or (ends_at > 0 and now >= ends_at) then
   return {'not_open'}
@@ -95,5 +100,8 @@ redis.call('HINCRBY', KEYS[5], user_id, qty)
 redis.call('ZADD', KEYS[8], ARGV[7], order_id)
 if key ~= '' then
   redis.call('HSET', KEYS[6], key, ARGV[6] .. '|' .. order_id)
+end
+if ARGV[9] == '1' then
+  redis.call('ZADD', KEYS[9], now * 1000 + math.floor(tonumber(time[2]) / 1000), order_id .. '|reserved')
 end
 return {'reserved'}

@@ -6,23 +6,40 @@
 --   reserved -> expired    and sold drop, the order leaves the expiry queue;
 --                          expiring before expires_at is refused ('invalid'
 --                          'reserved').
--- Repeating the move that already happened is 'unchanged'; any other move
--- from a non-reserved order is 'invalid' with the current status.
+--   reserved -> released   compensation for an order never acknowledged (its
+--                          log append failed, or its node died before it):
+--                          as cancelled (the order reads 'cancelled'), and
+--                          the Idempotency-Key record is dropped so that the
+--                          buyer's retry is a fresh attempt, not a replay of
+--                          an order nobody was told about.
+-- Repeating the move that already happened is 'unchanged' (released: the
+-- order is cancelled); any other move from a non-reserved order is
+-- 'invalid' with the current status.
+-- With track = 1 (a Kafka order log), a change also writes
+-- "order_id|<to>" into the not-yet-logged set, so that a change whose event
+-- never reached the log is found and logged later (the settler).
 --
--- KEYS[1] sk:{S}:pool    unleased units
--- KEYS[2] sk:{S}:sold    units in reserved + paid orders
--- KEYS[3] sk:{S}:users   HASH user -> units held in live orders
--- KEYS[4] sk:{S}:orders  HASH order_id -> JSON order
--- KEYS[5] sk:{S}:due     ZSET order_id by expires_at
--- ARGV[1] order_id, ARGV[2] paid | cancelled | expired, ARGV[3] now (Unix s)
+-- KEYS[1] sk:{S}:pool     unleased units
+-- KEYS[2] sk:{S}:sold     units in reserved + paid orders
+-- KEYS[3] sk:{S}:users    HASH user -> units held in live orders
+-- KEYS[4] sk:{S}:orders   HASH order_id -> JSON order
+-- KEYS[5] sk:{S}:due      ZSET order_id by expires_at
+-- KEYS[6] sk:{S}:idem     HASH key -> "fingerprint_hex|order_id"
+-- KEYS[7] sk:{S}:unlogged ZSET "order_id|status" by Redis time (ms)
+-- ARGV[1] order_id, ARGV[2] paid | cancelled | expired | released,
+-- ARGV[3] now (Unix s), ARGV[4] track ('1' or '0')
 --
 -- Returns {'not_found'}, {'unchanged', order_json}, {'invalid', status}
 -- or {'changed', order_json}.
 local order_id, to = ARGV[1], ARGV[2]
 local now = tonumber(ARGV[3])
 
-if to ~= 'paid' and to ~= 'cancelled' and to ~= 'expired' then
+if to ~= 'paid' and to ~= 'cancelled' and to ~= 'expired' and to ~= 'released' then
   return redis.error_reply('ERR unknown order status ' .. tostring(to))
+end
+local status = to
+if to == 'released' then
+  status = 'cancelled'
 end
 
 local raw = redis.call('HGET', KEYS[4], order_id)
@@ -31,7 +48,7 @@ if not raw then
 end
 local order = cjson.decode(raw)
 
-if order.status == to then
+if order.status == status then
   return {'unchanged', raw}
 end
 if order.status ~= 'reserved' then
@@ -44,15 +61,26 @@ if to == 'expired' and now < order.expires_at then
   return {'invalid', 'reserved'}
 end
 
-order.status = to
+order.status = status
 local encoded = cjson.encode(order)
 redis.call('HSET', KEYS[4], order_id, encoded)
 redis.call('ZREM', KEYS[5], order_id)
-if to ~= 'paid' then
+if status ~= 'paid' then
   redis.call('INCRBY', KEYS[1], order.quantity)
   redis.call('DECRBY', KEYS[2], order.quantity)
   if redis.call('HINCRBY', KEYS[3], order.user_id, -order.quantity) <= 0 then
     redis.call('HDEL', KEYS[3], order.user_id)
   end
+end
+if to == 'released' and order.key then
+  local record = redis.call('HGET', KEYS[6], order.key)
+  if record and string.sub(record, string.find(record, '|', 1, true) + 1) == order_id then
+    redis.call('HDEL', KEYS[6], order.key)
+  end
+end
+if ARGV[4] == '1' then
+  local time = redis.call('TIME')
+  local ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('ZADD', KEYS[7], ms, order_id .. '|' .. to)
 end
 return {'changed', encoded}
