@@ -448,6 +448,11 @@ fn replay(log: &LogContents, sale_id: &str, _stock: u64, limit: u32) -> Replayed
                 order_id,
                 sale_id: sale,
                 ..
+            }
+            | EventKind::StockReleased {
+                order_id,
+                sale_id: sale,
+                ..
             } if sale == sale_id => {
                 if let Some((user, qty)) = live.remove(order_id) {
                     r.live_units -= u64::from(qty);

@@ -116,6 +116,36 @@ pub enum EventKind {
         user_id: String,
         quantity: u32,
     },
+    /// Compensation (cluster mode): an order that was never acknowledged to
+    /// its buyer (its `order_reserved` could not be logged, or its node died
+    /// between reserving and logging) was released; its units are back in
+    /// stock and the order reads `cancelled`. The order may never have
+    /// appeared as `order_reserved`: a consumer that does not know it
+    /// ignores the event.
+    StockReleased {
+        order_id: String,
+        sale_id: String,
+        user_id: String,
+        quantity: u32,
+    },
+}
+
+impl EventKind {
+    /// The id events are keyed and partitioned by: the order id for order
+    /// events (so one order's events stay in order), the sale id for sale
+    /// events.
+    pub fn key(&self) -> &str {
+        match self {
+            EventKind::SaleCreated { sale_id, .. } | EventKind::SaleSwitched { sale_id, .. } => {
+                sale_id
+            }
+            EventKind::OrderReserved { order_id, .. }
+            | EventKind::OrderPaid { order_id, .. }
+            | EventKind::OrderCancelled { order_id, .. }
+            | EventKind::OrderExpired { order_id, .. }
+            | EventKind::StockReleased { order_id, .. } => order_id,
+        }
+    }
 }
 
 #[cfg(test)]

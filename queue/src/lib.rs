@@ -8,14 +8,18 @@
 //! - `event`: [`Event`] and [`EventKind`], the versioned order-log schema.
 //! - `journal`: [`Journal`], the embedded order log: an append-only file of
 //!   CRC-framed records with group commit (one fsync per batch).
-//! - `log`: the [`OrderLog`] trait, the seam a Kafka log plugs into.
+//! - `log`: the [`OrderLog`] trait, the seam the order logs plug into.
+//! - `kafka`: [`KafkaLog`], the Kafka order log of cluster mode, and a
+//!   test fixture that runs a real broker.
 
 pub mod admission;
 pub mod event;
 pub mod journal;
+pub mod kafka;
 pub mod log;
 
 pub use admission::{Admission, Overloaded, Permit};
 pub use event::{Event, EventKind, SaleSwitch};
 pub use journal::{Durable, Journal, JournalError, JournalOptions};
+pub use kafka::{KafkaLog, KafkaOptions};
 pub use log::{LogError, OrderLog};

@@ -21,7 +21,7 @@ use stock::{
 
 use crate::error::ApiError;
 use crate::http::{Method, Request, Response};
-use crate::node::{now_ms, now_s, Core};
+use crate::node::{now_ms, now_s, Core, Failpoint};
 use crate::timefmt;
 
 /// The default payment timeout of a sale: 15 minutes.
@@ -195,9 +195,16 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             }
         };
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
-            Reservation::Replay(order) => return self.replayed(&order, body),
+            Reservation::Replay(order) => {
+                if self.node.relog_replays {
+                    let event = reserved_event(&order, &attempt, sale.id());
+                    self.node.log.append(&event).await?;
+                }
+                return self.replayed(&order, body);
+            }
             Reservation::New { order, pending } => (order, pending),
         };
+        self.node.failpoint(Failpoint::AfterReserve);
         let event = reserved_event(&order, &attempt, sale.id());
         if let Err(e) = self.node.log.append(&event).await {
             self.node.authority.abort(pending);

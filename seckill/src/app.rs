@@ -14,7 +14,7 @@ use std::sync::Arc;
 use queue::OrderLog;
 use stock::StockAuthority;
 
-use crate::node::{ClusterNode, EmbeddedNode, Node};
+use crate::node::{ClusterNode, EmbeddedNode, KafkaNode, Node};
 use crate::server::{self, Setup};
 
 /// The sale `--demo` pre-loads.
@@ -28,6 +28,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => (random_token()?, true),
     };
     let demo = config.demo;
+    if config.kafka.is_some() {
+        let node = KafkaNode::open_kafka(config, token.clone())?;
+        info!(
+            node_id = node.config.node_id,
+            topic = node.log.topic(),
+            "cluster mode: Redis is the stock authority, Kafka the order log"
+        );
+        return serve(node, token, generated, demo);
+    }
     if config.redis.is_some() {
         let node = ClusterNode::open_cluster(config, token.clone())?;
         info!(

@@ -59,9 +59,13 @@ pub struct Flags {
     /// Redis URL: makes Redis the stock authority (cluster mode).
     #[arg(long, env = "SECKILL_REDIS")]
     pub redis: Option<String>,
-    /// Kafka bootstrap brokers: makes a Kafka topic the order log.
+    /// Kafka bootstrap brokers: makes a Kafka topic the order log (needs
+    /// --redis; run `seckill settle` beside the nodes).
     #[arg(long, env = "SECKILL_KAFKA")]
     pub kafka: Option<String>,
+    /// The order topic. Default seckill.orders.
+    #[arg(long, env = "SECKILL_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
     /// This node's id in a cluster; part of every order id. Default 1.
     #[arg(long, env = "SECKILL_NODE_ID")]
     pub node_id: Option<u32>,
@@ -75,6 +79,16 @@ pub struct Flags {
     /// Pre-load a demo sale and print the admin token and a curl line.
     #[arg(long, env = "SECKILL_DEMO")]
     pub demo: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands; without one, `seckill` runs a node.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Runs the settler of a Kafka cluster: consumes the order topic,
+    /// expires unpaid orders, reconciles changes that never reached the log.
+    Settle(crate::settle::SettleFlags),
 }
 
 /// Every setting of a node, with its default and its cost.
@@ -91,6 +105,17 @@ pub struct Config {
     pub cores: usize,
     pub redis: Option<String>,
     pub kafka: Option<String>,
+    /// The order topic (Kafka mode). Default seckill.orders.
+    pub kafka_topic: String,
+    /// Kafka mode: partitions of the order topic when a node creates it.
+    /// Default 6.
+    pub kafka_partitions: i32,
+    /// Kafka mode: longest wait for one event's delivery report; past it
+    /// the purchase is answered 503 and compensated. The settler's
+    /// `--grace-ms` must be longer. Default 5,000 ms.
+    pub kafka_timeout_ms: u64,
+    /// Kafka mode: the producer's batching window. Default 2 ms.
+    pub kafka_linger_ms: u64,
     pub node_id: u32,
     pub driver: Driver,
     pub demo: bool,
@@ -128,6 +153,10 @@ impl Default for Config {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             redis: None,
             kafka: None,
+            kafka_topic: "seckill.orders".into(),
+            kafka_partitions: 6,
+            kafka_timeout_ms: 5_000,
+            kafka_linger_ms: 2,
             node_id: 1,
             driver: Driver::Legacy,
             demo: false,
@@ -148,6 +177,17 @@ impl Config {
     /// Loads flags (and the environment), then the TOML file they name.
     pub fn load() -> anyhow::Result<Config> {
         Config::from_flags(Flags::parse())
+    }
+
+    /// The Kafka order log's settings, in Kafka mode.
+    pub fn kafka_options(&self) -> Option<queue::KafkaOptions> {
+        let brokers = self.kafka.as_ref()?;
+        let mut opts = queue::KafkaOptions::new(brokers.clone());
+        opts.topic = self.kafka_topic.clone();
+        opts.partitions = self.kafka_partitions;
+        opts.message_timeout = std::time::Duration::from_millis(self.kafka_timeout_ms);
+        opts.linger = std::time::Duration::from_millis(self.kafka_linger_ms);
+        Some(opts)
     }
 
     /// Builds the configuration from parsed flags: flags win over the file,
@@ -174,6 +214,9 @@ impl Config {
         }
         if flags.kafka.is_some() {
             config.kafka = flags.kafka;
+        }
+        if let Some(v) = flags.kafka_topic {
+            config.kafka_topic = v;
         }
         if let Some(v) = flags.node_id {
             config.node_id = v;
@@ -227,10 +270,24 @@ impl Config {
                 "cluster mode (--redis/--kafka) needs --admin-token: there is no default token"
             );
         }
-        anyhow::ensure!(
-            self.kafka.is_none(),
-            "the Kafka order log (--kafka) is not in this build yet; nodes use the journal in --data-dir"
-        );
+        if self.kafka.is_some() {
+            anyhow::ensure!(
+                self.redis.is_some(),
+                "the Kafka order log (--kafka) needs the Redis stock authority (--redis)"
+            );
+            anyhow::ensure!(
+                !self.kafka_topic.is_empty(),
+                "kafka_topic must not be empty"
+            );
+            anyhow::ensure!(
+                self.kafka_partitions >= 1,
+                "kafka_partitions must be at least 1"
+            );
+            anyhow::ensure!(
+                self.kafka_timeout_ms >= 100,
+                "kafka_timeout_ms must be at least 100"
+            );
+        }
         anyhow::ensure!(self.lease_ttl_s >= 1, "lease_ttl_s must be at least 1");
         anyhow::ensure!(
             self.redis_timeout_ms >= 10,
@@ -278,6 +335,13 @@ mod tests {
         };
         let err = Config::from_flags(flags).unwrap_err().to_string();
         assert!(err.contains("admin-token"), "{err}");
+        let flags = Flags {
+            kafka: Some("127.0.0.1:9092".into()),
+            admin_token: Some("t".into()),
+            ..Flags::default()
+        };
+        let err = Config::from_flags(flags).unwrap_err().to_string();
+        assert!(err.contains("--redis"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "no_such_setting = 1\n").unwrap();

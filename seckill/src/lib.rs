@@ -15,6 +15,8 @@
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
 //! - `timefmt`: RFC 3339 times for the admin API.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
+//! - `settle`: `seckill settle`, the settler of a Kafka cluster (expiry,
+//!   reconciliation of changes that never reached the log).
 
 pub mod api;
 pub mod app;
@@ -24,4 +26,5 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod server;
+pub mod settle;
 pub mod timefmt;

@@ -1,4 +1,5 @@
-//! `seckill`: load the configuration, start the node, serve until SIGTERM.
+//! `seckill`: load the configuration, start the node, serve until SIGTERM;
+//! `seckill settle`: run the settler of a Kafka cluster.
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -8,6 +9,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = seckill::config::Config::load()?;
-    seckill::app::run(config)
+    let mut flags = <seckill::config::Flags as clap::Parser>::parse();
+    match flags.command.take() {
+        Some(seckill::config::Command::Settle(settle)) => seckill::settle::run(settle),
+        None => seckill::app::run(seckill::config::Config::from_flags(flags)?),
+    }
 }

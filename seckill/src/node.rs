@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use queue::{Admission, Event, EventKind, Journal, JournalOptions, OrderLog, SaleSwitch};
+use queue::{Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog, SaleSwitch};
 use stock::cluster::{ClusterOptions, RedisAuthority, StockMode};
 use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
 
@@ -25,6 +25,22 @@ pub struct Node<A, L> {
     admin_token: String,
     shutdown: AtomicBool,
     driver: OnceLock<&'static str>,
+    /// Cluster mode: an order replayed from the shared authority (its key
+    /// first used on another node, or that node's answer lost) is appended
+    /// to the log again before it is answered, so no 200 names an order
+    /// the log may lack (its node may have died before logging it).
+    /// Consumers dedupe by order id.
+    pub relog_replays: bool,
+    failpoint: Option<Failpoint>,
+}
+
+/// A place where the node can be made to die on purpose, for the tests of
+/// recovery (`SECKILL_FAILPOINT`; never set in production).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failpoint {
+    /// Abort the process after a reservation is recorded by the stock
+    /// authority and before its event is appended to the order log.
+    AfterReserve,
 }
 
 /// What the journal replay found.
@@ -68,22 +84,52 @@ impl ClusterNode {
     /// the node. Redis holds the sales and orders, so the journal is not
     /// replayed into the authority: it only records what this node logged.
     pub fn open_cluster(config: Config, admin_token: String) -> anyhow::Result<Arc<Self>> {
-        let url = config
-            .redis
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("cluster mode needs --redis"))?;
         let (journal, _) = open_journal(&config)?;
-        let mut opts = ClusterOptions::new(config.node_id, config.cores);
-        opts.mode = match config.stock_mode {
-            StockModeSetting::Leased => StockMode::Leased,
-            StockModeSetting::PerRequest => StockMode::PerRequest,
-        };
-        opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
-        opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
-        let authority = RedisAuthority::connect(&url, opts, now_micros())
-            .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))?;
+        let authority = connect_redis(&config)?;
         Ok(Arc::new(Node::new(config, authority, journal, admin_token)))
     }
+}
+
+/// A cluster node with the Kafka order log: Redis stock authority, order
+/// events in a Kafka topic; the settler (`seckill settle`) runs expiry and
+/// reconciliation.
+pub type KafkaNode = Node<RedisAuthority, KafkaLog>;
+
+impl KafkaNode {
+    /// Connects to Kafka (creating the order topic if missing) and Redis,
+    /// and returns the node.
+    pub fn open_kafka(config: Config, admin_token: String) -> anyhow::Result<Arc<Self>> {
+        let opts = config
+            .kafka_options()
+            .ok_or_else(|| anyhow::anyhow!("Kafka mode needs --kafka"))?;
+        let log = KafkaLog::connect(&opts)
+            .map_err(|e| anyhow::anyhow!("cannot use Kafka at {}: {e}", opts.brokers))?;
+        let authority = connect_redis(&config)?;
+        Ok(Arc::new(Node::new(config, authority, log, admin_token)))
+    }
+}
+
+/// The Redis stock authority for `config`. With a Kafka order log, the
+/// settler expires orders and every order change is tracked until the log
+/// shows it.
+fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
+    let url = config
+        .redis
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("cluster mode needs --redis"))?;
+    let mut opts = ClusterOptions::new(config.node_id, config.cores);
+    opts.mode = match config.stock_mode {
+        StockModeSetting::Leased => StockMode::Leased,
+        StockModeSetting::PerRequest => StockMode::PerRequest,
+    };
+    opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
+    opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    if config.kafka.is_some() {
+        opts.expiry = false;
+        opts.track_log = true;
+    }
+    RedisAuthority::connect(&url, opts, now_micros())
+        .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))
 }
 
 /// Opens the journal in `config.data_dir` and returns its events.
@@ -101,14 +147,28 @@ fn open_journal(config: &Config) -> anyhow::Result<(Journal, Vec<Event>)> {
 
 impl<A: StockAuthority, L: OrderLog> Node<A, L> {
     pub fn new(config: Config, authority: A, log: L, admin_token: String) -> Self {
+        let failpoint = match std::env::var("SECKILL_FAILPOINT").as_deref() {
+            Ok("after_reserve") => Some(Failpoint::AfterReserve),
+            _ => None,
+        };
         Node {
             metrics: Metrics::new(config.cores),
+            relog_replays: config.redis.is_some(),
             config,
             authority,
             log,
             admin_token,
             shutdown: AtomicBool::new(false),
             driver: OnceLock::new(),
+            failpoint,
+        }
+    }
+
+    /// Dies here if the failpoint `at` is set (tests of recovery only).
+    pub fn failpoint(&self, at: Failpoint) {
+        if self.failpoint == Some(at) {
+            tracing::error!(?at, "failpoint reached: aborting");
+            std::process::abort();
         }
     }
 
@@ -314,7 +374,10 @@ pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result
             EventKind::OrderPaid { order_id, .. } => {
                 authority.restore_transition(order_id, OrderStatus::Paid)
             }
-            EventKind::OrderCancelled { order_id, .. } => {
+            // The embedded node never writes `stock_released`; were one in
+            // a journal, it would mean the same as a cancel.
+            EventKind::OrderCancelled { order_id, .. }
+            | EventKind::StockReleased { order_id, .. } => {
                 authority.restore_transition(order_id, OrderStatus::Cancelled)
             }
             EventKind::OrderExpired { order_id, .. } => {

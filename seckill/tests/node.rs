@@ -15,6 +15,8 @@
 //!   pipelining and keep-alive.
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `kafka`: cluster mode with the Kafka order log and the settler, on a
+//!   real `redis-server` and a real broker (tansu).
 
 #[path = "node/support.rs"]
 mod support;
@@ -31,6 +33,8 @@ mod contention;
 mod crash;
 #[path = "node/idempotency.rs"]
 mod idempotency;
+#[path = "node/kafka.rs"]
+mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
 #[path = "node/runtime.rs"]

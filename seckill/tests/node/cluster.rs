@@ -43,7 +43,7 @@ fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
 
 /// Waits until every node knows `sale` (nodes learn sales created
 /// elsewhere from Redis within their poll interval).
-fn wait_for_sale(nodes: &[&Node], sale: &str) {
+pub(crate) fn wait_for_sale(nodes: &[&Node], sale: &str) {
     for node in nodes {
         let deadline = Instant::now() + Duration::from_secs(5);
         while node.client().get(&format!("/sales/{sale}")).status != 200 {
@@ -56,7 +56,7 @@ fn wait_for_sale(nodes: &[&Node], sale: &str) {
     }
 }
 
-fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+pub(crate) fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .arg("-p")
         .arg(redis.port().to_string())
@@ -78,20 +78,26 @@ fn command_calls(redis: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn redis_int(redis: &RedisServer, key: &str) -> u64 {
+pub(crate) fn redis_int(redis: &RedisServer, key: &str) -> u64 {
     redis_cli(redis, &["GET", key]).trim().parse().unwrap_or(0)
 }
 
 /// Outcome counts and orders of a load run.
 #[derive(Default)]
-struct Tally {
-    orders: Vec<(String, String)>,
-    by_code: HashMap<String, usize>,
+pub(crate) struct Tally {
+    pub orders: Vec<(String, String)>,
+    pub by_code: HashMap<String, usize>,
 }
 
 /// Each of `users` makes `attempts` purchases, spread over the nodes'
 /// addresses round-robin, from `threads` keep-alive connections.
-fn load(addrs: &[SocketAddr], sale: &str, users: usize, attempts: usize, threads: usize) -> Tally {
+pub(crate) fn load(
+    addrs: &[SocketAddr],
+    sale: &str,
+    users: usize,
+    attempts: usize,
+    threads: usize,
+) -> Tally {
     let addrs = addrs.to_vec();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
@@ -136,11 +142,16 @@ fn load(addrs: &[SocketAddr], sale: &str, users: usize, attempts: usize, threads
 /// How long every node must answer sold out before the sale counts as
 /// settled: longer than the lease TTL (2 s here) plus a reclaim round, so
 /// that a dead node's lease has come back to the pool by then.
-const SETTLED: Duration = Duration::from_millis(3500);
+pub(crate) const SETTLED: Duration = Duration::from_millis(3500);
 
 /// New buyers, round-robin over the nodes, until every node has answered
 /// sold out for [`SETTLED`]: what is left anywhere (pool, leases) gets sold.
-fn buy_the_rest(addrs: &[SocketAddr], sale: &str, tag: &str, limit: Duration) -> Vec<String> {
+pub(crate) fn buy_the_rest(
+    addrs: &[SocketAddr],
+    sale: &str,
+    tag: &str,
+    limit: Duration,
+) -> Vec<String> {
     let mut clients: Vec<Client> = addrs.iter().map(|a| Client::connect(*a)).collect();
     let deadline = Instant::now() + limit;
     let mut orders = Vec::new();

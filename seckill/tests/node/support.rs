@@ -34,6 +34,8 @@ pub struct Node {
     starts: usize,
     /// Flags added to every start (driver, config file, ...).
     extra: Vec<String>,
+    /// Environment variables set on every start (e.g. a failpoint).
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -55,18 +57,28 @@ impl Node {
 
     /// Like [`Node::start_with`], in a temp root made by the caller.
     pub fn start_in(root: tempfile::TempDir, extra: &[&str]) -> Node {
+        Node::start_in_env(root, extra, &[])
+    }
+
+    /// Like [`Node::start_in`], with `env` set in the node's environment.
+    pub fn start_in_env(root: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let root_text = root.path().display().to_string();
         let extra: Vec<String> = extra
             .iter()
             .map(|a| a.replace("{root}", &root_text))
             .collect();
-        let (child, addr) = spawn(root.path(), 0, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, addr) = spawn(root.path(), 0, &extra, &env);
         Node {
             child: Some(child),
             addr,
             root,
             starts: 1,
             extra,
+            env,
         }
     }
 
@@ -129,7 +141,7 @@ impl Node {
         if self.child.is_some() {
             self.terminate();
         }
-        let (child, addr) = spawn(self.root.path(), self.starts, &self.extra);
+        let (child, addr) = spawn(self.root.path(), self.starts, &self.extra, &self.env);
         self.starts += 1;
         self.child = Some(child);
         self.addr = addr;
@@ -167,7 +179,7 @@ fn log_path(root: &Path, n: usize) -> PathBuf {
 }
 
 /// Starts `seckill` and reads its stdout until the banner gives the port.
-fn spawn(root: &Path, n: usize, extra: &[String]) -> (Child, SocketAddr) {
+fn spawn(root: &Path, n: usize, extra: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
     let data = root.join("data");
     let log = File::create(log_path(root, n)).expect("create the node log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_seckill"));
@@ -193,6 +205,7 @@ fn spawn(root: &Path, n: usize, extra: &[String]) -> (Child, SocketAddr) {
             cmd.env_remove(key);
         }
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd.spawn().expect("start the seckill binary");
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();

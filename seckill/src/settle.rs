@@ -1,0 +1,564 @@
+//! `seckill settle`: the settler of a cluster whose order log is Kafka.
+//!
+//! The order state machine (reserved → paid | cancelled | expired) is kept
+//! in Redis and moved only by `transition.lua`, exactly once per order. The
+//! nodes drive the buyer's edges (pay, cancel); the settler drives the rest,
+//! so that none of it depends on the node that took the order staying
+//! alive:
+//!
+//! 1. **Consume.** A consumer group on the order topic. Every order event
+//!    read removes its entry (`order_id|change`) from the sale's
+//!    not-yet-logged set in Redis (one ZREM per sale per batch). Offsets are
+//!    committed only after that is done, so a restart or a rebalance reads
+//!    again from the last done batch: at-least-once delivery, idempotent
+//!    effects.
+//! 2. **Expire.** Every tick, the orders of each sale's expiry queue whose
+//!    `payment_timeout_s` passed are moved to `expired` (units back to the
+//!    pool, exactly once: a second attempt is `unchanged`), then logged as
+//!    `order_expired`.
+//! 3. **Reconcile.** A change written to Redis but not seen in the log
+//!    `grace` after it happened never reached the log: its node died between
+//!    the two, or its produce failed. Once the settler has consumed the topic
+//!    up to the high watermarks read after the pass began (so every event
+//!    produced before then has been seen), each such change older than
+//!    `grace` is settled from Redis's record: a reservation still reserved
+//!    is released (compensation: units back, `stock_released` logged); any
+//!    other change has its missing event logged.
+//!
+//! The settler reads every partition itself (manual assignment; the group
+//! id only keeps its committed offsets), so a restarted settler resumes at
+//! once from the last commit. Group rebalancing was not used because the
+//! broker these tests run on (tansu 0.6) never took the partitions back
+//! from a SIGKILLed member (none reassigned after 90 s). A second settler
+//! may run beside the first: Redis makes every expiry and release happen
+//! once, so the worst it does is log a missing event twice (consumers
+//! dedupe by order id and type).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use queue::kafka::Renewing;
+use queue::{Event, EventKind, KafkaOptions};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use stock::redis::{Moved, RedisStore};
+use stock::{Order, OrderStatus};
+use tracing::{debug, info, warn};
+
+use crate::node::{now_ms, now_s};
+
+/// Flags of `seckill settle`.
+#[derive(Debug, clap::Args)]
+pub struct SettleFlags {
+    /// Redis URL of the cluster (the stock authority).
+    #[arg(long, env = "SECKILL_REDIS")]
+    pub redis: String,
+    /// Kafka bootstrap brokers.
+    #[arg(long, env = "SECKILL_KAFKA")]
+    pub kafka: String,
+    /// The order topic.
+    #[arg(long, env = "SECKILL_KAFKA_TOPIC", default_value = "seckill.orders")]
+    pub kafka_topic: String,
+    /// Consumer group of the settlers.
+    #[arg(long, env = "SECKILL_SETTLE_GROUP", default_value = "seckill-settler")]
+    pub group: String,
+    /// A change missing from the log this long after it was made in Redis
+    /// is reconciled. Must be longer than the nodes' kafka_timeout_ms (a
+    /// produce may succeed until then).
+    #[arg(long, env = "SECKILL_SETTLE_GRACE_MS", default_value_t = 15_000)]
+    pub grace_ms: u64,
+    /// How often expiry and reconciliation run.
+    #[arg(long, env = "SECKILL_SETTLE_INTERVAL_MS", default_value_t = 500)]
+    pub interval_ms: u64,
+    /// Longest wait for one Redis reply.
+    #[arg(long, default_value_t = 1_000)]
+    pub redis_timeout_ms: u64,
+    /// Longest wait for one event's delivery, and for broker metadata.
+    #[arg(long, default_value_t = 5_000)]
+    pub kafka_timeout_ms: u64,
+}
+
+/// Runs the settler until SIGTERM or SIGINT.
+pub fn run(flags: SettleFlags) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        flags.grace_ms > flags.kafka_timeout_ms,
+        "--grace-ms must be longer than --kafka-timeout-ms"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut settler = Settler::connect(&flags).await?;
+        info!(
+            topic = flags.kafka_topic,
+            group = flags.group,
+            "settler running"
+        );
+        settler.run(&stop).await;
+        info!("settler stopped");
+        Ok(())
+    })
+}
+
+/// What one pass of the settler did, for its log line.
+#[derive(Debug, Default)]
+struct Tally {
+    expired: usize,
+    released: usize,
+    relogged: usize,
+}
+
+/// A reconciliation pass waiting for consumption to reach `highs`.
+struct Pass {
+    /// Redis time when the pass began.
+    began_ms: u64,
+    /// High watermark per partition, read after `began_ms`.
+    highs: HashMap<i32, i64>,
+}
+
+struct Settler {
+    store: RedisStore,
+    consumer: Arc<StreamConsumer>,
+    producer: Arc<Renewing>,
+    topic: String,
+    grace_ms: u64,
+    interval: Duration,
+    kafka_timeout: Duration,
+    /// Next offset to read per partition, for what is done (effects applied).
+    done: HashMap<i32, i64>,
+    /// Read, effects not applied yet: entries per sale, next offsets.
+    batch: Batch,
+    pass: Option<Pass>,
+}
+
+#[derive(Default)]
+struct Batch {
+    entries: HashMap<String, Vec<(String, &'static str)>>,
+    offsets: HashMap<i32, i64>,
+    len: usize,
+}
+
+/// The not-yet-logged entry an event settles: `(sale, order, change)`.
+fn logged_entry(kind: &EventKind) -> Option<(&str, &str, &'static str)> {
+    match kind {
+        EventKind::OrderReserved {
+            sale_id, order_id, ..
+        } => Some((sale_id, order_id, "reserved")),
+        EventKind::OrderPaid {
+            sale_id, order_id, ..
+        } => Some((sale_id, order_id, "paid")),
+        EventKind::OrderCancelled {
+            sale_id, order_id, ..
+        } => Some((sale_id, order_id, "cancelled")),
+        EventKind::OrderExpired {
+            sale_id, order_id, ..
+        } => Some((sale_id, order_id, "expired")),
+        EventKind::StockReleased {
+            sale_id, order_id, ..
+        } => Some((sale_id, order_id, "released")),
+        EventKind::SaleCreated { .. } | EventKind::SaleSwitched { .. } => None,
+    }
+}
+
+/// The event that records `change` of `order` (as Redis holds it).
+fn event_for(order: &Order, change: &str) -> Option<Event> {
+    let (order_id, sale_id, user_id, quantity) = (
+        order.order_id.clone(),
+        order.sale_id.clone(),
+        order.user_id.clone(),
+        order.quantity,
+    );
+    let kind = match change {
+        "paid" => EventKind::OrderPaid {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        "cancelled" => EventKind::OrderCancelled {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        "expired" => EventKind::OrderExpired {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        "released" => EventKind::StockReleased {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        _ => return None,
+    };
+    Some(Event::new(now_ms(), kind))
+}
+
+impl Settler {
+    async fn connect(flags: &SettleFlags) -> anyhow::Result<Settler> {
+        let kafka_timeout = Duration::from_millis(flags.kafka_timeout_ms);
+        let mut opts = KafkaOptions::new(flags.kafka.clone());
+        opts.topic = flags.kafka_topic.clone();
+        opts.message_timeout = kafka_timeout;
+        let (brokers, topic, partitions) = (opts.brokers.clone(), opts.topic.clone(), 6);
+        tokio::task::spawn_blocking(move || {
+            queue::kafka::ensure_topic(&brokers, &topic, partitions, kafka_timeout)
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot use Kafka at {}: {e}", flags.kafka))?;
+        let store =
+            RedisStore::connect(&flags.redis, Duration::from_millis(flags.redis_timeout_ms))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", flags.redis))?
+                .tracking_log();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &flags.kafka)
+            .set("group.id", &flags.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .create()
+            .context("cannot create the Kafka consumer")?;
+        let mut tpl = TopicPartitionList::new();
+        for p in topic_partitions(&consumer, &flags.kafka_topic, kafka_timeout)? {
+            // From the committed offset; earliest when there is none.
+            tpl.add_partition_offset(&flags.kafka_topic, p, Offset::Stored)?;
+        }
+        consumer
+            .assign(&tpl)
+            .context("cannot assign the order topic's partitions")?;
+        let producer = Arc::new(
+            Renewing::new(opts.producer_config())
+                .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?,
+        );
+        Ok(Settler {
+            store,
+            consumer: Arc::new(consumer),
+            producer,
+            topic: flags.kafka_topic.clone(),
+            grace_ms: flags.grace_ms,
+            interval: Duration::from_millis(flags.interval_ms.max(10)),
+            kafka_timeout,
+            done: HashMap::new(),
+            batch: Batch::default(),
+            pass: None,
+        })
+    }
+
+    async fn run(&mut self, stop: &AtomicBool) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let consumer = self.consumer.clone();
+        loop {
+            tokio::select! {
+                read = consumer.recv() => match read {
+                    Ok(msg) => {
+                        self.read(msg.partition(), msg.offset(), msg.payload());
+                        if self.batch.len >= 512 {
+                            self.apply_batch().await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "consume failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.apply_batch().await;
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut tally = Tally::default();
+                    self.expire_due(&mut tally).await;
+                    self.reconcile(&mut tally).await;
+                    if tally.expired + tally.released + tally.relogged > 0 {
+                        info!(?tally, "settled");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one message into the batch.
+    fn read(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
+        self.batch.offsets.insert(partition, offset + 1);
+        let Some(event) = payload.and_then(|p| Event::from_json(p).ok()) else {
+            warn!(
+                partition,
+                offset, "skipping a message that is not an order event"
+            );
+            return;
+        };
+        if event.v > queue::event::SCHEMA_VERSION {
+            warn!(
+                partition,
+                offset,
+                v = event.v,
+                "skipping an event of a newer schema"
+            );
+            return;
+        }
+        if let Some((sale, order, change)) = logged_entry(&event.kind) {
+            self.batch
+                .entries
+                .entry(sale.to_owned())
+                .or_default()
+                .push((order.to_owned(), change));
+            self.batch.len += 1;
+        }
+    }
+
+    /// Applies the batch's effects (retrying until Redis takes them), then
+    /// commits its offsets.
+    async fn apply_batch(&mut self) {
+        if self.batch.offsets.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        for (sale, entries) in &batch.entries {
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = self.store.mark_logged(sale, entries).await {
+                warn!(sale, error = %e, "cannot mark events logged; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &next) in &batch.offsets {
+            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+            self.done.insert(partition, next);
+        }
+        // An offset whose commit is lost is read again: its effects are
+        // idempotent.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            warn!(error = %e, "offset commit failed; those events will be read again");
+        }
+    }
+
+    /// Expires every order whose payment timeout passed, and logs it.
+    async fn expire_due(&mut self, tally: &mut Tally) {
+        let Ok(sales) = self.store.sale_ids().await else {
+            return;
+        };
+        let now = now_s();
+        for sale in sales {
+            let due = match self.store.due(&sale, now, 256).await {
+                Ok(due) => due,
+                Err(e) => {
+                    debug!(sale, error = %e, "cannot read due orders");
+                    continue;
+                }
+            };
+            let mut deliveries = Vec::new();
+            for order_id in due {
+                match self
+                    .store
+                    .transition(&sale, &order_id, OrderStatus::Expired, now)
+                    .await
+                {
+                    Ok(Moved::Changed(order)) => {
+                        tally.expired += 1;
+                        if let Some(event) = event_for(&order, "expired") {
+                            deliveries.push(self.produce(&event));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(order_id, error = %e, "expiry failed; will retry"),
+                }
+            }
+            // An event that did not make it stays not-yet-logged in Redis
+            // and is logged by a later reconciliation.
+            for delivery in deliveries {
+                if let Err(e) = delivery.await {
+                    warn!(error = %e, "an expiry event was not logged; reconciliation will");
+                }
+            }
+        }
+    }
+
+    /// Sends `event`; the future resolves on its delivery report.
+    fn produce(
+        &self,
+        event: &Event,
+    ) -> impl std::future::Future<Output = Result<(), queue::LogError>> + 'static {
+        self.producer
+            .send(&self.topic, event.kind.key(), &event.to_json())
+    }
+
+    /// One step of reconciliation: start a pass, or finish the pass whose
+    /// watermarks consumption has reached.
+    async fn reconcile(&mut self, tally: &mut Tally) {
+        let Some(pass) = self.pass.take() else {
+            self.pass = self.begin_pass().await;
+            return;
+        };
+        if !pass
+            .highs
+            .iter()
+            .all(|(p, high)| self.done.get(p).copied().unwrap_or(0) >= *high)
+        {
+            self.pass = Some(pass);
+            return;
+        }
+        let cutoff = pass.began_ms.saturating_sub(self.grace_ms);
+        let Ok(sales) = self.store.sale_ids().await else {
+            return;
+        };
+        for sale in sales {
+            let entries = match self.store.unlogged(&sale, cutoff, 512).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    debug!(sale, error = %e, "cannot read unlogged changes");
+                    continue;
+                }
+            };
+            for (order_id, change) in entries {
+                if let Err(e) = self.settle_entry(&sale, &order_id, &change, tally).await {
+                    warn!(sale, order_id, change, error = %e, "reconciliation failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Reads the watermarks a pass must reach, if this settler holds every
+    /// partition of the topic.
+    async fn begin_pass(&mut self) -> Option<Pass> {
+        let began_ms = self.store.time_ms().await.ok()?;
+        let consumer = self.consumer.clone();
+        let (topic, timeout) = (self.topic.clone(), self.kafka_timeout);
+        let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let partitions = topic_partitions(&consumer, &topic, timeout)?;
+            let assigned = consumer.assignment()?;
+            let mut added = TopicPartitionList::new();
+            for &p in &partitions {
+                if assigned.find_partition(&topic, p).is_none() {
+                    added.add_partition_offset(&topic, p, Offset::Stored)?;
+                }
+            }
+            if added.count() > 0 {
+                // Partitions added to the topic since the last pass.
+                consumer.incremental_assign(&added)?;
+                return Ok(None);
+            }
+            let committed = consumer.committed(timeout)?;
+            let mut highs = HashMap::new();
+            let mut starts = HashMap::new();
+            for p in partitions {
+                let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
+                let start = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o.max(low),
+                    _ => low,
+                };
+                highs.insert(p, high);
+                starts.insert(p, start);
+            }
+            Ok(Some((highs, starts)))
+        })
+        .await;
+        match read {
+            Ok(Ok(Some((highs, starts)))) => {
+                for (p, start) in starts {
+                    let done = self.done.entry(p).or_insert(start);
+                    *done = (*done).max(start);
+                }
+                Some(Pass { began_ms, highs })
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                debug!(error = %e, "cannot read the topic's watermarks");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "watermark task failed");
+                None
+            }
+        }
+    }
+
+    /// Settles one change that never reached the log.
+    async fn settle_entry(
+        &mut self,
+        sale: &str,
+        order_id: &str,
+        change: &str,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        let Some(order) = self.store.order(sale, order_id).await? else {
+            warn!(
+                sale,
+                order_id, change, "a change of an unknown order; dropping it"
+            );
+            self.store
+                .mark_logged(sale, &[(order_id.to_owned(), change)])
+                .await?;
+            return Ok(());
+        };
+        if change == "reserved" {
+            // Never acknowledged: its buyer got no 200 (the node died or
+            // answered 503). Release it, unless it moved on meanwhile.
+            if order.status == OrderStatus::Reserved {
+                if let Moved::Changed(released) = self.store.release(sale, order_id).await? {
+                    tally.released += 1;
+                    if let Some(event) = event_for(&released, "released") {
+                        self.produce(&event).await?;
+                        self.store
+                            .mark_logged(sale, &[(order_id.to_owned(), "released")])
+                            .await?;
+                    }
+                }
+            }
+            self.store
+                .mark_logged(sale, &[(order_id.to_owned(), "reserved")])
+                .await?;
+            return Ok(());
+        }
+        let Some(event) = event_for(&order, change) else {
+            warn!(sale, order_id, change, "an unknown change; dropping it");
+            self.store
+                .mark_logged(sale, &[(order_id.to_owned(), change)])
+                .await?;
+            return Ok(());
+        };
+        self.produce(&event).await?;
+        tally.relogged += 1;
+        self.store
+            .mark_logged(sale, &[(order_id.to_owned(), change)])
+            .await?;
+        Ok(())
+    }
+}
+
+/// The partition ids of `topic`.
+fn topic_partitions(
+    consumer: &StreamConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .context("cannot read the order topic's metadata")?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "the topic {topic} has no partitions"
+    );
+    Ok(partitions)
+}
