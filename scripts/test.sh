@@ -6,7 +6,9 @@
 #   3. loom model checks of the stock shards' stealing and sold-out flag.
 # Embedded mode needs nothing installed beyond the Rust toolchain; the
 # cluster tests need redis-server, which scripts/redis.sh installs (apt-get)
-# when missing. Tests start their own servers on free loopback ports.
+# when missing, and the Kafka tests a Kafka-API broker (tansu), which
+# scripts/kafka.sh builds once (~15 minutes) into ~/.cache/seckill and
+# reuses. Tests start their own servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "redis-server (for the cluster tests)"
 bash scripts/redis.sh
 redis-server --version
+
+step "tansu (the Kafka broker of the Kafka tests)"
+bash scripts/kafka.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
