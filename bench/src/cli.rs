@@ -9,7 +9,13 @@
 //! the invariants against the order log (`--journal`), prints the result
 //! and PASS/FAIL per check, and keeps the run under `--out`. Exit code: 0,
 //! 1 when an audit check failed, 2 when the harness could not run.
+//!
+//! Output goes to the writer given to [`main_to`] (stdout for
+//! [`main_with`]) through `say!`, which drops what cannot be written: a
+//! closed stdout (`| head`, a `tee` that died) must not turn into a
+//! broken-pipe panic (`println!`'s) that loses the run's files.
 
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +33,15 @@ use crate::report::{self, Machine, RunRecord, Versions};
 use crate::scenario::{KeyMode, PurchaseMix, Workload};
 use crate::schedule::{parse_duration, Schedule};
 use crate::BenchError;
+
+/// `writeln!` to the output that never fails: when the output is gone
+/// (`EPIPE`), the line is dropped and the run goes on to be audited and
+/// saved.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 
 /// Capacity harness of seckill: open- and closed-loop load, invariant
 /// audit, reports.
@@ -124,6 +139,11 @@ pub struct Common {
     /// How long to wait for answers still due after the end.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// A request with no answer this many ms after it was sent is a timeout:
+    /// counted as a failure, its latency recorded as the timeout, its
+    /// connection replaced. 0: wait for ever.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
     /// Timeline resolution.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -191,14 +211,20 @@ pub struct Common {
 
 /// Runs the command line; returns the process exit code.
 pub fn main_with(cli: Cli, command_line: String) -> i32 {
+    main_to(cli, command_line, &mut std::io::stdout())
+}
+
+/// [`main_with`], printing the results to `out` (write errors are ignored).
+pub fn main_to(cli: Cli, command_line: String, out: &mut dyn Write) -> i32 {
     let result = match cli.command {
-        Command::Run(args) => run(&args, &command_line),
-        Command::FindMax(args) => find_max(&args, &command_line),
+        Command::Run(args) => run(&args, &command_line, out),
+        Command::FindMax(args) => find_max(&args, &command_line, out),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("seckill-bench: {e}");
+            // Not eprintln!: a closed stderr must not panic either.
+            say!(std::io::stderr(), "seckill-bench: {e}");
             2
         }
     }
@@ -304,6 +330,7 @@ fn load_config(c: &Common, p: &Prepared, mode: Mode) -> LoadConfig {
         duration: c.duration,
         max_requests: c.requests,
         grace: c.grace,
+        timeout: Duration::from_millis(c.timeout_ms),
         interval: c.interval,
         seed: c.seed,
     }
@@ -376,7 +403,7 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
     })
 }
 
-fn run(args: &RunArgs, command_line: &str) -> Result<i32, BenchError> {
+fn run(args: &RunArgs, command_line: &str, out: &mut dyn Write) -> Result<i32, BenchError> {
     let c = &args.common;
     let started = report::now_unix();
     let sale_id = c.sale.clone().unwrap_or_else(|| format!("bench-{started}"));
@@ -418,13 +445,17 @@ fn run(args: &RunArgs, command_line: &str) -> Result<i32, BenchError> {
         audit: checks,
         find_max: None,
     };
-    print_summary(&record, &mode_name);
-    print_audit(c, &record.audit);
-    save(c, &record, Some(rec.corrected()))?;
+    print_summary(out, &record, &mode_name);
+    print_audit(out, c, &record.audit);
+    save(out, c, &record, Some(rec.corrected()))?;
     Ok(if audit::passed(&record.audit) { 0 } else { 1 })
 }
 
-fn find_max(args: &FindMaxArgs, command_line: &str) -> Result<i32, BenchError> {
+fn find_max(
+    args: &FindMaxArgs,
+    command_line: &str,
+    out: &mut dyn Write,
+) -> Result<i32, BenchError> {
     let c = &args.common;
     let started = report::now_unix();
     let base = c.sale.clone().unwrap_or_else(|| format!("bench-{started}"));
@@ -474,7 +505,8 @@ fn find_max(args: &FindMaxArgs, command_line: &str) -> Result<i32, BenchError> {
         },
         |step| {
             let o = &step.outcome;
-            println!(
+            say!(
+                out,
                 "  {:>10.0} req/s offered  {:>10.0} answered/s  p50 {:>8.3} ms  p99 {:>8.3} ms  p99.9 {:>8.3} ms  failures {:>6}  {}: {}",
                 o.rate,
                 o.achieved_rps,
@@ -487,7 +519,7 @@ fn find_max(args: &FindMaxArgs, command_line: &str) -> Result<i32, BenchError> {
             );
         },
     )?;
-    println!("{}", result.headline());
+    say!(out, "{}", result.headline());
     // The audit of every step: failures of any step, else the last step's checks.
     let checks = if all_checks.is_empty() {
         last.as_ref()
@@ -496,7 +528,7 @@ fn find_max(args: &FindMaxArgs, command_line: &str) -> Result<i32, BenchError> {
     } else {
         all_checks
     };
-    print_audit(c, &checks);
+    print_audit(out, c, &checks);
     let prepared = last.as_ref().map(|(_, _, p)| p);
     let record = RunRecord {
         name: c.name.clone().unwrap_or_else(|| {
@@ -517,11 +549,17 @@ fn find_max(args: &FindMaxArgs, command_line: &str) -> Result<i32, BenchError> {
         audit: checks,
         find_max: Some(result),
     };
-    save(c, &record, last.as_ref().map(|(r, _, _)| r.corrected()))?;
+    save(
+        out,
+        c,
+        &record,
+        last.as_ref().map(|(r, _, _)| r.corrected()),
+    )?;
     Ok(if audit::passed(&record.audit) { 0 } else { 1 })
 }
 
 fn save(
+    out: &mut dyn Write,
     c: &Common,
     record: &RunRecord,
     hist: Option<&hdrhistogram::Histogram<u64>>,
@@ -534,7 +572,11 @@ fn save(
         .clone()
         .unwrap_or_else(|| report::default_run_dir(record.started_at));
     let path = report::write_run(&dir, record, hist)?;
-    println!("kept: {} (and .html, .hgrm, summary.md)", path.display());
+    say!(
+        out,
+        "kept: {} (and .html, .hgrm, summary.md)",
+        path.display()
+    );
     Ok(())
 }
 
@@ -567,6 +609,7 @@ fn config_json(c: &Common, rate: Option<f64>, p: &Prepared) -> serde_json::Value
         "mode": if rate.is_some() { "open" } else { "closed" },
         "rate": rate,
         "ramp_s": c.ramp.as_secs_f64(),
+        "timeout_ms": c.timeout_ms,
         "connections": c.connections,
         "threads": c.threads,
         "duration_s": c.duration.as_secs_f64(),
@@ -581,23 +624,42 @@ fn config_json(c: &Common, rate: Option<f64>, p: &Prepared) -> serde_json::Value
     })
 }
 
-fn print_summary(r: &RunRecord, mode: &str) {
+fn print_summary(out: &mut dyn Write, r: &RunRecord, mode: &str) {
     let Some(s) = &r.summary else { return };
-    println!("seckill-bench {}: {mode}", r.name);
-    println!(
-        "  answers {} in {:.2} s = {:.0}/s; transport errors {}; unanswered {}",
-        s.completed, s.elapsed_s, s.throughput_rps, s.io_errors, s.unfinished
+    say!(out, "seckill-bench {}: {mode}", r.name);
+    say!(
+        out,
+        "  answers {} in {:.2} s = {:.0}/s; transport errors {}; timeouts {}; unanswered {}",
+        s.completed,
+        s.elapsed_s,
+        s.throughput_rps,
+        s.io_errors,
+        s.timeouts,
+        s.unfinished
     );
+    if !s.io_errors_by_kind.is_empty() {
+        let kinds: Vec<String> = s
+            .io_errors_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        say!(out, "  transport errors by kind  {}", kinds.join("  "));
+    }
     if let Some(e) = &s.first_io_error {
-        println!("  first transport error: {e}");
+        say!(out, "  first transport error: {e}");
     }
     for (label, p) in [
         ("latency (corrected)", &s.latency_ms),
         ("service (uncorrected)", &s.service_latency_ms),
     ] {
-        println!(
+        say!(
+            out,
             "  {label:22} p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
-            p.p50, p.p90, p.p99, p.p999, p.max
+            p.p50,
+            p.p90,
+            p.p99,
+            p.p999,
+            p.max
         );
     }
     let statuses: Vec<String> = s
@@ -610,31 +672,34 @@ fn print_summary(r: &RunRecord, mode: &str) {
             )
         })
         .collect();
-    println!("  status  {}", statuses.join("  "));
+    say!(out, "  status  {}", statuses.join("  "));
     if !s.by_code.is_empty() {
         let codes: Vec<String> = s.by_code.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        println!("  codes   {}", codes.join("  "));
+        say!(out, "  codes   {}", codes.join("  "));
     }
     if s.orders_acked + s.replays_acked > 0 {
-        println!(
+        say!(
+            out,
             "  orders  {} acknowledged, {} replays",
-            s.orders_acked, s.replays_acked
+            s.orders_acked,
+            s.replays_acked
         );
     }
 }
 
-fn print_audit(c: &Common, checks: &[Check]) {
+fn print_audit(out: &mut dyn Write, c: &Common, checks: &[Check]) {
     if checks.is_empty() {
         return;
     }
     match &c.journal {
-        Some(j) => println!("audit (order log: journal {}):", j.display()),
-        None => println!("audit (no order log given):"),
+        Some(j) => say!(out, "audit (order log: journal {}):", j.display()),
+        None => say!(out, "audit (no order log given):"),
     }
     for ch in checks {
-        println!("  {} {}: {}", ch.verdict, ch.name, ch.detail);
+        say!(out, "  {} {}: {}", ch.verdict, ch.name, ch.detail);
     }
-    println!(
+    say!(
+        out,
         "audit: {}",
         if audit::passed(checks) {
             "PASS"

@@ -25,6 +25,15 @@
 //! never use timers (monoio fires timers only when it parks, which a
 //! spinning pacer delays). At rates above ~500 req/s per thread the generator
 //! thread therefore runs at 100% of its core, by design.
+//!
+//! Failures never end a run: a connection that fails (refused, reset,
+//! broken pipe, closed mid-response, unreadable answer) costs its request,
+//! counted as a transport error, and is replaced on its next request. A
+//! request with no answer within [`LoadConfig::timeout`] is a timeout: a
+//! per-thread watchdog (woken by its own [`Ticker`], so it runs while the
+//! pacer spins) marks it, the request is abandoned with its latency
+//! recorded as the timeout, and the connection is replaced. So a stalled
+//! or dead server cannot hang a run.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -37,7 +46,7 @@ use std::task::{Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client::Connection;
+use crate::client::{Connection, ResponseHead};
 use crate::recorder::Recorder;
 use crate::scenario::{RequestGen, Workload};
 use crate::schedule::Schedule;
@@ -66,6 +75,9 @@ pub struct LoadConfig {
     pub max_requests: Option<u64>,
     /// How long to wait after the end for answers still due.
     pub grace: Duration,
+    /// A request with no answer this long after it was sent (connecting
+    /// included) is a timeout; `Duration::ZERO`: wait for ever.
+    pub timeout: Duration,
     /// Timeline resolution.
     pub interval: Duration,
     pub seed: u64,
@@ -83,11 +95,15 @@ impl LoadConfig {
             duration: Duration::from_secs(10),
             max_requests: None,
             grace: Duration::from_secs(5),
+            timeout: DEFAULT_TIMEOUT,
             interval: Duration::from_secs(1),
             seed: 1,
         }
     }
 }
+
+/// The default of [`LoadConfig::timeout`] (`--timeout-ms 2000`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the load and returns the merged observations. `tick` is called on
 /// the calling thread about every 100 ms with (answers so far, time since
@@ -203,6 +219,14 @@ struct Shared {
     progress: Arc<Vec<AtomicU64>>,
     thread: usize,
     addr: SocketAddr,
+    /// Per-request timeout, if any.
+    timeout: Option<Duration>,
+    /// One per connection task: its request's deadline, for the watchdog.
+    watches: RefCell<Vec<Rc<Watch>>>,
+    /// Set when the run is over: the watchdog stops.
+    finished: Cell<bool>,
+    /// The watchdog task is still running.
+    watchdog_running: Cell<bool>,
 }
 
 async fn drive(
@@ -211,9 +235,22 @@ async fn drive(
     start: mpsc::Receiver<Instant>,
 ) -> Result<Recorder, String> {
     let cfg = &plan.cfg;
+    let timeout = (cfg.timeout > Duration::ZERO).then_some(cfg.timeout);
     let mut conns = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
-        match Connection::connect(cfg.addr).await {
+        // Nothing spins yet, so monoio's timer is fine here.
+        let connected = match timeout {
+            Some(t) => monoio::time::timeout(t, Connection::connect(cfg.addr))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {t:?}"),
+                    ))
+                }),
+            None => Connection::connect(cfg.addr).await,
+        };
+        match connected {
             Ok(c) => conns.push(c),
             Err(e) => {
                 let msg = format!("cannot connect to {}: {e}", cfg.addr);
@@ -252,15 +289,25 @@ async fn drive(
         progress: Arc::clone(&plan.progress),
         thread: plan.thread,
         addr: cfg.addr,
+        timeout,
+        watches: RefCell::new(Vec::new()),
+        finished: Cell::new(false),
+        watchdog_running: Cell::new(false),
     });
     // The start is at most a few ms away: the pacer waits for it precisely,
     // closed-loop connections just begin.
     for conn in conns {
         let shared = Rc::clone(&shared);
+        let watch = Rc::new(Watch::default());
+        shared.watches.borrow_mut().push(Rc::clone(&watch));
         match cfg.mode {
-            Mode::Open(_) => monoio::spawn(open_connection(shared, conn)),
-            Mode::Closed => monoio::spawn(closed_connection(shared, conn)),
+            Mode::Open(_) => monoio::spawn(open_connection(shared, conn, watch)),
+            Mode::Closed => monoio::spawn(closed_connection(shared, conn, watch)),
         };
+    }
+    if let Some(t) = timeout {
+        shared.watchdog_running.set(true);
+        monoio::spawn(watchdog(Rc::clone(&shared), t));
     }
     if let Mode::Open(schedule) = cfg.mode {
         let limit = cfg.max_requests.unwrap_or(u64::MAX);
@@ -271,6 +318,12 @@ async fn drive(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     shared.slots.close();
+    // Let the watchdog see the end and return, so that no waker of this
+    // runtime is left with its ticker thread.
+    shared.finished.set(true);
+    while shared.watchdog_running.get() {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
     let mut recorder = shared.recorder.borrow_mut();
     recorder.unfinished += shared.in_flight.get() + shared.slots.len() as u64;
     let result = std::mem::replace(&mut *recorder, Recorder::new(start, cfg.interval));
@@ -301,16 +354,16 @@ async fn pace(shared: Rc<Shared>, schedule: Schedule, thread: u64, threads: u64,
     shared.slots.close();
 }
 
-async fn open_connection(shared: Rc<Shared>, conn: Connection) {
+async fn open_connection(shared: Rc<Shared>, conn: Connection, watch: Rc<Watch>) {
     let mut conn = Some(conn);
     let mut request = Vec::with_capacity(512);
     while let Some(slot) = shared.slots.pop().await {
-        request = exchange(&shared, &mut conn, slot.intended, request).await;
+        request = exchange(&shared, &watch, &mut conn, slot.intended, request).await;
     }
     shared.active.set(shared.active.get() - 1);
 }
 
-async fn closed_connection(shared: Rc<Shared>, conn: Connection) {
+async fn closed_connection(shared: Rc<Shared>, conn: Connection, watch: Rc<Watch>) {
     let mut conn = Some(conn);
     let mut request = Vec::with_capacity(512);
     loop {
@@ -319,15 +372,19 @@ async fn closed_connection(shared: Rc<Shared>, conn: Connection) {
             break;
         }
         shared.budget.set(shared.budget.get() - 1);
-        request = exchange(&shared, &mut conn, now, request).await;
+        request = exchange(&shared, &watch, &mut conn, now, request).await;
     }
     shared.active.set(shared.active.get() - 1);
 }
 
 /// Sends one request on `conn` (reconnecting first if it was lost) and
-/// records the outcome. Hands the request buffer back.
+/// records the outcome: an answer, a transport error or a timeout. A failed
+/// or timed-out connection is dropped, to be replaced by the next request.
+/// Hands the request buffer back (a new one after a timeout: the abandoned
+/// attempt took it).
 async fn exchange(
     shared: &Shared,
+    watch: &Watch,
     conn: &mut Option<Connection>,
     intended: Instant,
     mut request: Vec<u8>,
@@ -335,39 +392,129 @@ async fn exchange(
     let meta = shared.gen.borrow_mut().next(&mut request);
     shared.in_flight.set(shared.in_flight.get() + 1);
     let sent = Instant::now();
-    if conn.is_none() {
-        match Connection::connect(shared.addr).await {
-            Ok(c) => *conn = Some(c),
-            Err(e) => {
-                shared.in_flight.set(shared.in_flight.get() - 1);
-                shared.recorder.borrow_mut().io_error(&e, Instant::now());
-                return request;
-            }
-        }
-    }
-    let Some(c) = conn.as_mut() else {
-        return request;
-    };
-    let (result, request) = c.exchange(request).await;
+    let deadline = shared.timeout.map(|t| sent + t);
+    let outcome = watch
+        .race(deadline, attempt(shared.addr, conn, request))
+        .await;
     let done = Instant::now();
     shared.in_flight.set(shared.in_flight.get() - 1);
-    match result {
-        Ok(head) => {
-            shared
-                .recorder
-                .borrow_mut()
-                .response(intended, sent, done, &head, c.body(&head), meta);
+    let request = match outcome {
+        Some((Ok(head), request)) => {
+            let mut recorder = shared.recorder.borrow_mut();
+            match conn.as_ref() {
+                Some(c) => recorder.response(intended, sent, done, &head, c.body(&head), meta),
+                None => recorder.response(intended, sent, done, &head, b"", meta),
+            }
             if head.close {
                 *conn = None;
             }
+            request
         }
-        Err(e) => {
+        Some((Err(e), request)) => {
             shared.recorder.borrow_mut().io_error(&e, done);
             *conn = None;
+            request
         }
-    }
+        None => {
+            let timeout = shared.timeout.unwrap_or_default();
+            shared
+                .recorder
+                .borrow_mut()
+                .timeout(intended, sent, timeout, done);
+            // The connection may still deliver the late answer: never reuse it.
+            *conn = None;
+            Vec::with_capacity(512)
+        }
+    };
     shared.progress[shared.thread].fetch_add(1, Ordering::Relaxed);
     request
+}
+
+/// Connects if `conn` is empty, then sends `request` and reads the answer.
+async fn attempt(
+    addr: SocketAddr,
+    conn: &mut Option<Connection>,
+    request: Vec<u8>,
+) -> (std::io::Result<ResponseHead>, Vec<u8>) {
+    let c = match conn {
+        Some(c) => c,
+        None => match Connection::connect(addr).await {
+            Ok(c) => conn.insert(c),
+            Err(e) => return (Err(e), request),
+        },
+    };
+    c.exchange(request).await
+}
+
+/// The deadline of the request in flight on one connection, shared with
+/// the thread's watchdog.
+#[derive(Default)]
+struct Watch {
+    deadline: Cell<Option<Instant>>,
+    /// Set by the watchdog once the deadline has passed.
+    expired: Cell<bool>,
+    /// The connection task, to wake when the deadline passes.
+    waker: Cell<Option<Waker>>,
+}
+
+impl Watch {
+    /// Runs `fut` to completion, or until the watchdog finds `deadline`
+    /// passed (`None`; `fut` is dropped, abandoning the attempt).
+    async fn race<F: Future>(&self, deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+        let Some(deadline) = deadline else {
+            return Some(fut.await);
+        };
+        self.expired.set(false);
+        self.deadline.set(Some(deadline));
+        let mut fut = std::pin::pin!(fut);
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if self.expired.get() {
+                return Poll::Ready(None);
+            }
+            // The task's waker is the same for every request: clone it once.
+            let waker = match self.waker.take() {
+                Some(w) if w.will_wake(cx.waker()) => w,
+                _ => cx.waker().clone(),
+            };
+            self.waker.set(Some(waker));
+            Poll::Pending
+        })
+        .await;
+        self.deadline.set(None);
+        out
+    }
+
+    /// Marks the request expired and wakes its task if its deadline is
+    /// at or before `now`.
+    fn expire_if_due(&self, now: Instant) {
+        if self.deadline.get().is_some_and(|d| d <= now) && !self.expired.get() {
+            self.expired.set(true);
+            if let Some(w) = self.waker.take() {
+                w.wake_by_ref();
+                self.waker.set(Some(w));
+            }
+        }
+    }
+}
+
+/// Every `timeout / 20` (1 to 50 ms), marks the requests whose deadline
+/// has passed. It sleeps on its own [`Ticker`] thread (not monoio's timer,
+/// which a spinning pacer keeps from firing). A timeout is thus noticed up
+/// to one period late; its recorded latency is the timeout all the same.
+async fn watchdog(shared: Rc<Shared>, timeout: Duration) {
+    let period = (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let ticker = Ticker::start();
+    while !shared.finished.get() {
+        ticker.sleep_until(Instant::now() + period).await;
+        let now = Instant::now();
+        for watch in shared.watches.borrow().iter() {
+            watch.expire_if_due(now);
+        }
+    }
+    shared.watchdog_running.set(false);
 }
 
 /// Waits until `at`: asleep on the ticker thread while it is more than

@@ -17,11 +17,19 @@
 //! whether the generator kept its schedule: a lag that is large while the
 //! service latency is small means the generator, not the node, was late.
 //!
+//! Requests without an answer are counted, never dropped: *transport
+//! errors* (connect refused, connection reset, broken pipe, closed by the
+//! server, unreadable response), each by kind, and *timeouts* (no answer
+//! within the run's timeout). A timeout's latency is recorded as the
+//! timeout (corrected: plus its send lag), so a server that stops
+//! answering pushes the percentiles up instead of vanishing from them.
+//!
 //! PERFORMANCE-CRITICAL PATH (of the load generator): [`Recorder::response`]
 //! runs once per request. Allocation only for 200 purchase answers (one
 //! order each, bounded by the stock) and for a new error code.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -83,7 +91,11 @@ pub struct Recorder {
     /// (status, error code) → count.
     codes: Vec<(u16, Vec<u8>, u64)>,
     io_errors: u64,
+    /// Transport errors by [`TransportError`] kind.
+    io_errors_by_kind: [u64; TransportError::ALL.len()],
     first_io_error: Option<String>,
+    /// Requests with no answer within the timeout.
+    timeouts: u64,
     /// 200 answers to purchases whose body was not an order.
     bad_order_bodies: u64,
     timeline: Vec<Bucket>,
@@ -106,7 +118,9 @@ impl Recorder {
             statuses: BTreeMap::new(),
             codes: Vec::new(),
             io_errors: 0,
+            io_errors_by_kind: [0; TransportError::ALL.len()],
             first_io_error: None,
+            timeouts: 0,
             bad_order_bodies: 0,
             timeline: Vec::new(),
             acked: Vec::new(),
@@ -166,12 +180,28 @@ impl Recorder {
 
     /// Accounts a request that got no response (connect, write or read
     /// failed, or the server closed the connection).
-    pub fn io_error(&mut self, error: &std::io::Error, done: Instant) {
+    pub fn io_error(&mut self, error: &io::Error, done: Instant) {
         self.io_errors += 1;
+        self.io_errors_by_kind[TransportError::of(error) as usize] += 1;
         if self.first_io_error.is_none() {
             self.first_io_error = Some(error.to_string());
         }
         self.bucket(done).by_class[0] += 1;
+    }
+
+    /// Accounts a request that had no answer `timeout` after it was sent
+    /// (`done`: when that was noticed). Its latency is the timeout: the
+    /// service latency exactly, the corrected one plus the send lag.
+    pub fn timeout(&mut self, intended: Instant, sent: Instant, timeout: Duration, done: Instant) {
+        self.timeouts += 1;
+        let corrected = micros((sent + timeout).saturating_duration_since(intended));
+        self.corrected.saturating_record(corrected);
+        self.service.saturating_record(micros(timeout));
+        self.lag
+            .saturating_record(micros(sent.saturating_duration_since(intended)));
+        let bucket = self.bucket(done);
+        bucket.by_class[0] += 1;
+        bucket.latency.saturating_record(corrected);
     }
 
     /// Adds another thread's observations.
@@ -194,9 +224,17 @@ impl Recorder {
             }
         }
         self.io_errors += other.io_errors;
+        for (mine, theirs) in self
+            .io_errors_by_kind
+            .iter_mut()
+            .zip(other.io_errors_by_kind)
+        {
+            *mine += theirs;
+        }
         if self.first_io_error.is_none() {
             self.first_io_error = other.first_io_error;
         }
+        self.timeouts += other.timeouts;
         self.bad_order_bodies += other.bad_order_bodies;
         // Both recorders share the start instant, so buckets line up.
         for (i, b) in other.timeline.into_iter().enumerate() {
@@ -240,11 +278,26 @@ impl Recorder {
             .sum()
     }
 
-    /// Requests whose outcome is unknown: transport errors, no answer by the
-    /// end, 5xx answers, and 200s that were not orders.
+    /// Requests whose outcome is unknown: transport errors, timeouts, no
+    /// answer by the end, 5xx answers, and 200s that were not orders.
     pub fn failures(&self) -> u64 {
         let server_errors: u64 = self.statuses.range(500..).map(|(_, n)| n).sum();
-        self.io_errors + self.unfinished + server_errors + self.bad_order_bodies
+        self.io_errors + self.timeouts + self.unfinished + server_errors + self.bad_order_bodies
+    }
+
+    /// Transport errors so far (all kinds).
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors
+    }
+
+    /// Transport errors of one kind so far.
+    pub fn io_errors_of(&self, kind: TransportError) -> u64 {
+        self.io_errors_by_kind[kind as usize]
+    }
+
+    /// Requests that timed out so far.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts
     }
 
     /// The corrected latency histogram, microseconds.
@@ -317,11 +370,18 @@ impl Recorder {
                 }
             })
             .collect();
+        let io_errors_by_kind = TransportError::ALL
+            .iter()
+            .filter(|k| self.io_errors_by_kind[**k as usize] > 0)
+            .map(|k| (k.label().to_string(), self.io_errors_by_kind[*k as usize]))
+            .collect();
         Summary {
-            sent: completed + self.io_errors + self.unfinished,
+            sent: completed + self.io_errors + self.timeouts + self.unfinished,
             completed,
             io_errors: self.io_errors,
+            io_errors_by_kind,
             first_io_error: self.first_io_error.clone(),
+            timeouts: self.timeouts,
             unfinished: self.unfinished,
             bad_order_bodies: self.bad_order_bodies,
             elapsed_s: elapsed,
@@ -361,14 +421,77 @@ impl Recorder {
     }
 }
 
+/// Why a request got no response, as counted in [`Summary::io_errors_by_kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportError {
+    /// The connection could not be made (the node is down or not listening).
+    ConnectRefused,
+    /// The server reset the connection (`ECONNRESET`, `ECONNABORTED`): a
+    /// killed node, or one closing with a request unread.
+    Reset,
+    /// Writing to a connection the server had already reset (`EPIPE`).
+    BrokenPipe,
+    /// The server closed the connection before the whole response.
+    Closed,
+    /// A response the harness cannot read (malformed, unframed, extra bytes).
+    BadResponse,
+    /// Anything else the OS said.
+    Other,
+}
+
+impl TransportError {
+    pub const ALL: [TransportError; 6] = [
+        TransportError::ConnectRefused,
+        TransportError::Reset,
+        TransportError::BrokenPipe,
+        TransportError::Closed,
+        TransportError::BadResponse,
+        TransportError::Other,
+    ];
+
+    /// The kind of an I/O error of the load client.
+    pub fn of(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => TransportError::ConnectRefused,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                TransportError::Reset
+            }
+            io::ErrorKind::BrokenPipe => TransportError::BrokenPipe,
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::WriteZero => TransportError::Closed,
+            io::ErrorKind::InvalidData => TransportError::BadResponse,
+            _ => TransportError::Other,
+        }
+    }
+
+    /// The name used in the summary and the reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportError::ConnectRefused => "connect refused",
+            TransportError::Reset => "connection reset",
+            TransportError::BrokenPipe => "broken pipe",
+            TransportError::Closed => "closed by server",
+            TransportError::BadResponse => "bad response",
+            TransportError::Other => "other",
+        }
+    }
+}
+
 /// A run's result, as written to the JSON file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub sent: u64,
     pub completed: u64,
+    /// Requests that got no response because the connection failed.
     pub io_errors: u64,
+    /// [`TransportError::label`] → count (kinds with none left out).
+    #[serde(default)]
+    pub io_errors_by_kind: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_io_error: Option<String>,
+    /// Requests with no answer within the timeout (latency recorded as the
+    /// timeout; the connection was replaced).
+    #[serde(default)]
+    pub timeouts: u64,
     pub unfinished: u64,
     pub bad_order_bodies: u64,
     pub elapsed_s: f64,
@@ -530,6 +653,77 @@ mod tests {
         assert_eq!(s.by_code["410 sold_out"], 2);
         assert_eq!(s.completed, 5);
         assert!((s.throughput_rps - 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn transport_errors_by_kind_and_timeouts() {
+        use std::io::{Error, ErrorKind};
+        let t0 = Instant::now();
+        let mut a = Recorder::new(t0, Duration::from_secs(1));
+        let mut b = Recorder::new(t0, Duration::from_secs(1));
+        let at = t0 + Duration::from_millis(10);
+        a.io_error(&Error::from(ErrorKind::BrokenPipe), at);
+        a.io_error(&Error::from(ErrorKind::ConnectionReset), at);
+        b.io_error(&Error::from(ErrorKind::ConnectionReset), at);
+        b.io_error(&Error::from(ErrorKind::ConnectionRefused), at);
+        b.io_error(&Error::new(ErrorKind::UnexpectedEof, "closed"), at);
+        b.io_error(&Error::new(ErrorKind::InvalidData, "garbage"), at);
+        // Sent 5 ms late, no answer within 2 s.
+        let sent = t0 + Duration::from_millis(5);
+        b.timeout(
+            t0,
+            sent,
+            Duration::from_secs(2),
+            sent + Duration::from_millis(2003),
+        );
+        a.merge(b);
+        assert_eq!(a.io_errors(), 6);
+        assert_eq!(a.io_errors_of(TransportError::Reset), 2);
+        assert_eq!(a.io_errors_of(TransportError::BrokenPipe), 1);
+        assert_eq!(a.timeouts(), 1);
+        assert_eq!(a.failures(), 7);
+        let s = a.summary(Duration::from_secs(1));
+        let kinds: Vec<(&str, u64)> = s
+            .io_errors_by_kind
+            .iter()
+            .map(|(k, n)| (k.as_str(), *n))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("bad response", 1),
+                ("broken pipe", 1),
+                ("closed by server", 1),
+                ("connect refused", 1),
+                ("connection reset", 2),
+            ]
+        );
+        assert_eq!((s.io_errors, s.timeouts, s.sent, s.completed), (6, 1, 7, 0));
+        // The timeout's latency is the timeout (corrected: plus the lag).
+        assert!(
+            (s.service_latency_ms.max - 2000.0).abs() < 2.0,
+            "{:?}",
+            s.service_latency_ms
+        );
+        assert!(
+            (s.latency_ms.max - 2005.0).abs() < 2.0,
+            "{:?}",
+            s.latency_ms
+        );
+        assert_eq!(
+            s.timeline
+                .iter()
+                .map(|p| p.rps_by_class.get("errors").copied().unwrap_or(0.0))
+                .sum::<f64>(),
+            7.0
+        );
+        // Older run files (no kinds, no timeouts) still load.
+        let mut json = serde_json::to_value(&s).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("io_errors_by_kind");
+        obj.remove("timeouts");
+        let back: Summary = serde_json::from_value(json).unwrap();
+        assert_eq!(back.timeouts, 0);
     }
 
     #[test]

@@ -210,12 +210,20 @@ pub fn headline(record: &RunRecord) -> String {
     }
     match &record.summary {
         Some(s) => format!(
-            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms{audit}",
+            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms{}{audit}",
             s.throughput_rps,
             s.latency_ms.p50,
             s.latency_ms.p99,
             s.latency_ms.p999,
-            s.latency_ms.max
+            s.latency_ms.max,
+            if s.io_errors + s.timeouts > 0 {
+                format!(
+                    ", {} transport errors, {} timeouts",
+                    s.io_errors, s.timeouts
+                )
+            } else {
+                String::new()
+            }
         ),
         None => format!("no load ran{audit}"),
     }
@@ -350,10 +358,22 @@ pub fn html(r: &RunRecord) -> String {
                 s.rps_by_status.get(status).copied().unwrap_or(0.0)
             );
         }
+        let _ = write!(
+            page,
+            "<tr><td>transport errors</td><td>{}</td><td></td></tr>",
+            s.io_errors
+        );
+        for (kind, n) in &s.io_errors_by_kind {
+            let _ = write!(
+                page,
+                "<tr><td>&nbsp;&nbsp;{}</td><td>{n}</td><td></td></tr>",
+                esc(kind)
+            );
+        }
         let _ = writeln!(
             page,
-            "<tr><td>transport errors</td><td>{}</td><td></td></tr><tr><td>unanswered at the end</td><td>{}</td><td></td></tr><tr><th>all answers</th><th>{}</th><th>{:.0}</th></tr></table>",
-            s.io_errors, s.unfinished, s.completed, s.throughput_rps
+            "<tr><td>timeouts (latency recorded as the timeout)</td><td>{}</td><td></td></tr><tr><td>unanswered at the end</td><td>{}</td><td></td></tr><tr><th>all answers</th><th>{}</th><th>{:.0}</th></tr></table>",
+            s.timeouts, s.unfinished, s.completed, s.throughput_rps
         );
         if !s.by_code.is_empty() {
             page.push_str("<table><tr><th>error code</th><th>answers</th></tr>");

@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - `support`: the test servers: [`support::DelayServer`] (known delay,
-//!   injected stall, optional `connection: close`) and
+//!   injected stall, optional `connection: close`),
+//!   [`support::AbruptServer`] (resets, dies, swallows requests) and
 //!   [`support::FakeNode`] (a small seckill lookalike that writes a real
 //!   journal, with injectable faults: oversell, lost order, ignored limit,
 //!   stranded stock).
@@ -13,11 +14,16 @@
 //! - `audit`: the audit passes a clean sale and fails on every injected
 //!   fault, including a corrupted copy of a journal; the CLI's exit codes
 //!   and run files.
+//! - `faults`: connections reset mid-run, a node killed mid-run, requests
+//!   never answered ([`support::AbruptServer`]): counted as transport
+//!   errors or timeouts, and the run always finishes.
 
 #[path = "harness/support.rs"]
 mod support;
 
 #[path = "harness/audit.rs"]
 mod audit;
+#[path = "harness/faults.rs"]
+mod faults;
 #[path = "harness/timing.rs"]
 mod timing;

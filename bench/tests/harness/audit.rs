@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bench::admin::{self, SaleSetup};
 use bench::audit::{audit, AuditInput, Verdict};
-use bench::cli::{main_with, Cli};
+use bench::cli::{main_to, Cli};
 use bench::orderlog::{encode_journal, parse_journal, LogSpec};
 use bench::report::RunRecord;
 use bench::scenario::KeyMode;
@@ -48,7 +48,10 @@ fn run_cli(node: &FakeNode, overrides: &[(&str, &str)]) -> (i32, RunRecord) {
         args.push(flag.into());
         args.push(value);
     }
-    let code = main_with(Cli::parse_from(&args), args.join(" "));
+    let mut printed = Vec::new();
+    let code = main_to(Cli::parse_from(&args), args.join(" "), &mut printed);
+    // Through print! so that the test harness captures it.
+    print!("{}", String::from_utf8_lossy(&printed));
     let record: RunRecord =
         serde_json::from_slice(&fs::read(out.path().join("t.json")).unwrap()).unwrap();
     assert!(out.path().join("t.html").exists());

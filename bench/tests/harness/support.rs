@@ -200,6 +200,129 @@ impl DelayServer {
     }
 }
 
+/// What an [`AbruptServer`] does besides answering 200.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AbruptOptions {
+    /// Every n-th request: close the connection with the request unread,
+    /// which makes the kernel reset it (RST), and keep serving.
+    pub reset_every: Option<u64>,
+    /// After this many requests the server dies like a killed node: it
+    /// stops listening (connects are refused) and resets every connection
+    /// on its next request.
+    pub die_after: Option<u64>,
+    /// Every n-th request: read it and never answer (the connection stays
+    /// open until the client closes it).
+    pub ignore_every: Option<u64>,
+}
+
+/// A server that misbehaves at the transport level: resets connections,
+/// dies mid-run, or swallows requests. Answers everything else 200 at once.
+pub struct AbruptServer {
+    addr: SocketAddr,
+    counts: Arc<AbruptCounts>,
+}
+
+/// What an [`AbruptServer`] saw and did.
+#[derive(Default)]
+pub struct AbruptCounts {
+    /// Requests that reached the server (reset ones included).
+    pub requests: AtomicU64,
+    pub answered: AtomicU64,
+    /// Connections reset with a request unread.
+    pub resets: AtomicU64,
+    /// Requests read and never answered.
+    pub ignored: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    dead: AtomicBool,
+}
+
+impl AbruptServer {
+    pub fn start(opts: AbruptOptions) -> AbruptServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(AbruptCounts::default());
+        let c = Arc::clone(&counts);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                // Dead: the listener goes away with this thread, so new
+                // connections are refused (and any still queued are reset).
+                if c.dead.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                c.connections.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                thread::spawn(move || abrupt_connection(stream, addr, opts, &c));
+            }
+        });
+        AbruptServer { addr, counts }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Reads one of the counts, e.g. `server.count(|c| &c.resets)`.
+    pub fn count(&self, which: impl Fn(&AbruptCounts) -> &AtomicU64) -> u64 {
+        which(&self.counts).load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AbruptServer {
+    fn drop(&mut self) {
+        if !self.counts.dead.swap(true, Ordering::SeqCst) {
+            // Wake the accept loop so it sees the flag.
+            let _ = TcpStream::connect(self.addr);
+        }
+    }
+}
+
+fn abrupt_connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    opts: AbruptOptions,
+    c: &AbruptCounts,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut one = [0u8; 1];
+    // Wait for the next request without taking it, so that a reset leaves
+    // it unread.
+    while matches!(stream.peek(&mut one), Ok(n) if n > 0) {
+        let n = c.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if opts.die_after.is_some_and(|d| n > d) && !c.dead.swap(true, Ordering::SeqCst) {
+            // Wake the accept loop so it drops the listener.
+            let _ = TcpStream::connect(addr);
+        }
+        let reset = c.dead.load(Ordering::SeqCst)
+            || opts
+                .reset_every
+                .is_some_and(|k| n.checked_rem(k) == Some(0));
+        if reset {
+            c.resets.fetch_add(1, Ordering::SeqCst);
+            return; // dropped with the request unread: RST
+        }
+        if read_request(&mut stream, &mut buf).is_none() {
+            return;
+        }
+        if opts
+            .ignore_every
+            .is_some_and(|k| n.checked_rem(k) == Some(0))
+        {
+            c.ignored.fetch_add(1, Ordering::SeqCst);
+            // Never answer; wait until the client gives up on the connection.
+            while matches!(stream.read(&mut one), Ok(n) if n > 0) {}
+            return;
+        }
+        // Counted before the answer leaves, so the client never sees more.
+        c.answered.fetch_add(1, Ordering::SeqCst);
+        if !respond(&mut stream, 200, "", "ok") {
+            return;
+        }
+    }
+}
+
 /// Faults a [`FakeNode`] can be told to commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
