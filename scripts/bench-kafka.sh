@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Acknowledged orders/s and purchase latency with the Kafka order log vs the
+# embedded journal, beside the broker's own ceiling, in one run, on
+# loopback:
+#
+#   ceiling   bench's kafka-ceiling: a plain rdkafka producer with the
+#             node's settings writing order_reserved-sized events to the
+#             same broker as fast as it can (IN_FLIGHT events in flight)
+#   kafka     a node with --redis --kafka (plus the settler), closed-loop
+#             purchases by unique users while stock lasts
+#   journal   an embedded node (journal, group commit), the same load
+#
+# The three alternate, ROUNDS times; medians and ratios at the end.
+#
+#   ROUNDS=3 DURATION=6s CONNS=64 NODE_CORES=1 scripts/bench-kafka.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6s}
+CONNS=${CONNS:-64}
+NODE_CORES=${NODE_CORES:-1}
+IN_FLIGHT=${IN_FLIGHT:-$CONNS}
+TOKEN=bench-token
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
+
+bash scripts/redis.sh
+bash scripts/kafka.sh >/dev/null
+cargo build --release -q -p seckill -p bench
+node_bin=$TARGET_DIR/release/seckill
+bench_bin=$TARGET_DIR/release/seckill-bench
+ceiling_bin=$TARGET_DIR/release/kafka-ceiling
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port=$(free_port)
+pids+=("$(bash scripts/redis.sh start "$redis_port" "$work/redis")")
+kafka_port=$(free_port)
+pids+=("$(bash scripts/kafka.sh start "$kafka_port" "$work/kafka")")
+redis=redis://127.0.0.1:$redis_port
+kafka=127.0.0.1:$kafka_port
+
+start_node() { # name, extra flags...
+  local name=$1; shift
+  mkdir -p "$work/$name"
+  "$node_bin" --listen 127.0.0.1:0 --data-dir "$work/$name/data" --admin-token "$TOKEN" \
+    --cores "$NODE_CORES" "$@" >"$work/$name/banner" 2>"$work/$name/node.log" &
+  pids+=("$!")
+  for _ in $(seq 200); do grep -q 'listening on' "$work/$name/banner" && break; sleep 0.1; done
+  grep -o 'http://[0-9.:]*' "$work/$name/banner" | head -n1 || {
+    echo "node $name did not start" >&2; cat "$work/$name/node.log" >&2; exit 1; }
+}
+
+kafka_addr=$(start_node kafka --redis "$redis" --kafka "$kafka" --node-id 1)
+"$node_bin" settle --redis "$redis" --kafka "$kafka" 2>"$work/settler.log" &
+pids+=("$!")
+journal_addr=$(start_node journal)
+
+mkdir -p "$OUT"
+log=$OUT/bench-kafka.log
+echo "# $(date -u +%FT%TZ) ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS NODE_CORES=$NODE_CORES IN_FLIGHT=$IN_FLIGHT scripts/bench-kafka.sh" | tee -a "$log"
+
+purchase() { # name, addr, round
+  "$bench_bin" run --target "$2" --admin-token "$TOKEN" --scenario purchase \
+    --sale "$1-$3" --stock 100000000 --hot-users 0 --connections "$CONNS" \
+    --duration "$DURATION" --out "$work/runs" --name "$1-$3" --quiet >/dev/null || true
+  python3 - "$work/runs/$1-$3.json" "$1" "$3" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["summary"]
+ok = s["rps_by_status"].get("200", 0.0)
+lat = s["latency_ms"]
+print(f"round {sys.argv[3]} {sys.argv[2]} orders/s {ok:.0f} p50_ms {lat['p50']:.2f} p99_ms {lat['p99']:.2f} other {s['completed'] - s['by_status'].get('200', 0)}")
+PY
+}
+
+results=$work/results
+secs=${DURATION%s}
+for round in $(seq "$ROUNDS"); do
+  c=$("$ceiling_bin" --brokers "$kafka" --topic "bench.ceiling" --duration-s "$secs" \
+        --in-flight "$IN_FLIGHT" | tail -n1)
+  python3 - "$c" "$round" <<'PY' | tee -a "$results"
+import json, sys
+c = json.loads(sys.argv[1])
+print(f"round {sys.argv[2]} ceiling orders/s {c['msgs_per_s']:.0f} p50_ms {c['p50_us']/1000:.2f} p99_ms {c['p99_us']/1000:.2f} other {c['failed']}")
+PY
+  purchase kafka "$kafka_addr" "$round" | tee -a "$results"
+  purchase journal "$journal_addr" "$round" | tee -a "$results"
+done
+
+python3 - "$results" <<'PY' | tee -a "$log"
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    rows.setdefault(f[2], []).append((float(f[4]), float(f[6]), float(f[8])))
+med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in rows.items()}
+for k, (ops, p50, p99) in med.items():
+    print(f"median {k:8s} {ops:9.0f} orders/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({len(rows[k])} rounds)")
+if "kafka" in med and "ceiling" in med:
+    print(f"kafka node / broker ceiling: {med['kafka'][0] / med['ceiling'][0]:.2f} (target >= 0.70)")
+if "kafka" in med and "journal" in med:
+    print(f"kafka node / embedded journal node: {med['kafka'][0] / med['journal'][0]:.2f}")
+PY
+cat "$results" >>"$log"
