@@ -355,36 +355,50 @@ impl Settler {
         };
         let now = now_s();
         for sale in sales {
-            let due = match self.store.due(&sale, now, 256).await {
-                Ok(due) => due,
-                Err(e) => {
-                    debug!(sale, error = %e, "cannot read due orders");
-                    continue;
-                }
-            };
-            let mut deliveries = Vec::new();
-            for order_id in due {
-                match self
-                    .store
-                    .transition(&sale, &order_id, OrderStatus::Expired, now)
-                    .await
-                {
-                    Ok(Moved::Changed(order)) => {
-                        tally.expired += 1;
-                        if let Some(event) = event_for(&order, "expired") {
-                            deliveries.push(self.produce(&event));
-                        }
+            // Up to 16 rounds of 256 per sale and tick: a sale whose whole
+            // stock comes due at once drains at thousands per second
+            // without starving the other sales or the consumer.
+            for _ in 0..16 {
+                let due = match self.store.due(&sale, now, 256).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        debug!(sale, error = %e, "cannot read due orders");
+                        break;
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(order_id, error = %e, "expiry failed; will retry"),
+                };
+                let full = due.len() == 256;
+                self.expire(&sale, due, now, tally).await;
+                if !full {
+                    break;
                 }
             }
-            // An event that did not make it stays not-yet-logged in Redis
-            // and is logged by a later reconciliation.
-            for delivery in deliveries {
-                if let Err(e) = delivery.await {
-                    warn!(error = %e, "an expiry event was not logged; reconciliation will");
+        }
+    }
+
+    /// Expires `due` orders of `sale` and logs each expiry.
+    async fn expire(&self, sale: &str, due: Vec<String>, now: u64, tally: &mut Tally) {
+        let mut deliveries = Vec::new();
+        for order_id in due {
+            match self
+                .store
+                .transition(sale, &order_id, OrderStatus::Expired, now)
+                .await
+            {
+                Ok(Moved::Changed(order)) => {
+                    tally.expired += 1;
+                    if let Some(event) = event_for(&order, "expired") {
+                        deliveries.push(self.produce(&event));
+                    }
                 }
+                Ok(_) => {}
+                Err(e) => warn!(order_id, error = %e, "expiry failed; will retry"),
+            }
+        }
+        // An event that did not make it stays not-yet-logged in Redis and
+        // is logged by a later reconciliation.
+        for delivery in deliveries {
+            if let Err(e) = delivery.await {
+                warn!(error = %e, "an expiry event was not logged; reconciliation will");
             }
         }
     }
