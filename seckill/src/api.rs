@@ -2,7 +2,7 @@
 //!
 //! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
 //! one call each, returning early: parse → sale lookup (per-core cache) →
-//! idempotency replay → sale gate (sold-out flag) → admission token → take
+//! sale gate (sold-out flag) → rate limit → idempotency replay → admission token → take
 //! units from the local shard → reserve with the stock authority → append
 //! to the order log → confirm → answer. Banned on it: blocking I/O, locks
 //! held across `.await`, logging at info level or above, allocation on the
@@ -10,6 +10,7 @@
 //! are the connection's own and are reused).
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use queue::{Event, EventKind, OrderLog, SaleSwitch};
@@ -47,14 +48,20 @@ impl Reply {
 }
 
 impl<A: StockAuthority, L: OrderLog> Core<A, L> {
-    /// Answers one request: appends the whole response to `out`, using
-    /// `body` as scratch for the response body. Returns whether the
-    /// connection may stay open.
-    pub async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>, body: &mut Vec<u8>) -> bool {
+    /// Answers one request from `peer`: appends the whole response to
+    /// `out`, using `body` as scratch for the response body. Returns whether
+    /// the connection may stay open.
+    pub async fn handle(
+        &self,
+        req: &Request<'_>,
+        peer: IpAddr,
+        out: &mut Vec<u8>,
+        body: &mut Vec<u8>,
+    ) -> bool {
         let _inflight = self.begin_request();
         body.clear();
         let keep_alive = req.keep_alive && !self.node.is_shutting_down();
-        match self.route(req, body).await {
+        match self.route(req, peer, body).await {
             Ok(reply) => {
                 self.metrics().response(reply.status);
                 Response {
@@ -74,12 +81,17 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         keep_alive
     }
 
-    async fn route(&self, req: &Request<'_>, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+    async fn route(
+        &self,
+        req: &Request<'_>,
+        peer: IpAddr,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
         let path = req.path;
         let method = req.method;
         if let Some(rest) = path.strip_prefix("/sales/") {
             return match (method, rest.split_once('/')) {
-                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, body).await,
+                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, peer, body).await,
                 (Method::Get, None) => self.get_sale(rest, body),
                 (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
                 _ => Err(ApiError::NotFound("no such route")),
@@ -142,6 +154,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         &self,
         sale_id: &str,
         req: &Request<'_>,
+        peer: IpAddr,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         let started = Instant::now();
@@ -169,6 +182,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 Ok(sale.clone())
             })
             .ok_or(StockError::SaleNotFound)??;
+        self.rate_limit(&attempt, peer, started)?;
         if attempt.idempotency_key.is_some() {
             if let KeyLookup::Replay(order) =
                 self.node.authority.lookup_key(&sale, &attempt).await?
@@ -214,6 +228,25 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         self.metrics().order(started.elapsed().as_micros() as u64);
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
+    }
+
+    /// Charges the request to its user's and its address's rate limits.
+    fn rate_limit(
+        &self,
+        attempt: &Attempt<'_>,
+        peer: IpAddr,
+        now: Instant,
+    ) -> Result<(), ApiError> {
+        if !self.limits.is_on() {
+            return Ok(());
+        }
+        self.limits
+            .check(attempt.user_id, peer, now)
+            .map_err(|limited| ApiError::RateLimited {
+                by: limited.by,
+                // Whole seconds, rounded up: never 0.
+                retry_after_s: limited.retry_after.as_secs() as u32 + 1,
+            })
     }
 
     fn replayed(&self, order: &Order, body: &mut Vec<u8>) -> Result<Reply, ApiError> {

@@ -3,7 +3,7 @@
 //! read from standard output.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use tracing::info;
 
@@ -89,7 +89,8 @@ fn serve<A: StockAuthority, L: OrderLog>(
                     expects_continue: false,
                 };
                 let (mut out, mut scratch) = (Vec::new(), Vec::new());
-                core.handle(&req, &mut out, &mut scratch).await;
+                core.handle(&req, Ipv4Addr::LOCALHOST.into(), &mut out, &mut scratch)
+                    .await;
                 if !out.starts_with(b"HTTP/1.1 200") {
                     tracing::warn!(response = %String::from_utf8_lossy(&out), "demo sale not created");
                 }

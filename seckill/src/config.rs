@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::ratelimit::Rate;
+
 /// Which monoio driver the cores run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -142,6 +144,23 @@ pub struct Config {
     pub admission_queue: usize,
     /// How long an idempotency record is kept. Default 86,400 s (24 h).
     pub idempotency_ttl_s: u64,
+    /// Purchase requests per second one user id may send to one core
+    /// (429 `rate_limited` above it); 0 turns it off. Default 0 (off): the
+    /// per-user limit already bounds what a user can buy; turn this on to
+    /// shed bots' load before it reaches the stock. Costs one map entry
+    /// (16 bytes) per user per core.
+    pub rate_limit_user_per_s: f64,
+    /// Burst of the per-user rate limit. Default 10.
+    pub rate_limit_user_burst: u32,
+    /// Purchase requests per second one client IP may send to one core;
+    /// 0 turns it off. Default 0 (off): buyers behind one NAT or proxy
+    /// share an address.
+    pub rate_limit_ip_per_s: f64,
+    /// Burst of the per-IP rate limit. Default 100.
+    pub rate_limit_ip_burst: u32,
+    /// Keys each rate limit tracks per core; past it new keys go
+    /// unlimited until idle ones are swept. Default 100,000 (~2 MiB).
+    pub rate_limit_max_tracked: usize,
 }
 
 impl Default for Config {
@@ -169,6 +188,11 @@ impl Default for Config {
             admission_tokens: 1024,
             admission_queue: 4096,
             idempotency_ttl_s: stock::embedded::DEFAULT_KEY_TTL_S,
+            rate_limit_user_per_s: 0.0,
+            rate_limit_user_burst: 10,
+            rate_limit_ip_per_s: 0.0,
+            rate_limit_ip_burst: 100,
+            rate_limit_max_tracked: 100_000,
         }
     }
 }
@@ -188,6 +212,15 @@ impl Config {
         opts.message_timeout = std::time::Duration::from_millis(self.kafka_timeout_ms);
         opts.linger = std::time::Duration::from_millis(self.kafka_linger_ms);
         Some(opts)
+    }
+
+    /// The per-user and per-IP purchase rate limits (`None`: off).
+    pub fn rate_limits(&self) -> (Option<Rate>, Option<Rate>) {
+        let rate = |per_s: f64, burst: u32| (per_s > 0.0).then_some(Rate { per_s, burst });
+        (
+            rate(self.rate_limit_user_per_s, self.rate_limit_user_burst),
+            rate(self.rate_limit_ip_per_s, self.rate_limit_ip_burst),
+        )
     }
 
     /// Builds the configuration from parsed flags: flags win over the file,
@@ -287,6 +320,24 @@ impl Config {
                 self.kafka_timeout_ms >= 100,
                 "kafka_timeout_ms must be at least 100"
             );
+        }
+        for (name, per_s, burst) in [
+            (
+                "rate_limit_user",
+                self.rate_limit_user_per_s,
+                self.rate_limit_user_burst,
+            ),
+            (
+                "rate_limit_ip",
+                self.rate_limit_ip_per_s,
+                self.rate_limit_ip_burst,
+            ),
+        ] {
+            anyhow::ensure!(
+                per_s.is_finite() && per_s >= 0.0,
+                "{name}_per_s must be 0 (off) or a positive rate"
+            );
+            anyhow::ensure!(burst >= 1, "{name}_burst must be at least 1");
         }
         anyhow::ensure!(self.lease_ttl_s >= 1, "lease_ttl_s must be at least 1");
         anyhow::ensure!(

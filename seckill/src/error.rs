@@ -27,6 +27,11 @@ pub enum ApiError {
     HeadersTooLarge,
     #[error("no admission token is free; retry shortly")]
     Overloaded,
+    #[error("too many purchase requests from this {by}; retry in {retry_after_s} s")]
+    RateLimited {
+        by: &'static str,
+        retry_after_s: u32,
+    },
     #[error(transparent)]
     Stock(#[from] StockError),
     #[error(transparent)]
@@ -54,6 +59,7 @@ impl ApiError {
             ApiError::BodyTooLarge => 413,
             ApiError::HeadersTooLarge => 431,
             ApiError::Overloaded => 503,
+            ApiError::RateLimited { .. } => 429,
             ApiError::Stock(e) => match e {
                 StockError::SaleNotFound | StockError::OrderNotFound => 404,
                 StockError::SaleNotOpen => 403,
@@ -78,6 +84,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BodyTooLarge | ApiError::HeadersTooLarge => "too_large",
             ApiError::Overloaded => "overloaded",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Stock(e) => e.code(),
             ApiError::Log(e) => e.code(),
         }
@@ -85,8 +92,11 @@ impl ApiError {
 
     /// Seconds a client should wait before retrying, where retrying helps.
     pub fn retry_after(&self) -> Option<u32> {
+        if let ApiError::RateLimited { retry_after_s, .. } = self {
+            return Some(*retry_after_s);
+        }
         match self.status() {
-            503 | 429 => Some(1),
+            503 => Some(1),
             _ => None,
         }
     }

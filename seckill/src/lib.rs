@@ -12,6 +12,7 @@
 //!   and the journal replay.
 //! - `error`: [`error::ApiError`], the one place errors become statuses and
 //!   stable codes.
+//! - `ratelimit`: per-core per-user and per-IP purchase rate limits (GCRA).
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
 //! - `timefmt`: RFC 3339 times for the admin API.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod ratelimit;
 pub mod server;
 pub mod settle;
 pub mod timefmt;

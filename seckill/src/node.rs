@@ -15,6 +15,7 @@ use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthorit
 
 use crate::config::{Config, StockModeSetting};
 use crate::metrics::{CoreMetrics, Metrics};
+use crate::ratelimit::RateLimits;
 
 /// Shared by every core of one node.
 pub struct Node<A, L> {
@@ -212,6 +213,8 @@ pub struct Core<A, L> {
     pub id: usize,
     pub node: Arc<Node<A, L>>,
     pub admission: Admission,
+    /// Per-user and per-IP purchase rate limits of this core.
+    pub limits: RateLimits,
     sales: RefCell<SaleCache>,
     connections: Cell<usize>,
     inflight: Cell<usize>,
@@ -231,10 +234,13 @@ struct SaleCache {
 impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     pub fn new(id: usize, node: Arc<Node<A, L>>) -> Self {
         let admission = Admission::new(node.config.admission_tokens, node.config.admission_queue);
+        let (user, ip) = node.config.rate_limits();
+        let limits = RateLimits::new(user, ip, node.config.rate_limit_max_tracked);
         Core {
             id,
             node,
             admission,
+            limits,
             sales: RefCell::new(SaleCache::default()),
             connections: Cell::new(0),
             inflight: Cell::new(0),

@@ -7,7 +7,7 @@
 //! owns a read buffer, a write buffer and a body buffer, reused for every
 //! request on it).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -162,8 +162,8 @@ async fn core_main<A, L>(
     while !node.is_shutting_down() {
         monoio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    monoio::spawn(serve(core.clone(), stream));
+                Ok((stream, peer)) => {
+                    monoio::spawn(serve(core.clone(), stream, peer.ip()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a bit.
@@ -182,7 +182,11 @@ async fn core_main<A, L>(
     debug!(core = id, "drained");
 }
 
-async fn serve<A: StockAuthority, L: OrderLog>(core: Rc<Core<A, L>>, mut stream: TcpStream) {
+async fn serve<A: StockAuthority, L: OrderLog>(
+    core: Rc<Core<A, L>>,
+    mut stream: TcpStream,
+    peer: IpAddr,
+) {
     if !core.try_open_connection() {
         // Over the cap: answer 503 and close (a rare path; it may allocate).
         let (mut out, mut body) = (Vec::new(), Vec::new());
@@ -193,7 +197,7 @@ async fn serve<A: StockAuthority, L: OrderLog>(core: Rc<Core<A, L>>, mut stream:
         return;
     }
     let _ = stream.set_nodelay(true);
-    serve_connection(&core, &mut stream).await;
+    serve_connection(&core, &mut stream, peer).await;
     core.close_connection();
 }
 
@@ -202,6 +206,7 @@ async fn serve<A: StockAuthority, L: OrderLog>(core: Rc<Core<A, L>>, mut stream:
 pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
     core: &Core<A, L>,
     stream: &mut TcpStream,
+    peer: IpAddr,
 ) {
     let idle = Duration::from_secs(core.node.config.idle_timeout_s);
     let slow = Duration::from_secs(core.node.config.request_timeout_s);
@@ -218,7 +223,7 @@ pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
         loop {
             match http::parse(&buf[consumed..]) {
                 Parsed::Complete(req, len) => {
-                    keep_alive = core.handle(&req, &mut out, &mut body).await;
+                    keep_alive = core.handle(&req, peer, &mut out, &mut body).await;
                     consumed += len;
                     continue_sent = false;
                     if !keep_alive {

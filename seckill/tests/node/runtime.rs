@@ -1,6 +1,6 @@
 //! The runtime and its limits: both monoio drivers serve a sale correctly,
 //! the connection cap answers 503 and closes, idle keep-alive connections
-//! are closed after the idle timeout.
+//! are closed after the idle timeout, the purchase rate limits answer 429.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -133,4 +133,66 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(raw.read(&mut buf).unwrap_or(0), 0);
+}
+
+#[test]
+fn the_per_user_rate_limit_answers_429_with_retry_after() {
+    // One token every 2 s, bursts of 2. One connection stays on one core,
+    // so the per-core limit is exact here.
+    let node = node_with_config("rate_limit_user_per_s = 0.5\nrate_limit_user_burst = 2\n");
+    let mut c = node.client();
+    c.create_sale("rl", &json!({"stock": 10, "per_user_limit": 5}));
+    c.create_sale("rl-gone", &json!({"stock": 1, "per_user_limit": 1}));
+    let t0 = Instant::now();
+    assert_ok(&c.purchase("rl", "alice"));
+    assert_ok(&c.purchase("rl", "alice"));
+    let over = c.purchase("rl", "alice");
+    assert_error(&over, 429, "rate_limited");
+    assert!(over.text().contains("user"), "{}", over.text());
+    let retry: u64 = over
+        .header("retry-after")
+        .expect("Retry-After on 429")
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "Retry-After {retry}");
+    // Another user has a limit of their own.
+    assert_ok(&c.purchase("rl", "bob"));
+    // A sold-out sale answers 410 before the limit is looked at: carol's
+    // burst covers the purchase and the request that finds the sale empty,
+    // every later one is refused by the sold-out flag, not the limit.
+    assert_ok(&c.purchase("rl-gone", "carol"));
+    for _ in 0..5 {
+        assert_error(&c.purchase("rl-gone", "carol"), 410, "sold_out");
+    }
+    // Nothing refused took stock.
+    assert_eq!(c.sale("rl")["sold"], 3);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the burst above must fit in one token's time; the machine was too slow"
+    );
+    // One token later alice gets through again.
+    thread::sleep(Duration::from_millis(2200).saturating_sub(t0.elapsed()));
+    assert_ok(&c.purchase("rl", "alice"));
+    assert_eq!(c.sale("rl")["sold"], 4);
+    let metrics = c.get("/metrics").text();
+    assert!(
+        metrics.contains("seckill_responses_total{status=\"429\"} 1\n"),
+        "the 429 is counted: {metrics}"
+    );
+}
+
+#[test]
+fn the_per_ip_rate_limit_answers_429() {
+    let node = node_with_config("rate_limit_ip_per_s = 0.2\nrate_limit_ip_burst = 3\n");
+    let mut c = node.client();
+    c.create_sale("rl", &json!({"stock": 10, "per_user_limit": 1}));
+    for user in ["u1", "u2", "u3"] {
+        assert_ok(&c.purchase("rl", user));
+    }
+    let over = c.purchase("rl", "u4");
+    assert_error(&over, 429, "rate_limited");
+    assert!(over.text().contains("ip"), "{}", over.text());
+    assert!(over.header("retry-after").is_some());
+    // Other endpoints are not limited.
+    assert_eq!(c.sale("rl")["sold"], 3);
 }
