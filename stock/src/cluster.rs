@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::future::{ready, Future};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -37,7 +37,7 @@ use crate::authority::{
     Switch, Transition,
 };
 use crate::redis::{
-    Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
+    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -112,25 +112,86 @@ enum Call {
         String,
         oneshot::Sender<Result<Option<Order>, StockError>>,
     ),
-    /// Compensate an order this node will not acknowledge: release it.
-    Release(String, String),
-    /// A reservation whose outcome is unknown: find out, then release it.
-    Reconcile(String, String),
+    /// A reservation this node will not acknowledge (its log append
+    /// failed, or its reply never came): release it if Redis recorded it,
+    /// else tombstone its order id and return its units to the pool.
+    Abandon(Abandon),
+    /// Redis answered `no_lease`: this node's view of its lease and Redis's
+    /// disagree; drain the shards and return whatever the lease still holds.
+    ResetLease(Arc<Sale>),
     Stop(std::sync::mpsc::Sender<()>),
 }
 
-/// One sale's lease state on this node.
+/// A reservation to abandon (see [`RedisStore::abandon`]).
+struct Abandon {
+    sale_id: String,
+    order_id: String,
+    quantity: u32,
+    expires_at: u64,
+}
+
+/// One sale's lease state on this node, kept in the sale itself
+/// ([`lease_slot`]): the hot path reaches it without a node-wide lock.
 #[derive(Default)]
 struct LeaseSlot {
+    /// A lease call (or a lease reset) is running for this sale.
     in_flight: AtomicBool,
     failed: AtomicBool,
+    /// A reset after `no_lease` is queued and has not started yet.
+    reset_queued: AtomicBool,
     done: Notify,
+}
+
+/// The sale's lease slot, made on first use.
+fn lease_slot(sale: &Sale) -> &LeaseSlot {
+    sale.ext
+        .get_or_init(|| Box::new(LeaseSlot::default()))
+        .downcast_ref::<LeaseSlot>()
+        .unwrap_or_else(|| unreachable!("only the cluster authority sets a sale's slot"))
+}
+
+/// At most one `warn!` per second of a kind of message that an outage
+/// repeats for every call; the rest go to `debug!` and are counted in the
+/// next warning.
+struct LogThrottle {
+    start: Instant,
+    /// Milliseconds since `start` of the last warning, plus one (0: none).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    fn new() -> Self {
+        LogThrottle {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(messages suppressed since the last warning)` when this one
+    /// may be a warning.
+    fn warn_now(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 struct Shared {
     opts: ClusterOptions,
     sales: Registry,
-    leases: Mutex<HashMap<Box<str>, Arc<LeaseSlot>>>,
+    /// Warnings of compensations waiting for Redis.
+    retry_log: LogThrottle,
     /// Orders this node answered with an Idempotency-Key: replays of them
     /// need no Redis call. Bounded by the stock.
     keys: Striped<HashMap<Box<str>, (u64, Order)>>,
@@ -175,7 +236,7 @@ impl RedisAuthority {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
             opts,
             sales: Registry::default(),
-            leases: Mutex::new(HashMap::new()),
+            retry_log: LogThrottle::new(),
             keys: Striped::new(),
         });
         // Learn the sales that exist before serving.
@@ -218,15 +279,6 @@ impl RedisAuthority {
                 ))
             })
         }
-    }
-
-    fn lease_slot(&self, sale_id: &str) -> Arc<LeaseSlot> {
-        self.shared
-            .leases
-            .lock()
-            .entry(sale_id.into())
-            .or_default()
-            .clone()
     }
 }
 
@@ -334,10 +386,17 @@ impl StockAuthority for RedisAuthority {
         if self.shared.opts.mode == StockMode::PerRequest {
             return Err(StockError::SoldOut);
         }
-        let slot = self.lease_slot(sale.id());
+        let slot = lease_slot(sale);
         for _ in 0..4 {
             if sale.pool_hint() == 0 || sale.is_closed() {
                 return Err(StockError::SoldOut);
+            }
+            if slot.failed.load(Ordering::Acquire) && slot.in_flight.load(Ordering::Acquire) {
+                // The last lease failed and its reset waits for Redis:
+                // answer at once rather than wait out the outage.
+                return Err(StockError::Unavailable(
+                    "cannot lease stock from Redis".into(),
+                ));
             }
             let done = slot.done.notified();
             tokio::pin!(done);
@@ -430,22 +489,44 @@ impl StockAuthority for RedisAuthority {
                 Ok(ReserveOutcome::SaleNotOpen) => Err(StockError::SaleNotOpen),
                 Ok(ReserveOutcome::SoldOut) => Err(StockError::SoldOut),
                 Ok(ReserveOutcome::NoLease) => {
-                    // Redis took this node's lease back (a missed heartbeat):
-                    // the local units are not backed any more.
+                    // Redis took this node's lease back (a missed heartbeat),
+                    // or holds less than this node thinks: the local units
+                    // are not backed. Start from a clean slate.
                     units.commit();
                     sale.stock.drain();
+                    let slot = lease_slot(sale);
+                    if !slot.reset_queued.swap(true, Ordering::AcqRel) {
+                        if let Some(owned) = self.shared.sales.get(sale.id()) {
+                            let _ = self.send(Call::ResetLease(owned));
+                        } else {
+                            slot.reset_queued.store(false, Ordering::Release);
+                        }
+                    }
                     Err(StockError::Unavailable(
                         "this node's lease was reclaimed; retry".into(),
                     ))
                 }
-                Err(StockError::Undetermined(why)) => {
-                    // Maybe recorded: never hand these units out again, and
-                    // release the order if Redis has it.
+                Ok(ReserveOutcome::Gone) => {
+                    // Only a late copy of a reservation this node already
+                    // abandoned answers this, and the abandon accounted for
+                    // its units: they are not this call's.
                     units.commit();
-                    let _ = self.send(Call::Reconcile(
-                        order.sale_id.clone(),
-                        order.order_id.clone(),
-                    ));
+                    Err(StockError::Unavailable(
+                        "the reservation was abandoned; retry".into(),
+                    ))
+                }
+                Err(StockError::Undetermined(why)) => {
+                    // Maybe recorded: never hand these units out again.
+                    // Abandon the order: released if Redis has it, else
+                    // tombstoned (a late copy is refused) and its units
+                    // returned from the lease to the pool.
+                    units.commit();
+                    let _ = self.send(Call::Abandon(Abandon {
+                        sale_id: order.sale_id.clone(),
+                        order_id: order.order_id.clone(),
+                        quantity: order.quantity,
+                        expires_at: order.expires_at,
+                    }));
                     Err(StockError::Undetermined(why))
                 }
                 Err(e) => Err(e),
@@ -472,7 +553,12 @@ impl StockAuthority for RedisAuthority {
         // order returns them to the pool, so the local copies are spent.
         let PendingOrder { units, order, .. } = pending;
         units.commit();
-        let _ = self.send(Call::Release(order.sale_id, order.order_id));
+        let _ = self.send(Call::Abandon(Abandon {
+            sale_id: order.sale_id,
+            order_id: order.order_id,
+            quantity: order.quantity,
+            expires_at: order.expires_at,
+        }));
     }
 
     fn order(&self, order_id: &str) -> impl Future<Output = Result<Order, StockError>> {
@@ -647,30 +733,85 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);
         }
-        Call::Release(sale, order) | Call::Reconcile(sale, order) => {
-            release_until_known(&store, &sale, &order).await
-        }
+        Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
+        Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
         Call::Reserve(..) | Call::Stop(_) => {}
     }
 }
 
-/// Releases an order this node will not acknowledge, retrying until Redis
-/// gives a definite answer (released, already final, or never recorded).
-async fn release_until_known(store: &RedisStore, sale: &str, order: &str) {
+/// Abandons a reservation this node will not acknowledge, retrying until
+/// Redis gives a definite answer: released (it was recorded), already
+/// final, or never recorded (then a tombstone refuses a late copy of it,
+/// and its units went from this node's lease back to the pool).
+async fn release_until_known(store: &RedisStore, shared: &Shared, call: &Abandon) {
+    let order = call.order_id.as_str();
     let mut wait = Duration::from_millis(100);
     loop {
-        match store.release(sale, order).await {
-            Ok(outcome) => {
+        let result = store
+            .abandon(
+                &call.sale_id,
+                order,
+                shared.opts.node_id,
+                call.quantity,
+                call.expires_at,
+            )
+            .await;
+        match result {
+            Ok(Abandoned::NeverRecorded { returned }) => {
+                debug!(
+                    order,
+                    returned, "abandoned a reservation Redis never recorded"
+                );
+                if returned > 0 {
+                    if let Some(sale) = shared.sales.get(&call.sale_id) {
+                        sale.set_pool_hint(sale.pool_hint().saturating_add(returned));
+                    }
+                }
+                return;
+            }
+            Ok(Abandoned::Released(outcome)) => {
                 debug!(order, ?outcome, "compensated");
                 return;
             }
             Err(e) => {
-                warn!(order, error = %e, "compensation pending; retrying");
+                match shared.retry_log.warn_now() {
+                    Some(suppressed) => warn!(
+                        order,
+                        error = %e,
+                        suppressed,
+                        "compensation pending; retrying (suppressed: similar warnings in the last second)"
+                    ),
+                    None => debug!(order, error = %e, "compensation pending; retrying"),
+                }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
+}
+
+/// After `no_lease`: waits for the sale's lease call in flight (if any),
+/// then drains the shards and returns what Redis still counts in this
+/// node's lease, so that neither side holds units the other does not.
+async fn reset_after_no_lease(store: &RedisStore, shared: &Shared, sale: &Sale) {
+    let slot = lease_slot(sale);
+    loop {
+        let done = slot.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !slot.in_flight.swap(true, Ordering::AcqRel) {
+            break;
+        }
+        done.await;
+    }
+    slot.reset_queued.store(false, Ordering::Release);
+    // Buyers meanwhile get 503 at once (see `refill`).
+    slot.failed.store(true, Ordering::Release);
+    slot.done.notify_waiters();
+    reset_lease(store, shared, sale).await;
+    slot.failed.store(false, Ordering::Release);
+    slot.in_flight.store(false, Ordering::Release);
+    slot.done.notify_waiters();
 }
 
 /// How many units one lease asks for: a slice of the sale, so that no node
@@ -680,12 +821,7 @@ fn lease_want(spec: &SaleSpec) -> u64 {
 }
 
 async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize) {
-    let slot = shared
-        .leases
-        .lock()
-        .entry(sale.id().into())
-        .or_default()
-        .clone();
+    let slot = lease_slot(sale);
     let result = store
         .lease(
             sale.id(),
@@ -705,6 +841,9 @@ async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize) {
         Err(e) => {
             warn!(sale = sale.id(), error = %e, "lease failed; returning this node's lease");
             slot.failed.store(true, Ordering::Release);
+            // The buyers waiting for this lease get their 503 now, not
+            // when Redis is back.
+            slot.done.notify_waiters();
             // A timed-out lease may still be granted later, to units this
             // node never receives. Start from a clean slate instead of
             // guessing: give every unit back, then lease again.
@@ -902,13 +1041,7 @@ fn top_up(shared: &Shared, tx: &mpsc::UnboundedSender<Call>) {
         {
             continue;
         }
-        let slot = shared
-            .leases
-            .lock()
-            .entry(sale.id().into())
-            .or_default()
-            .clone();
-        if !slot.in_flight.swap(true, Ordering::AcqRel) {
+        if !lease_slot(&sale).in_flight.swap(true, Ordering::AcqRel) {
             let _ = tx.send(Call::Lease(sale, 0));
         }
     }

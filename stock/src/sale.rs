@@ -4,8 +4,10 @@
 //! Hot path: `Sale::gate` and `ShardedStock::take` run on every purchase.
 //! Banned here: locks on the read path, allocation, logging.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use crate::authority::{SaleSpec, SaleState, StockError, Switch};
 use crate::striped::Striped;
@@ -31,6 +33,10 @@ pub struct Sale {
     /// Units each user holds in `reserved` or `paid` orders, as counted by an
     /// in-process authority (the Redis authority keeps them in Redis).
     pub(crate) holders: Striped<HashMap<Box<str>, u32>>,
+    /// Per-sale state of the authority that made the sale (the cluster
+    /// authority's lease slot), set once: reached from the sale itself,
+    /// with no node-wide map or lock on the way.
+    pub(crate) ext: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Sale {
@@ -50,6 +56,7 @@ impl Sale {
             sold: AtomicU64::new(0),
             pool_hint: AtomicU64::new(0),
             holders: Striped::new(),
+            ext: OnceLock::new(),
         }
     }
 

@@ -8,6 +8,8 @@
 //! - `reserve`: limits across nodes, keys, leases, retries, classic mode.
 //! - `transition`: pay, cancel, expire exactly once (also concurrently), due.
 //! - `faults`: SCRIPT FLUSH, Redis down and back, commands per reservation.
+//! - `abandon`: reconciling a reservation whose reply never came:
+//!   released, or tombstoned with its unit returned; the late reserve race.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +17,8 @@ use stock::redis::fixture::RedisServer;
 use stock::redis::{RedisStore, ReserveCall};
 use stock::SaleSpec;
 
+#[path = "redis/abandon.rs"]
+mod abandon;
 #[path = "redis/faults.rs"]
 mod faults;
 #[path = "redis/lease.rs"]

@@ -28,6 +28,7 @@
 //! | `idem` | HASH | Idempotency-Key → `fingerprint_hex\|order_id` (only successful orders write one, so it is bounded by the stock) |
 //! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?}` |
 //! | `due` | ZSET | reserved order_id by expires_at |
+//! | `gone:<order_id>` | string, TTL | a tombstone: the node that made this order id gave up on its reservation, which Redis never recorded; a late copy of it is refused (`RedisStore::abandon`) |
 //! | `unlogged` | ZSET | with a Kafka order log only: `order_id\|change` (reserved, paid, cancelled, expired, released) by Redis time in ms, written with the change, removed by the settler once the log shows it |
 //!
 //! `sk:sales` (a SET of sale ids, another slot) is written by a plain SADD
@@ -36,7 +37,8 @@
 //! Invariant (every script keeps it): `pool + sum(leases) + sold == stock`.
 //! A lease moves units pool → leases; a reservation leases → sold (or pool
 //! → sold in the classic per-request mode); a cancel or expiry sold → pool;
-//! a returned or reclaimed lease leases → pool.
+//! a returned or reclaimed lease leases → pool; an abandoned reservation that
+//! Redis never recorded leases → pool (the node had dropped the units).
 //!
 //! # Errors
 //!
@@ -51,6 +53,6 @@ pub mod fixture;
 mod store;
 
 pub use store::{
-    Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
+    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
     SaleSwitchState,
 };

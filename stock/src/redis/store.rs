@@ -29,6 +29,17 @@ pub struct RedisStore {
     /// Write every order change into the sale's not-yet-logged set (a
     /// Kafka order log; see [`RedisStore::tracking_log`]).
     track: bool,
+    /// How long past an order's `expires_at` a late copy of its reserve is
+    /// still refused by its tombstone ([`RedisStore::abandon`]); a copy
+    /// arriving later than that is refused by its age. Far above the
+    /// response timeout: [`grace_for`].
+    grace_s: u64,
+}
+
+/// The tombstone grace for a response `timeout`: at least a minute, and
+/// at least 100 timeouts.
+fn grace_for(timeout: Duration) -> u64 {
+    (timeout.as_secs() * 100).max(60)
 }
 
 /// What [`RedisStore::create_sale`] found.
@@ -106,6 +117,24 @@ pub enum ReserveOutcome {
     SoldOut,
     /// Paused, closed, or outside `starts_at..ends_at` (Redis time).
     SaleNotOpen,
+    /// The order id was given up on ([`RedisStore::abandon`] found it
+    /// unrecorded and left a tombstone), or the call arrived far past the
+    /// order's `expires_at`: nothing was charged, and the units are not
+    /// this call's any more.
+    Gone,
+}
+
+/// What [`RedisStore::abandon`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Redis had recorded the reservation; it is released now (or was
+    /// already: `Unchanged`), as [`RedisStore::release`] does.
+    Released(Moved),
+    /// Redis never recorded it: a tombstone now refuses any late copy of
+    /// the reserve, and `returned` units went from the node's lease back to
+    /// the pool (0 on a repeat, or when the lease was returned or reclaimed
+    /// meanwhile, which took the units back with it).
+    NeverRecorded { returned: u64 },
 }
 
 /// What [`RedisStore::transition`] did.
@@ -158,6 +187,7 @@ impl RedisStore {
             timeout,
             scripts: Arc::new(Scripts::new()),
             track: false,
+            grace_s: grace_for(timeout),
         })
     }
 
@@ -442,7 +472,12 @@ impl RedisStore {
                 "an order cannot move back to reserved",
             ));
         }
-        self.apply_move(sale_id, order_id, to.as_str(), now_s).await
+        self.apply_move(sale_id, order_id, to.as_str(), now_s, None)
+            .await
+            .map(|found| match found {
+                Abandoned::Released(moved) => moved,
+                Abandoned::NeverRecorded { .. } => Moved::NotFound,
+            })
     }
 
     /// Compensation for an order that was never acknowledged to its buyer:
@@ -452,7 +487,39 @@ impl RedisStore {
     /// cancelled is `Unchanged`; a paid or expired one `Invalid`.
     /// Idempotent: repeat it to settle an `Undetermined` answer.
     pub async fn release(&self, sale_id: &str, order_id: &str) -> Result<Moved, StockError> {
-        self.apply_move(sale_id, order_id, "released", 0).await
+        self.apply_move(sale_id, order_id, "released", 0, None)
+            .await
+            .map(|found| match found {
+                Abandoned::Released(moved) => moved,
+                Abandoned::NeverRecorded { .. } => Moved::NotFound,
+            })
+    }
+
+    /// Settles a reservation `node` made (`quantity` units, `expires_at`)
+    /// whose reply it never got, and will not acknowledge, in one atomic
+    /// call: if Redis recorded it, it is released as by
+    /// [`RedisStore::release`]; if not, a tombstone makes any late copy of
+    /// that reserve answer [`ReserveOutcome::Gone`] (for the grace period
+    /// past `expires_at`; later copies are refused by their age), and the
+    /// units go from the node's lease back to the pool, since the node
+    /// dropped them. Idempotent: repeat it to settle an `Undetermined`
+    /// answer; only the first call that finds it unrecorded moves units.
+    pub async fn abandon(
+        &self,
+        sale_id: &str,
+        order_id: &str,
+        node: u32,
+        quantity: u32,
+        expires_at: u64,
+    ) -> Result<Abandoned, StockError> {
+        self.apply_move(
+            sale_id,
+            order_id,
+            "released",
+            0,
+            Some((node, quantity, expires_at)),
+        )
+        .await
     }
 
     async fn apply_move(
@@ -461,7 +528,8 @@ impl RedisStore {
         order_id: &str,
         to: &str,
         now_s: u64,
-    ) -> Result<Moved, StockError> {
+        abandon: Option<(u32, u32, u64)>,
+    ) -> Result<Abandoned, StockError> {
         let k = Keys::new(sale_id);
         let mut inv = self.scripts.transition.prepare_invoke();
         inv.key(k.pool())
@@ -471,19 +539,36 @@ impl RedisStore {
             .key(k.due())
             .key(k.idem())
             .key(k.unlogged())
+            .key(k.leases())
+            .key(k.tombstone(order_id))
             .arg(order_id)
             .arg(to)
             .arg(now_s)
             .arg(if self.track { "1" } else { "0" });
+        match abandon {
+            Some((node, quantity, expires_at)) => inv
+                .arg(node)
+                .arg(quantity)
+                .arg(expires_at)
+                .arg(self.grace_s),
+            None => inv.arg("").arg(0).arg(0).arg(0),
+        };
         let reply: Vec<String> = self.invoke(&inv).await?;
         let order = |json: &str| parse_order(sale_id, order_id, json);
-        match reply.as_slice() {
+        let moved = match reply.as_slice() {
+            [tag, units] if tag == "gone" => {
+                let returned = units
+                    .parse()
+                    .map_err(|_| unexpected("units returned", units))?;
+                return Ok(Abandoned::NeverRecorded { returned });
+            }
             [tag] if tag == "not_found" => Ok(Moved::NotFound),
             [tag, json] if tag == "changed" => Ok(Moved::Changed(order(json)?)),
             [tag, json] if tag == "unchanged" => Ok(Moved::Unchanged(order(json)?)),
             [tag, status] if tag == "invalid" => Ok(Moved::Invalid(parse_status(status)?)),
             _ => Err(unexpected("transition reply", &format!("{reply:?}"))),
-        }
+        };
+        moved.map(Abandoned::Released)
     }
 
     /// The order with its current status, if it exists.
@@ -590,6 +675,7 @@ impl RedisStore {
             .key(k.orders())
             .key(k.due())
             .key(k.unlogged())
+            .key(k.tombstone(&call.order_id))
             .arg(call.node)
             .arg(&call.order_id)
             .arg(&call.user_id)
@@ -598,7 +684,8 @@ impl RedisStore {
             .arg(format!("{:016x}", call.fingerprint))
             .arg(call.expires_at)
             .arg(if call.from_pool { "1" } else { "0" })
-            .arg(if self.track { "1" } else { "0" });
+            .arg(if self.track { "1" } else { "0" })
+            .arg(self.grace_s);
         inv
     }
 
@@ -735,6 +822,11 @@ impl<'a> Keys<'a> {
     fn unlogged(&self) -> String {
         self.key("unlogged")
     }
+    /// The tombstone of an order id given up on (one key per order id, so
+    /// that it expires by itself).
+    fn tombstone(&self, order_id: &str) -> String {
+        self.key(&format!("gone:{order_id}"))
+    }
 }
 
 /// The order record as `reserve.lua` writes it (cjson).
@@ -773,6 +865,7 @@ fn parse_reserve(call: &ReserveCall, value: Value) -> Result<ReserveOutcome, Sto
             "no_lease" => ReserveOutcome::NoLease,
             "sold_out" => ReserveOutcome::SoldOut,
             "not_open" => ReserveOutcome::SaleNotOpen,
+            "gone" => ReserveOutcome::Gone,
             "not_found" => return Err(StockError::SaleNotFound),
             other => return Err(unexpected("reserve reply", other)),
         },

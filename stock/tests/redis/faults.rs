@@ -96,7 +96,7 @@ async fn a_batch_of_fifty_is_one_evalsha_each_in_one_pipeline() {
     let stats = store.command_stats().await.unwrap();
     assert_eq!(stat(&stats, "evalsha"), 50, "{stats:?}");
     let from_scripts = [
-        "time", "hexists", "hmget", "hget", "hset", "hincrby", "incrby", "zadd",
+        "time", "hexists", "exists", "hmget", "hget", "hset", "hincrby", "incrby", "zadd",
     ];
     for (command, _) in &stats {
         assert!(

@@ -1,6 +1,10 @@
 -- reserve.lua: one reservation, atomically. In order:
 --   1. the order id already exists -> 'reserved' again, nothing charged (a
---      retry of a call whose answer was lost is safe);
+--      retry of a call whose answer was lost is safe); the order id was
+--      given up on (its tombstone, written by transition.lua's release of
+--      an order Redis never recorded) or this call arrives more than
+--      grace_s after the order's expires_at (a copy delayed past any
+--      tombstone) -> 'gone', nothing charged;
 --   2. an Idempotency-Key already recorded -> 'replay' of its order when the
 --      fingerprint matches, else 'key_reused' (before the open check, so a
 --      retry still gets its order after sell-out or close);
@@ -23,20 +27,27 @@
 -- KEYS[8] sk:{S}:due     ZSET order_id by expires_at (reserved orders)
 -- KEYS[9] sk:{S}:unlogged ZSET "order_id|status" by Redis time (ms): changes
 --                         the order log has not been seen to record yet
+-- KEYS[10] sk:{S}:gone:<order_id>  the order id's tombstone, if any
 -- ARGV[1] node, ARGV[2] order_id, ARGV[3] user_id, ARGV[4] quantity,
 -- ARGV[5] idempotency key ('' = none), ARGV[6] fingerprint (16 hex digits),
 -- ARGV[7] expires_at (Unix s), ARGV[8] from_pool ('1' or '0'),
--- ARGV[9] track ('1': write the unlogged entry)
+-- ARGV[9] track ('1': write the unlogged entry), ARGV[10] grace_s
 --
 -- Returns one of: {'reserved'}, {'replay', order_id, order_json},
 -- {'key_reused'}, {'not_found'}, {'not_open'}, {'limit'}, {'sold_out'},
--- {'no_lease'}.
+-- {'no_lease'}, {'gone'}.
 local node, order_id, user_id = ARGV[1], ARGV[2], ARGV[3]
 local qty = tonumber(ARGV[4])
 local key = ARGV[5]
 
 if redis.call('HEXISTS', KEYS[7], order_id) == 1 then
   return {'reserved'}
+end
+
+local time = redis.call('TIME')
+local now = tonumber(time[1])
+if redis.call('EXISTS', KEYS[10]) == 1 or now >= tonumber(ARGV[7]) + tonumber(ARGV[10]) then
+  return {'gone'}
 end
 
 local spec = redis.call('HMGET', KEYS[1], 'switch', 'per_user_limit', 'starts_at', 'ends_at')
@@ -60,8 +71,6 @@ if key ~= '' then
   end
 end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1])
 local ends_at = tonumber(spec[4])
 if spec[1] ~= 'live' or now < tonumber(spec[3]) or (ends_at > 0 and now >= ends_at) then
   return {'not_open'}

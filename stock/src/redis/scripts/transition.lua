@@ -15,6 +15,16 @@
 -- Repeating the move that already happened is 'unchanged' (released: the
 -- order is cancelled); any other move from a non-reserved order is
 -- 'invalid' with the current status.
+--   released of an order id Redis never recorded, with ARGV[5] = node (the
+--   node settles a reservation whose reply it never got, and will not
+--   acknowledge it): writes the tombstone KEYS[9] (SET NX, expiring
+--   grace_s after the order's expires_at, at least grace_s from now), so
+--   that a late copy of that reserve is refused ('gone' in reserve.lua),
+--   and moves the order's units from the node's lease back to the pool (the
+--   node dropped them locally). Only the call that writes the tombstone
+--   moves units: a repeat answers {'gone', '0'}. A lease holding fewer
+--   units than the order (returned or reclaimed since: the units went back
+--   with it) moves nothing.
 -- With track = 1 (a Kafka order log), a change also writes
 -- "order_id|<to>" into the not-yet-logged set, so that a change whose event
 -- never reached the log is found and logged later (the settler).
@@ -26,11 +36,15 @@
 -- KEYS[5] sk:{S}:due      ZSET order_id by expires_at
 -- KEYS[6] sk:{S}:idem     HASH key -> "fingerprint_hex|order_id"
 -- KEYS[7] sk:{S}:unlogged ZSET "order_id|status" by Redis time (ms)
+-- KEYS[8] sk:{S}:leases   HASH node -> units leased and not yet sold
+-- KEYS[9] sk:{S}:gone:<order_id>  the order id's tombstone (string, TTL)
 -- ARGV[1] order_id, ARGV[2] paid | cancelled | expired | released,
--- ARGV[3] now (Unix s), ARGV[4] track ('1' or '0')
+-- ARGV[3] now (Unix s), ARGV[4] track ('1' or '0'),
+-- ARGV[5] node ('' = no tombstone), ARGV[6] quantity, ARGV[7] expires_at
+-- (Unix s), ARGV[8] grace_s (with ARGV[5] only)
 --
--- Returns {'not_found'}, {'unchanged', order_json}, {'invalid', status}
--- or {'changed', order_json}.
+-- Returns {'not_found'}, {'unchanged', order_json}, {'invalid', status},
+-- {'changed', order_json} or {'gone', units_returned_to_the_pool}.
 local order_id, to = ARGV[1], ARGV[2]
 local now = tonumber(ARGV[3])
 
@@ -44,7 +58,23 @@ end
 
 local raw = redis.call('HGET', KEYS[4], order_id)
 if not raw then
-  return {'not_found'}
+  if to ~= 'released' or ARGV[5] == '' then
+    return {'not_found'}
+  end
+  local qty = tonumber(ARGV[6])
+  local grace = tonumber(ARGV[8])
+  local clock = tonumber(redis.call('TIME')[1])
+  local ttl = math.max(tonumber(ARGV[7]) + grace - clock, grace)
+  if not redis.call('SET', KEYS[9], '1', 'NX', 'EX', ttl) then
+    return {'gone', '0'}
+  end
+  local held = tonumber(redis.call('HGET', KEYS[8], ARGV[5]) or '0')
+  if held < qty then
+    return {'gone', '0'}
+  end
+  redis.call('HINCRBY', KEYS[8], ARGV[5], -qty)
+  redis.call('INCRBY', KEYS[1], qty)
+  return {'gone', tostring(qty)}
 end
 local order = cjson.decode(raw)
 
