@@ -779,7 +779,7 @@ async fn release_until_known(store: &RedisStore, shared: &Shared, call: &Abandon
                         order,
                         error = %e,
                         suppressed,
-                        "compensation pending; retrying (suppressed: similar warnings in the last second)"
+                        "compensation pending; retrying (suppressed: similar warnings since the last one)"
                     ),
                     None => debug!(order, error = %e, "compensation pending; retrying"),
                 }

@@ -1,12 +1,17 @@
 //! Cluster mode against a real `redis-server`: several node processes sell
 //! one sale together. No oversell, the per-user limit across nodes, no
 //! stranded stock once the sale settles, a killed node's lease comes back,
-//! Redis outages fail closed, SCRIPT FLUSH is survived, releases are
-//! idempotent, and a sold-out sale costs Redis nothing.
+//! Redis outages fail closed (unresponsive, connections dropped with
+//! reservations unread, the process stopped, killed and restarted), SCRIPT
+//! FLUSH is survived, releases are idempotent, and a sold-out sale costs
+//! Redis nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -89,8 +94,13 @@ pub(crate) struct Tally {
     pub by_code: HashMap<String, usize>,
 }
 
-/// Each of `users` makes `attempts` purchases, spread over the nodes'
-/// addresses round-robin, from `threads` keep-alive connections.
+/// Each of `users` makes `attempts` purchases from `threads` keep-alive
+/// connections per node. User `u`'s `k`-th attempt goes to node
+/// `(u + k) % nodes`: with `attempts <= nodes`, every attempt of a user
+/// reaches another node, so the per-user limit is held across nodes, not
+/// by one node's memory. A user's attempts are consecutive requests, so
+/// different threads send them at about the same time, while stock is
+/// left (sold out answers before the limit is checked).
 pub(crate) fn load(
     addrs: &[SocketAddr],
     sale: &str,
@@ -108,8 +118,9 @@ pub(crate) fn load(
                 let mut tally = Tally::default();
                 let mut n = t;
                 while n < users * attempts {
-                    let user = format!("u{}", n % users);
-                    let node = (n / users + t) % clients.len();
+                    let (u, k) = (n / attempts, n % attempts);
+                    let user = format!("u{u}");
+                    let node = (u + k) % clients.len();
                     let r = clients[node].purchase(&sale, &user);
                     if r.status == 200 {
                         tally.orders.push((r.str("order_id"), user));
@@ -215,6 +226,13 @@ fn three_nodes_sell_exactly_the_stock_with_the_limit_held_across_nodes() {
     );
     let distinct: HashSet<&String> = all.iter().collect();
     assert_eq!(distinct.len(), 3000, "order ids are distinct");
+    // Each user's attempts went to different nodes; the ones refused were
+    // refused by Redis's count of what the user got on another node.
+    assert!(
+        tally.by_code.get("limit_exceeded").copied().unwrap_or(0) > 0,
+        "no attempt met the limit ({:?})",
+        tally.by_code
+    );
     let mut per_user: HashMap<&str, usize> = HashMap::new();
     for (_, user) in &tally.orders {
         *per_user.entry(user).or_default() += 1;
@@ -224,6 +242,11 @@ fn three_nodes_sell_exactly_the_stock_with_the_limit_held_across_nodes() {
         "a user got two units across nodes"
     );
     assert_eq!(redis_int(&redis, "sk:{c3}:sold"), 3000);
+    // The limit on every order, as Redis and the journals hold them.
+    let held = redis_cli(&redis, &["HVALS", "sk:{c3}:users"]);
+    let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(held.len(), 3000, "3000 users hold a unit");
+    assert!(held.iter().all(|n| *n == 1), "a user holds two units");
     for node in &nodes {
         let sale = {
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -238,13 +261,24 @@ fn three_nodes_sell_exactly_the_stock_with_the_limit_held_across_nodes() {
         assert_eq!(sale["sold"], 3000, "cluster-wide sold on every node");
         assert_eq!(sale["state"], "sold_out");
     }
-    // Every acknowledged order is in exactly one node's journal.
+    // Every acknowledged order is in exactly one node's journal, and no
+    // user has two orders in all the journals together.
     let mut journaled: HashMap<String, usize> = HashMap::new();
+    let mut journaled_users: HashMap<String, usize> = HashMap::new();
     for node in &nodes {
-        for (id, n) in node.journal().reserved_counts("c3") {
+        let journal = node.journal();
+        for (id, n) in journal.reserved_counts("c3") {
             *journaled.entry(id).or_default() += n;
         }
+        for event in journal.reserved("c3") {
+            let user = event["user_id"].as_str().expect("user_id").to_owned();
+            *journaled_users.entry(user).or_default() += 1;
+        }
     }
+    assert!(
+        journaled_users.values().all(|n| *n == 1),
+        "a user has two orders across the nodes' journals"
+    );
     for id in &all {
         assert_eq!(
             journaled.get(id),
@@ -502,4 +536,212 @@ fn sigterm_returns_the_unsold_lease_to_the_pool() {
         "every unsold unit is back"
     );
     assert_eq!(redis_int(&redis, "sk:{t}:sold"), 10);
+}
+
+/// Blocks Redis for `ms` (a busy script) and then, before Redis reads
+/// anything else, kills every other client connection: whatever a node
+/// sent meanwhile (reservations, their compensations) dies unread in its
+/// socket, while the node, past its timeout, cannot tell whether it ran.
+/// Both commands go in one write on one connection, so Redis runs them
+/// back to back.
+fn stall_then_drop_clients(redis: &RedisServer, ms: u64) {
+    let script = format!(
+        "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] \
+         repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 >= {} \
+         return 1",
+        ms * 1000
+    );
+    let resp = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        out
+    };
+    let mut conn = TcpStream::connect(("127.0.0.1", redis.port())).expect("connect to redis");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set timeout");
+    let both = resp(&["EVAL", &script, "0"]) + &resp(&["CLIENT", "KILL", "TYPE", "normal"]);
+    conn.write_all(both.as_bytes()).expect("send to redis");
+    // Two integer replies: ":1" (the script), ":N" (clients killed).
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 64];
+    while reply.iter().filter(|b| **b == b'\n').count() < 2 {
+        let n = conn.read(&mut buf).expect("read from redis");
+        assert!(n > 0, "redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with(":1\r\n:"), "unexpected reply {text:?}");
+}
+
+/// Tombstones of the sale: reservations a node gave up on that Redis never
+/// recorded (the node could not tell; `RedisStore::abandon` found out).
+fn tombstones(redis: &RedisServer, sale: &str) -> usize {
+    let pattern = format!("sk:{{{sale}}}:gone:*");
+    redis_cli(redis, &["--scan", "--pattern", &pattern])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Buyers with their own user ids, on `threads` connections to `addr`,
+/// until `stop`: 200 and 410 are fine, 503 must be `unavailable` with a
+/// Retry-After; anything else fails the test. Returns the order ids.
+fn buyers(
+    addr: SocketAddr,
+    sale: &str,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<(Vec<String>, usize)>> {
+    (0..threads)
+        .map(|t| {
+            let stop = stop.clone();
+            let sale = sale.to_owned();
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut orders = Vec::new();
+                let mut unavailable = 0;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c.purchase(&sale, &format!("b{t}-{n}"));
+                    n += 1;
+                    match r.status {
+                        200 => orders.push(r.str("order_id")),
+                        410 => {}
+                        503 => {
+                            assert_error(&r, 503, "unavailable");
+                            unavailable += 1;
+                        }
+                        _ => panic!("unexpected answer: {r}"),
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+                (orders, unavailable)
+            })
+        })
+        .collect()
+}
+
+/// Waits until Redis counts `sold` units of `sale` (the poller and the
+/// reconciliations settle within a few seconds).
+fn wait_for_redis_sold(redis: &RedisServer, sale: &str, sold: u64) {
+    let key = format!("sk:{{{sale}}}:sold");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_int(redis, &key) != sold {
+        assert!(
+            Instant::now() < deadline,
+            "sold in Redis: {} (want {sold})",
+            redis_int(redis, &key)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn reservations_lost_with_their_connection_strand_no_stock() {
+    let redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    node.client()
+        .create_sale("lost", &json!({"stock": 1500, "per_user_limit": 1}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = buyers(node.addr(), "lost", 4, &stop);
+    thread::sleep(Duration::from_millis(300));
+    // Three times: Redis stalls past the node's timeout (300 ms), then
+    // drops the node's connections with what they carried unread.
+    for _ in 0..3 {
+        stall_then_drop_clients(&redis, 700);
+        thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut unavailable = 0;
+    for w in workers {
+        let (orders, n) = w.join().expect("buyer thread");
+        acked.extend(orders);
+        unavailable += n;
+    }
+    assert!(unavailable > 0, "the stalls were never felt");
+    assert!(acked.len() <= 1500, "oversold: {}", acked.len());
+    let rest = buy_the_rest(&[node.addr()], "lost", "rest", Duration::from_secs(30));
+    acked.extend(rest);
+    let lost = tombstones(&redis, "lost");
+    assert_eq!(
+        acked.len(),
+        1500,
+        "sold == stock once settled ({lost} reservations lost unread)"
+    );
+    // The case at stake happened: some reservations never reached Redis,
+    // and the node gave them up (their order ids are tombstoned, their
+    // units went back to the pool and were sold above).
+    assert!(
+        lost > 0,
+        "no reservation was lost unread ({unavailable} answers 503)"
+    );
+    wait_for_redis_sold(&redis, "lost", 1500);
+    assert_eq!(redis_int(&redis, "sk:{lost}:pool"), 0);
+    // Redis and the journal hold exactly the acknowledged orders.
+    let journaled = node.journal().reserved_counts("lost");
+    assert_eq!(journaled.len(), 1500);
+    for id in &acked {
+        assert_eq!(journaled.get(id), Some(&1), "order {id} logged once");
+    }
+    let in_redis = redis_cli(&redis, &["HLEN", "sk:{lost}:orders"]);
+    let cancelled = redis_cli(&redis, &["HVALS", "sk:{lost}:orders"])
+        .lines()
+        .filter(|l| l.contains("\"cancelled\""))
+        .count();
+    assert_eq!(
+        in_redis.trim().parse::<usize>().unwrap() - cancelled,
+        1500,
+        "live orders in Redis are the acknowledged ones"
+    );
+}
+
+#[test]
+fn redis_stopped_and_restarted_mid_sale_fails_closed_and_the_sale_resumes() {
+    let mut redis = RedisServer::start_persistent();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("down", &json!({"stock": 400, "per_user_limit": 1}));
+    let acked_ids: Vec<String> = (0..100)
+        .map(|i| c.purchase("down", &format!("before-{i}")).str("order_id"))
+        .collect();
+
+    // The process stops (SIGSTOP): connections stay open, nothing answers.
+    // Buyers get 503 `unavailable` with Retry-After, fast, and nothing is
+    // sold that Redis has not recorded.
+    redis.freeze();
+    for i in 0..6 {
+        let started = Instant::now();
+        let r = c.purchase("down", &format!("during-{i}"));
+        assert_error(&r, 503, "unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a 503 took {:?}",
+            started.elapsed()
+        );
+    }
+    // It is killed while stopped (what it never read is gone) and comes
+    // back on the same port with its data (append-only file).
+    redis.start_again();
+    assert_eq!(redis_int(&redis, "sk:{down}:sold"), 100, "data kept");
+    let rest = buy_the_rest(&[node.addr()], "down", "after", Duration::from_secs(30));
+    assert_eq!(
+        acked_ids.len() + rest.len(),
+        400,
+        "the sale resumes and sells exactly the stock ({} tombstones)",
+        tombstones(&redis, "down")
+    );
+    // The reservations sent while Redis was stopped died with it, unread:
+    // the node gave them up once Redis was back.
+    assert!(tombstones(&redis, "down") > 0, "no reservation was lost");
+    wait_for_redis_sold(&redis, "down", 400);
+    assert_eq!(redis_int(&redis, "sk:{down}:pool"), 0);
+    let journaled = node.journal().reserved_counts("down");
+    assert_eq!(journaled.len(), 400, "no order beyond the acknowledged");
+    for id in acked_ids.iter().chain(&rest) {
+        assert_eq!(journaled.get(id), Some(&1), "order {id} logged once");
+    }
+    assert_eq!(c.sale("down")["sold"], 400);
 }

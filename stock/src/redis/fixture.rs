@@ -1,5 +1,6 @@
 //! A real `redis-server` for tests: started on a free loopback port in its
-//! own temporary directory, with persistence off, and killed on drop.
+//! own temporary directory, with persistence off (or, `start_persistent`,
+//! an append-only file fsynced on every write), and killed on drop.
 //!
 //! Usable from any crate's tests (`stock::redis::fixture::RedisServer`); it
 //! needs nothing but `redis-server` on `PATH` (`scripts/redis.sh` installs
@@ -10,6 +11,11 @@
 //! let url = redis.url(); // redis://127.0.0.1:PORT/
 //! redis.stop(); // "Redis down"
 //! redis.start_again(); // same port, empty data set
+//!
+//! let mut redis = stock::redis::fixture::RedisServer::start_persistent();
+//! redis.freeze(); // SIGSTOP: connections stay open, nothing is answered
+//! redis.thaw(); // SIGCONT
+//! redis.start_again(); // SIGKILL, then the same port with its data
 //! ```
 
 use std::io::{ErrorKind, Read, Write};
@@ -31,6 +37,9 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Append-only file on, fsynced on every write: a restart keeps every
+    /// write Redis answered.
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -40,17 +49,29 @@ impl RedisServer {
     /// When `redis-server` is not on `PATH` (run `scripts/redis.sh`), or no
     /// server came up after a few ports.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// Like [`RedisServer::start`], with an append-only file fsynced on
+    /// every write (`--appendonly yes --appendfsync always`):
+    /// [`RedisServer::start_again`] then comes back with the data.
+    pub fn start_persistent() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         require_redis_server();
         let dir = temp_dir();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(port, &dir) {
+            match spawn_ready(port, &dir, persistent) {
                 Ok(child) => {
                     return RedisServer {
                         port,
                         dir,
                         child: Some(child),
+                        persistent,
                     }
                 }
                 // Most likely the port was taken between probing and binding.
@@ -84,7 +105,32 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, with an empty data set.
+    /// SIGSTOP: the process stops where it is. Connections stay open and
+    /// commands sent meanwhile wait in socket buffers, unanswered, as on a
+    /// hung host. A no-op when not running.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a frozen server runs again and answers what waited.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(sig)
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} {} failed", child.id());
+        }
+    }
+
+    /// Kills the server (also a frozen one) and starts it again on the same
+    /// port: with an empty data set, or with its data when started with
+    /// [`RedisServer::start_persistent`].
     ///
     /// # Panics
     /// When it does not come back within a few seconds.
@@ -92,7 +138,7 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match spawn_ready(self.port, &self.dir) {
+            match spawn_ready(self.port, &self.dir, self.persistent) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -151,14 +197,20 @@ fn temp_dir() -> PathBuf {
 
 /// Spawns `redis-server` on `port` and waits until it answers; kills it on
 /// failure.
-fn spawn_ready(port: u16, dir: &Path) -> Result<Child, String> {
+fn spawn_ready(port: u16, dir: &Path, persistent: bool) -> Result<Child, String> {
     let log = std::fs::File::create(dir.join("redis.log")).map_err(|e| e.to_string())?;
+    let aof: &[&str] = if persistent {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--save", "", "--daemonize", "no"])
+        .args(aof)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(Stdio::null())
