@@ -172,7 +172,13 @@ impl LogThrottle {
     /// `Some(messages suppressed since the last warning)` when this one
     /// may be a warning.
     fn warn_now(&self) -> Option<u64> {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.warn_at(now + 1)
+    }
+
+    /// [`LogThrottle::warn_now`] at `now` (milliseconds since `start`, plus
+    /// one).
+    fn warn_at(&self, now: u64) -> Option<u64> {
         let last = self.last.load(Ordering::Relaxed);
         if (last == 0 || now.saturating_sub(last) >= 1000)
             && self
@@ -1064,6 +1070,17 @@ mod tests {
         assert_eq!(sale_of("3-17"), None);
         assert_eq!(sale_of("x-17-s"), None);
         assert_eq!(sale_of("1-2-"), None);
+    }
+
+    #[test]
+    fn retry_warnings_are_one_per_second_and_count_the_rest() {
+        let log = LogThrottle::new();
+        assert_eq!(log.warn_at(1), Some(0));
+        assert_eq!(log.warn_at(2), None);
+        assert_eq!(log.warn_at(900), None);
+        assert_eq!(log.warn_at(1001), Some(2));
+        assert_eq!(log.warn_at(1500), None);
+        assert_eq!(log.warn_at(2001), Some(1));
     }
 
     #[test]
