@@ -2,6 +2,10 @@
 //! (DESIGN.md, "Invariants"), each one a [`Check`] that can fail:
 //!
 //! - `log_readable`: the order log reads whole (a torn tail is allowed).
+//!   The events are only those of the audited sale's orders where it
+//!   matters: the log (a Kafka topic in particular) may hold other sales.
+//!   A Kafka source has already left out redeliveries of the same event
+//!   (`orderlog::drop_redeliveries`); what stays twice is a finding.
 //! - `no_oversell`: live units (reserved, not cancelled or expired) never
 //!   exceed the stock at any point of the log; the node's `sold` and the
 //!   units acknowledged with 200 do not exceed it either.
@@ -106,10 +110,11 @@ pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
                 "log_readable",
                 true,
                 format!(
-                    "{} events, torn tail {} bytes, {} of unknown versions",
+                    "{} events, torn tail {} bytes, {} of unknown versions, {} redeliveries counted once",
                     log.events.len(),
                     log.torn_tail_bytes,
-                    log.unknown_versions
+                    log.unknown_versions,
+                    log.redeliveries
                 ),
             ));
             Some(replay(

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `run` creates the sale (unless `--no-create`), drives the load, audits
-//! the invariants against the order log (`--journal`), prints the result
+//! the invariants against the order log (`--journal DIR|FILE`, or `--kafka
+//! BROKERS [--kafka-topic T]` in cluster mode), prints the result
 //! and PASS/FAIL per check, and keeps the run under `--out`. Exit code: 0,
 //! 1 when an audit check failed, 2 when the harness could not run.
 //!
@@ -112,9 +113,16 @@ pub enum ScenarioKind {
 
 #[derive(Debug, Args)]
 pub struct Common {
-    /// The node, e.g. http://127.0.0.1:8080.
-    #[arg(long, env = "SECKILL_TARGET", default_value = "http://127.0.0.1:8080")]
-    pub target: String,
+    /// The node, e.g. http://127.0.0.1:8080. Several (repeated or
+    /// comma-separated: the nodes of one cluster) share the connections
+    /// round-robin; the sale is created and read on the first.
+    #[arg(
+        long,
+        env = "SECKILL_TARGET",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub target: Vec<String>,
     #[arg(long, value_enum, default_value = "purchase")]
     pub scenario: ScenarioKind,
     /// Path of the healthz scenario.
@@ -189,8 +197,20 @@ pub struct Common {
     pub quantity: u32,
 
     /// The node's order journal (file or data dir) to audit against.
-    #[arg(long, env = "SECKILL_JOURNAL")]
+    #[arg(long, env = "SECKILL_JOURNAL", conflicts_with = "kafka")]
     pub journal: Option<PathBuf>,
+    /// Audit against the order topic of cluster mode on these Kafka
+    /// bootstrap brokers (host:port[,host:port...]) instead of a journal.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// The order topic read with --kafka.
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        default_value = crate::orderlog::DEFAULT_KAFKA_TOPIC,
+        requires = "kafka"
+    )]
+    pub kafka_topic: String,
     /// Skip the audit.
     #[arg(long)]
     pub no_audit: bool,
@@ -207,6 +227,21 @@ pub struct Common {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl Common {
+    /// The order log to audit (`--journal` or `--kafka`; clap keeps them
+    /// apart), if any.
+    pub fn order_log(&self) -> Option<LogSpec> {
+        match (&self.journal, &self.kafka) {
+            (_, Some(brokers)) => Some(LogSpec::Kafka {
+                brokers: brokers.clone(),
+                topic: self.kafka_topic.clone(),
+            }),
+            (Some(path), None) => Some(LogSpec::Journal(path.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Runs the command line; returns the process exit code.
@@ -232,7 +267,10 @@ pub fn main_to(cli: Cli, command_line: String, out: &mut dyn Write) -> i32 {
 
 /// A scenario made concrete: the sale it needs and the workload.
 struct Prepared {
+    /// The first target: admin calls and the sale view.
     addr: SocketAddr,
+    /// The other targets.
+    more: Vec<SocketAddr>,
     sale: Option<(String, SaleSetup)>,
     workload: Workload,
 }
@@ -249,9 +287,47 @@ fn target_addr(target: &str) -> Result<SocketAddr, BenchError> {
         .ok_or_else(|| BenchError::Usage(format!("--target {target} resolves to nothing")))
 }
 
+/// How long a sale created on the first target may take to show on the
+/// others (cluster nodes learn new sales from Redis every 200 ms).
+const SALE_VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until every one of `addrs` knows `sale_id`.
+fn wait_visible(addrs: &[SocketAddr], sale_id: &str) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + SALE_VISIBLE_TIMEOUT;
+    for &addr in addrs {
+        while let Err(e) = admin::sale_view(addr, sale_id) {
+            if std::time::Instant::now() >= deadline {
+                return Err(BenchError::Admin(format!(
+                    "sale {sale_id} not visible on {addr} within {SALE_VISIBLE_TIMEOUT:?}: {e}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
 /// Creates the sale (and, for soldout, buys it out) and builds the workload.
 fn prepare(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
-    let addr = target_addr(&c.target)?;
+    let prepared = prepare_first(c, sale_id)?;
+    if let (Some((sale, _)), false) = (&prepared.sale, c.no_create) {
+        wait_visible(&prepared.more, sale)?;
+    }
+    Ok(prepared)
+}
+
+/// [`prepare`] on the first target.
+fn prepare_first(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
+    let mut addrs = c
+        .target
+        .iter()
+        .map(|t| target_addr(t))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let addr = addrs
+        .next()
+        .ok_or_else(|| BenchError::Usage("no --target".into()))?;
+    let more: Vec<SocketAddr> = addrs.collect();
     let workload_for = |sale: &str| {
         Workload::Purchase(PurchaseMix {
             sale: sale.to_string(),
@@ -272,6 +348,7 @@ fn prepare(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
     match c.scenario {
         ScenarioKind::Healthz => Ok(Prepared {
             addr,
+            more,
             sale: None,
             workload: Workload::Get {
                 path: c.path.clone(),
@@ -284,6 +361,7 @@ fn prepare(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
             }
             Ok(Prepared {
                 addr,
+                more: more.clone(),
                 sale: Some((sale_id.to_string(), setup)),
                 workload: workload_for(sale_id),
             })
@@ -313,6 +391,7 @@ fn prepare(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
             }
             Ok(Prepared {
                 addr,
+                more: more.clone(),
                 sale: Some((sale_id.to_string(), setup)),
                 workload: workload_for(sale_id),
             })
@@ -323,6 +402,7 @@ fn prepare(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
 fn load_config(c: &Common, p: &Prepared, mode: Mode) -> LoadConfig {
     LoadConfig {
         addr: p.addr,
+        more_addrs: p.more.clone(),
         workload: p.workload.clone(),
         mode,
         connections: c.connections,
@@ -377,17 +457,22 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
     if c.no_audit {
         return Vec::new();
     }
-    let view = admin::sale_view(p.addr, sale_id).map_err(|e| e.to_string());
+    // A cluster node's `sold` is the cluster-wide count as last polled
+    // from Redis (every 200 ms): read it once it holds still.
+    let cluster = c.kafka.is_some() || !p.more.is_empty();
+    let view = if cluster {
+        settled_view(p.addr, sale_id)
+    } else {
+        admin::sale_view(p.addr, sale_id)
+    }
+    .map_err(|e| e.to_string());
     let (stock, limit) = match &view {
         Ok(v) if c.no_create => (v.stock, v.per_user_limit),
         _ => (setup.stock, setup.per_user_limit),
     };
-    let log = match &c.journal {
-        Some(path) => LogSpec::Journal(path.clone())
-            .source()
-            .read()
-            .map_err(|e| e.to_string()),
-        None => Err("no order log given (--journal)".to_string()),
+    let log = match c.order_log() {
+        Some(spec) => spec.source().read().map_err(|e| e.to_string()),
+        None => Err("no order log given (--journal or --kafka)".to_string()),
     };
     audit::audit(&AuditInput {
         sale_id,
@@ -401,6 +486,20 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
         unfinished: rec.unfinished,
         log,
     })
+}
+
+/// The sale view once two reads 300 ms apart agree (at most ~3 s).
+fn settled_view(addr: SocketAddr, sale_id: &str) -> Result<admin::SaleView, BenchError> {
+    let mut last = admin::sale_view(addr, sale_id)?;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = admin::sale_view(addr, sale_id)?;
+        if now.sold == last.sold && now.state == last.state {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 fn run(args: &RunArgs, command_line: &str, out: &mut dyn Write) -> Result<i32, BenchError> {
@@ -621,6 +720,7 @@ fn config_json(c: &Common, rate: Option<f64>, p: &Prepared) -> serde_json::Value
         "retry": c.retry,
         "keys": format!("{:?}", c.keys).to_lowercase(),
         "journal": c.journal,
+        "order_log": c.order_log().map(|l| l.to_json()),
     })
 }
 
@@ -691,8 +791,8 @@ fn print_audit(out: &mut dyn Write, c: &Common, checks: &[Check]) {
     if checks.is_empty() {
         return;
     }
-    match &c.journal {
-        Some(j) => say!(out, "audit (order log: journal {}):", j.display()),
+    match c.order_log() {
+        Some(log) => say!(out, "audit (order log: {}):", log.describe()),
         None => say!(out, "audit (no order log given):"),
     }
     for ch in checks {

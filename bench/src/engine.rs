@@ -65,6 +65,9 @@ pub enum Mode {
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     pub addr: SocketAddr,
+    /// Further nodes: the connections are spread round-robin over `addr`
+    /// and these (each connection, reconnects included, keeps its node).
+    pub more_addrs: Vec<SocketAddr>,
     pub workload: Workload,
     pub mode: Mode,
     /// Connections over all threads (at least one per thread).
@@ -88,6 +91,7 @@ impl LoadConfig {
     pub fn new(addr: SocketAddr, workload: Workload) -> Self {
         LoadConfig {
             addr,
+            more_addrs: Vec::new(),
             workload,
             mode: Mode::Closed,
             connections: 64,
@@ -218,7 +222,6 @@ struct Shared {
     budget: Cell<u64>,
     progress: Arc<Vec<AtomicU64>>,
     thread: usize,
-    addr: SocketAddr,
     /// Per-request timeout, if any.
     timeout: Option<Duration>,
     /// One per connection task: its request's deadline, for the watchdog.
@@ -237,10 +240,16 @@ async fn drive(
     let cfg = &plan.cfg;
     let timeout = (cfg.timeout > Duration::ZERO).then_some(cfg.timeout);
     let mut conns = Vec::with_capacity(plan.connections);
-    for _ in 0..plan.connections {
+    let targets: Vec<SocketAddr> = std::iter::once(cfg.addr)
+        .chain(cfg.more_addrs.iter().copied())
+        .collect();
+    for k in 0..plan.connections {
+        // Connection k of thread t is connection t + k * threads of the
+        // run: round-robin over the targets across all threads.
+        let addr = targets[(plan.thread + k * plan.threads) % targets.len()];
         // Nothing spins yet, so monoio's timer is fine here.
         let connected = match timeout {
-            Some(t) => monoio::time::timeout(t, Connection::connect(cfg.addr))
+            Some(t) => monoio::time::timeout(t, Connection::connect(addr))
                 .await
                 .unwrap_or_else(|_| {
                     Err(std::io::Error::new(
@@ -248,12 +257,12 @@ async fn drive(
                         format!("no connection within {t:?}"),
                     ))
                 }),
-            None => Connection::connect(cfg.addr).await,
+            None => Connection::connect(addr).await,
         };
         match connected {
-            Ok(c) => conns.push(c),
+            Ok(c) => conns.push((c, addr)),
             Err(e) => {
-                let msg = format!("cannot connect to {}: {e}", cfg.addr);
+                let msg = format!("cannot connect to {addr}: {e}");
                 let _ = ready.send(Err(msg.clone()));
                 return Err(msg);
             }
@@ -288,7 +297,6 @@ async fn drive(
         budget: Cell::new(budget),
         progress: Arc::clone(&plan.progress),
         thread: plan.thread,
-        addr: cfg.addr,
         timeout,
         watches: RefCell::new(Vec::new()),
         finished: Cell::new(false),
@@ -296,13 +304,13 @@ async fn drive(
     });
     // The start is at most a few ms away: the pacer waits for it precisely,
     // closed-loop connections just begin.
-    for conn in conns {
+    for (conn, addr) in conns {
         let shared = Rc::clone(&shared);
         let watch = Rc::new(Watch::default());
         shared.watches.borrow_mut().push(Rc::clone(&watch));
         match cfg.mode {
-            Mode::Open(_) => monoio::spawn(open_connection(shared, conn, watch)),
-            Mode::Closed => monoio::spawn(closed_connection(shared, conn, watch)),
+            Mode::Open(_) => monoio::spawn(open_connection(shared, conn, addr, watch)),
+            Mode::Closed => monoio::spawn(closed_connection(shared, conn, addr, watch)),
         };
     }
     if let Some(t) = timeout {
@@ -354,16 +362,21 @@ async fn pace(shared: Rc<Shared>, schedule: Schedule, thread: u64, threads: u64,
     shared.slots.close();
 }
 
-async fn open_connection(shared: Rc<Shared>, conn: Connection, watch: Rc<Watch>) {
+async fn open_connection(shared: Rc<Shared>, conn: Connection, addr: SocketAddr, watch: Rc<Watch>) {
     let mut conn = Some(conn);
     let mut request = Vec::with_capacity(512);
     while let Some(slot) = shared.slots.pop().await {
-        request = exchange(&shared, &watch, &mut conn, slot.intended, request).await;
+        request = exchange(&shared, &watch, addr, &mut conn, slot.intended, request).await;
     }
     shared.active.set(shared.active.get() - 1);
 }
 
-async fn closed_connection(shared: Rc<Shared>, conn: Connection, watch: Rc<Watch>) {
+async fn closed_connection(
+    shared: Rc<Shared>,
+    conn: Connection,
+    addr: SocketAddr,
+    watch: Rc<Watch>,
+) {
     let mut conn = Some(conn);
     let mut request = Vec::with_capacity(512);
     loop {
@@ -372,7 +385,7 @@ async fn closed_connection(shared: Rc<Shared>, conn: Connection, watch: Rc<Watch
             break;
         }
         shared.budget.set(shared.budget.get() - 1);
-        request = exchange(&shared, &watch, &mut conn, now, request).await;
+        request = exchange(&shared, &watch, addr, &mut conn, now, request).await;
     }
     shared.active.set(shared.active.get() - 1);
 }
@@ -385,6 +398,7 @@ async fn closed_connection(shared: Rc<Shared>, conn: Connection, watch: Rc<Watch
 async fn exchange(
     shared: &Shared,
     watch: &Watch,
+    addr: SocketAddr,
     conn: &mut Option<Connection>,
     intended: Instant,
     mut request: Vec<u8>,
@@ -393,9 +407,7 @@ async fn exchange(
     shared.in_flight.set(shared.in_flight.get() + 1);
     let sent = Instant::now();
     let deadline = shared.timeout.map(|t| sent + t);
-    let outcome = watch
-        .race(deadline, attempt(shared.addr, conn, request))
-        .await;
+    let outcome = watch.race(deadline, attempt(addr, conn, request)).await;
     let done = Instant::now();
     shared.in_flight.set(shared.in_flight.get() - 1);
     let request = match outcome {

@@ -21,8 +21,9 @@
 //!   latency), counts per status and code, timeline, acknowledged orders;
 //!   [`Summary`], the JSON result.
 //! - `admin`: blocking control-plane calls: create a sale, read its state.
-//! - `orderlog`: [`OrderLogSource`], the seam for the order log (the
-//!   journal file today, Kafka later); a read-only journal reader.
+//! - `orderlog`: [`OrderLogSource`], the seam for the order log: a
+//!   read-only journal reader, and the Kafka topic of cluster mode (read to
+//!   the high watermarks, redeliveries counted once).
 //! - `audit`: [`audit::audit`], the invariant checks, PASS/FAIL each.
 //! - `findmax`: [`findmax::find_max`], raise the rate until p99 breaks the
 //!   SLO; capacity per node, per core, and nodes needed.

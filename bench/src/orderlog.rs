@@ -1,8 +1,8 @@
 //! Where the audit reads the order log from.
 //!
-//! [`OrderLogSource`] is the seam: the embedded node's journal file today
-//! ([`JournalFile`]); the Kafka topic of cluster mode plugs in as another
-//! [`LogSpec`] variant and source once the node can write one.
+//! [`OrderLogSource`] is the seam, chosen by a [`LogSpec`]: the embedded
+//! node's journal file ([`JournalFile`]) or the Kafka topic of cluster mode
+//! ([`KafkaTopic`]).
 //!
 //! [`JournalFile`] is a read-only reader of the journal format (see
 //! `queue::journal`): magic `SKJRNL01`, then frames of `u32 LE len | u32 LE
@@ -10,14 +10,32 @@
 //! an incomplete frame at the end is a write in progress (or a torn tail)
 //! and is left out; a bad frame with a valid frame after it is corruption
 //! and an error, as it is for the node.
+//!
+//! [`KafkaTopic`] reads every partition of the topic from its beginning up
+//! to the high watermarks it fetched when the read began (a plain
+//! `BaseConsumer` with a manual assignment: no group, no commits), within a
+//! time bound. Kafka delivers at least once, so a redelivered event is
+//! counted once ([`drop_redeliveries`]); the partitions are merged into one
+//! sequence by event time (`at`), each partition's own order kept.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use queue::journal::MAGIC;
-use queue::Event;
+use queue::{Event, EventKind};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::BenchError;
+
+/// The topic cluster-mode nodes write when `--kafka-topic` is not given.
+pub const DEFAULT_KAFKA_TOPIC: &str = "seckill.orders";
+/// How long a Kafka read may take to reach the high watermarks.
+pub const KAFKA_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest frame payload the journal writes.
 const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
@@ -31,6 +49,9 @@ pub struct LogContents {
     pub torn_tail_bytes: usize,
     /// Events of a schema version newer than this build knows (skipped).
     pub unknown_versions: usize,
+    /// Redeliveries of an event already read (at-least-once Kafka), left
+    /// out of `events`. Always 0 for the journal, which is exactly once.
+    pub redeliveries: usize,
 }
 
 /// A readable order log.
@@ -46,10 +67,12 @@ pub trait OrderLogSource {
 pub enum LogSpec {
     /// The embedded node's `orders.journal` (a file path, or the data dir).
     Journal(PathBuf),
+    /// The order topic of cluster mode (`--kafka BROKERS --kafka-topic T`).
+    Kafka { brokers: String, topic: String },
 }
 
 impl LogSpec {
-    /// Opens the source.
+    /// Opens the source (nothing is read or connected to yet).
     pub fn source(&self) -> Box<dyn OrderLogSource> {
         match self {
             LogSpec::Journal(path) => {
@@ -59,6 +82,25 @@ impl LogSpec {
                     path.clone()
                 };
                 Box::new(JournalFile { path })
+            }
+            LogSpec::Kafka { brokers, topic } => Box::new(KafkaTopic::new(brokers, topic)),
+        }
+    }
+
+    /// What is audited, for the report (`journal PATH`, `kafka topic T on B`).
+    pub fn describe(&self) -> String {
+        match self {
+            LogSpec::Journal(path) => format!("journal {}", path.display()),
+            LogSpec::Kafka { brokers, topic } => format!("kafka topic {topic} on {brokers}"),
+        }
+    }
+
+    /// The run record's `order_log` entry.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            LogSpec::Journal(path) => serde_json::json!({"kind": "journal", "path": path}),
+            LogSpec::Kafka { brokers, topic } => {
+                serde_json::json!({"kind": "kafka", "brokers": brokers, "topic": topic})
             }
         }
     }
@@ -103,16 +145,9 @@ pub fn parse_journal(bytes: &[u8]) -> Result<LogContents, String> {
     while at < bytes.len() {
         match frame_at(bytes, at) {
             Some(payload) => {
-                let event: serde_json::Value = serde_json::from_slice(payload)
-                    .map_err(|e| format!("frame at byte {at} is not JSON: {e}"))?;
-                if event.get("v").and_then(|v| v.as_u64())
-                    > Some(u64::from(queue::event::SCHEMA_VERSION))
-                {
-                    out.unknown_versions += 1;
-                } else {
-                    let event: Event = serde_json::from_value(event)
-                        .map_err(|e| format!("frame at byte {at} is not an event: {e}"))?;
-                    out.events.push(event);
+                match decode_event(payload).map_err(|e| format!("frame at byte {at} {e}"))? {
+                    Some(event) => out.events.push(event),
+                    None => out.unknown_versions += 1,
                 }
                 at += FRAME_HEADER + payload.len();
             }
@@ -130,6 +165,20 @@ pub fn parse_journal(bytes: &[u8]) -> Result<LogContents, String> {
     Ok(out)
 }
 
+/// Decodes one event record: `None` for a schema version newer than this
+/// build knows (to be skipped, not misread); an error when it is not an
+/// event.
+pub fn decode_event(payload: &[u8]) -> Result<Option<Event>, String> {
+    let event: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("is not JSON: {e}"))?;
+    if event.get("v").and_then(|v| v.as_u64()) > Some(u64::from(queue::event::SCHEMA_VERSION)) {
+        return Ok(None);
+    }
+    serde_json::from_value(event)
+        .map(Some)
+        .map_err(|e| format!("is not an event: {e}"))
+}
+
 /// The payload of a whole, CRC-valid frame starting at `at`.
 fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     let header = bytes.get(at..at + FRAME_HEADER)?;
@@ -140,6 +189,241 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     }
     let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
     (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// The order topic of cluster mode, read with a plain consumer.
+#[derive(Clone, Debug)]
+pub struct KafkaTopic {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    pub topic: String,
+    /// The read fails when the high watermarks are not reached within this
+    /// (metadata and watermark requests included).
+    pub timeout: Duration,
+}
+
+impl KafkaTopic {
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        KafkaTopic {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            timeout: KAFKA_READ_TIMEOUT,
+        }
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer, String> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            // Required by librdkafka for a consumer; never joined (assign,
+            // not subscribe) and nothing is committed.
+            .set("group.id", "seckill-bench-audit")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false")
+            .set("socket.timeout.ms", "5000")
+            .set("reconnect.backoff.max.ms", "500")
+            .create()
+            .map_err(|e| format!("cannot create a Kafka consumer: {e}"))
+    }
+
+    /// Reads every partition up to its high watermark; the events of each
+    /// partition in offset order.
+    fn read_partitions(&self) -> Result<(Vec<Vec<Event>>, usize), String> {
+        let deadline = Instant::now() + self.timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let consumer = self.consumer()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), left())
+            .map_err(|e| format!("no metadata from Kafka at {}: {e}", self.brokers))?;
+        let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == self.topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                t.partitions().iter().map(|p| p.id()).collect()
+            }
+            Some(t) => {
+                return Err(format!(
+                    "topic {} on {}: {:?}",
+                    self.topic,
+                    self.brokers,
+                    t.error().map(rdkafka::types::RDKafkaErrorCode::from)
+                ))
+            }
+            None => return Err(format!("no topic {} on {}", self.topic, self.brokers)),
+        };
+        let n = partitions.iter().max().map_or(0, |m| *m as usize + 1);
+        // high[p]: where the read of partition p stops; next[p]: the next
+        // offset wanted from it.
+        let mut high = vec![0i64; n];
+        let mut next = vec![0i64; n];
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            let (low, hi) = consumer
+                .fetch_watermarks(&self.topic, p, left())
+                .map_err(|e| format!("no watermarks of {}/{p}: {e}", self.topic))?;
+            high[p as usize] = hi;
+            next[p as usize] = low;
+            if hi > low {
+                assignment
+                    .add_partition_offset(&self.topic, p, Offset::Offset(low))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let mut events: Vec<Vec<Event>> = vec![Vec::new(); n];
+        let mut unknown = 0;
+        let done = |next: &[i64]| {
+            partitions
+                .iter()
+                .all(|&p| next[p as usize] >= high[p as usize])
+        };
+        if done(&next) {
+            return Ok((events, unknown));
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| format!("cannot assign {}: {e}", self.topic))?;
+        let mut last_error = None;
+        while !done(&next) {
+            if left().is_zero() {
+                let short: Vec<String> = partitions
+                    .iter()
+                    .filter(|&&p| next[p as usize] < high[p as usize])
+                    .map(|&p| format!("{p} at {} of {}", next[p as usize], high[p as usize]))
+                    .collect();
+                return Err(format!(
+                    "topic {} on {}: the high watermarks were not reached within {:?} \
+                     (partitions {}){}",
+                    self.topic,
+                    self.brokers,
+                    self.timeout,
+                    short.join(", "),
+                    last_error
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            match consumer.poll(left().min(Duration::from_millis(200))) {
+                Some(Ok(m)) => {
+                    let p = m.partition() as usize;
+                    if p >= n || m.offset() < next[p] || m.offset() >= high[p] {
+                        continue;
+                    }
+                    let payload = m.payload().ok_or_else(|| {
+                        format!(
+                            "{}/{p} offset {}: a message without a value",
+                            self.topic,
+                            m.offset()
+                        )
+                    })?;
+                    match decode_event(payload)
+                        .map_err(|e| format!("{}/{p} offset {} {e}", self.topic, m.offset()))?
+                    {
+                        Some(e) => events[p].push(e),
+                        None => unknown += 1,
+                    }
+                    next[p] = m.offset() + 1;
+                }
+                Some(Err(e)) => last_error = Some(e.to_string()),
+                None => {
+                    // Offsets without a message (transaction markers,
+                    // compacted records) move the position, not `next`.
+                    if let Ok(positions) = consumer.position() {
+                        for el in positions.elements_for_topic(&self.topic) {
+                            if let (Offset::Offset(o), Some(slot)) =
+                                (el.offset(), next.get_mut(el.partition() as usize))
+                            {
+                                *slot = (*slot).max(o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok((events, unknown))
+    }
+}
+
+impl OrderLogSource for KafkaTopic {
+    fn describe(&self) -> String {
+        format!("kafka topic {} on {}", self.topic, self.brokers)
+    }
+
+    fn read(&self) -> Result<LogContents, BenchError> {
+        let (partitions, unknown_versions) = self.read_partitions().map_err(BenchError::Log)?;
+        let (events, redeliveries) = drop_redeliveries(merge_by_time(partitions));
+        Ok(LogContents {
+            events,
+            torn_tail_bytes: 0,
+            unknown_versions,
+            redeliveries,
+        })
+    }
+}
+
+/// Merges per-partition sequences into one by event time (`at`), keeping
+/// each partition's order (one order's events share a partition, so they
+/// stay in order). On equal times a release (cancel, expiry, compensation)
+/// goes before a reservation: a unit freed and sold again in the same
+/// millisecond is not counted twice.
+pub fn merge_by_time(partitions: Vec<Vec<Event>>) -> Vec<Event> {
+    let total = partitions.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<Event>>> = partitions
+        .into_iter()
+        .map(|p| p.into_iter().peekable())
+        .collect();
+    let rank = |e: &Event| {
+        let release = matches!(
+            e.kind,
+            EventKind::OrderCancelled { .. }
+                | EventKind::OrderExpired { .. }
+                | EventKind::StockReleased { .. }
+        );
+        (e.at, !release)
+    };
+    loop {
+        let best = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, h)| h.peek().map(|e| (rank(e), i)))
+            .min();
+        match best {
+            Some((_, i)) => out.extend(heads[i].next()),
+            None => return out,
+        }
+    }
+}
+
+/// Leaves out redeliveries, keeping the first copy; returns how many went.
+///
+/// An order event is a redelivery of an earlier one with the same `type`,
+/// `order_id` and every other field (the time `at` aside: a producer
+/// retrying after a crash makes the event again) — what the order
+/// system's dedupe by `order_id` + `type` drops. A second event of the same
+/// order and type that differs in anything else (another user, sale,
+/// quantity, key) is not a redelivery: it stays, and the audit counts the
+/// order as logged twice. A sale event is a redelivery only when equal in
+/// every field, `at` included.
+pub fn drop_redeliveries(events: Vec<Event>) -> (Vec<Event>, usize) {
+    let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(events.len());
+    let mut out = Vec::with_capacity(events.len());
+    let mut dropped = 0;
+    for e in events {
+        let key = match e.kind {
+            EventKind::SaleCreated { .. } | EventKind::SaleSwitched { .. } => e.to_json(),
+            _ => {
+                let mut key = e.v.to_le_bytes().to_vec();
+                // Plain strings and integers: cannot fail.
+                key.extend(serde_json::to_vec(&e.kind).unwrap_or_default());
+                key
+            }
+        };
+        if seen.insert(key) {
+            out.push(e);
+        } else {
+            dropped += 1;
+        }
+    }
+    (out, dropped)
 }
 
 /// Encodes events as a journal image (for tests and for cutting copies).
@@ -207,6 +491,94 @@ mod tests {
         assert!(parse_journal(&bad).unwrap_err().contains("corrupt"));
         assert!(parse_journal(b"NOTAJRNL").is_err());
         assert_eq!(parse_journal(&MAGIC[..3]).unwrap().events.len(), 0);
+    }
+
+    fn at(mut e: Event, at: u64) -> Event {
+        e.at = at;
+        e
+    }
+
+    fn cancelled(id: &str) -> Event {
+        Event::new(
+            1,
+            EventKind::OrderCancelled {
+                order_id: id.into(),
+                sale_id: "s".into(),
+                user_id: "u".into(),
+                quantity: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn redeliveries_go_and_conflicting_copies_stay() {
+        let first = at(reserved("o1"), 5);
+        let (events, dropped) = drop_redeliveries(vec![
+            first.clone(),
+            first.clone(),
+            // Made again later by a retrying producer: the same event.
+            at(reserved("o1"), 9),
+            reserved("o2"),
+        ]);
+        assert_eq!(dropped, 2);
+        assert_eq!(events, vec![first.clone(), reserved("o2")]);
+        // The same order id for another user is not a redelivery.
+        let mut other = reserved("o1");
+        if let EventKind::OrderReserved { user_id, .. } = &mut other.kind {
+            *user_id = "someone else".into();
+        }
+        let (events, dropped) = drop_redeliveries(vec![first.clone(), other, cancelled("o1")]);
+        assert_eq!((events.len(), dropped), (3, 0));
+        // Two pauses of a sale at different times are two events.
+        let pause = |t| {
+            Event::new(
+                t,
+                EventKind::SaleSwitched {
+                    sale_id: "s".into(),
+                    switch: queue::SaleSwitch::Paused,
+                },
+            )
+        };
+        let (events, dropped) = drop_redeliveries(vec![pause(1), pause(2), pause(2)]);
+        assert_eq!((events.len(), dropped), (2, 1));
+    }
+
+    #[test]
+    fn partitions_merge_by_time_in_their_own_order() {
+        let merged = merge_by_time(vec![
+            vec![
+                at(reserved("a"), 1),
+                at(reserved("c"), 3),
+                at(cancelled("a"), 2),
+            ],
+            vec![at(reserved("b"), 2), at(reserved("d"), 4)],
+            vec![],
+            vec![at(cancelled("x"), 2)],
+        ]);
+        let order: Vec<(String, u64)> = merged
+            .iter()
+            .map(|e| (e.kind.key().to_string(), e.at))
+            .collect();
+        let want = [("a", 1), ("x", 2), ("b", 2), ("c", 3), ("a", 2), ("d", 4)];
+        let want: Vec<(String, u64)> = want.iter().map(|(k, t)| (k.to_string(), *t)).collect();
+        // Partition 0 keeps its order (a's cancel after c although earlier);
+        // at time 2 the release (x) goes before the reservation (b).
+        assert_eq!(order, want);
+    }
+
+    #[test]
+    fn unknown_versions_are_skipped_and_garbage_is_an_error() {
+        let mut newer: serde_json::Value =
+            serde_json::from_slice(&reserved("n").to_json()).unwrap();
+        newer["v"] = 99.into();
+        newer["type"] = "order_teleported".into();
+        assert_eq!(decode_event(newer.to_string().as_bytes()), Ok(None));
+        assert_eq!(
+            decode_event(&reserved("o").to_json()),
+            Ok(Some(reserved("o")))
+        );
+        assert!(decode_event(b"{\"v\":1,\"type\":\"nope\"}").is_err());
+        assert!(decode_event(b"\x00\x01").is_err());
     }
 
     /// Polls a future to completion on this thread.

@@ -14,6 +14,11 @@
 //! - `audit`: the audit passes a clean sale and fails on every injected
 //!   fault, including a corrupted copy of a journal; the CLI's exit codes
 //!   and run files.
+//! - `kafka`: the audit against the Kafka order topic on a real broker
+//!   (tansu via `queue::kafka::fixture::Broker`; `scripts/kafka.sh`
+//!   installs it) with [`support::FakeNode::start_kafka`]: clean sales on
+//!   a shared topic and redeliveries pass, lost orders, oversell and
+//!   doctored copies fail, a missing topic or broker fails in bounded time.
 //! - `faults`: connections reset mid-run, a node killed mid-run, requests
 //!   never answered ([`support::AbruptServer`]): counted as transport
 //!   errors or timeouts, and the run always finishes.
@@ -25,5 +30,7 @@ mod support;
 mod audit;
 #[path = "harness/faults.rs"]
 mod faults;
+#[path = "harness/kafka.rs"]
+mod kafka;
 #[path = "harness/timing.rs"]
 mod timing;

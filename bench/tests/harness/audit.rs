@@ -18,9 +18,20 @@ use queue::EventKind;
 use crate::support::{exclusive, FakeNode, Fault};
 
 /// Runs `seckill-bench run` against `node` (closed loop, 600 purchases by
-/// 300 cold users and 5 hot retriers, stock 50; `overrides` replace these
-/// flags) and returns the exit code and the kept record.
-fn run_cli(node: &FakeNode, overrides: &[(&str, &str)]) -> (i32, RunRecord) {
+/// 300 cold users and 5 hot retriers, stock 50, audited against the node's
+/// journal; `overrides` replace these flags or add others) and returns the
+/// exit code and the kept record.
+pub(crate) fn run_cli(node: &FakeNode, overrides: &[(&str, &str)]) -> (i32, RunRecord) {
+    run_cli_without(node, overrides, &[])
+}
+
+/// [`run_cli`] with the default flags in `without` left out (e.g.
+/// `--journal`, to audit another log).
+pub(crate) fn run_cli_without(
+    node: &FakeNode,
+    overrides: &[(&str, &str)],
+    without: &[&str],
+) -> (i32, RunRecord) {
     let out = tempfile::tempdir().unwrap();
     let journal = node.journal_path();
     let mut flags: Vec<(&str, String)> = vec![
@@ -37,6 +48,7 @@ fn run_cli(node: &FakeNode, overrides: &[(&str, &str)]) -> (i32, RunRecord) {
         ("--out", out.path().to_str().unwrap().into()),
         ("--name", "t".into()),
     ];
+    flags.retain(|(f, _)| !without.contains(f));
     for (flag, value) in overrides {
         match flags.iter_mut().find(|(f, _)| f == flag) {
             Some(entry) => entry.1 = value.to_string(),
@@ -59,7 +71,7 @@ fn run_cli(node: &FakeNode, overrides: &[(&str, &str)]) -> (i32, RunRecord) {
     (code, record)
 }
 
-fn verdicts(record: &RunRecord) -> BTreeMap<String, Verdict> {
+pub(crate) fn verdicts(record: &RunRecord) -> BTreeMap<String, Verdict> {
     record
         .audit
         .iter()

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use queue::{Event, EventKind, Journal, JournalOptions};
+use queue::{Event, EventKind, Journal, JournalOptions, KafkaLog, KafkaOptions, OrderLog};
 
 /// Every test takes this so that none runs beside another: timing needs
 /// quiet cores (the machine may have two; a spinning pacer takes one).
@@ -335,6 +335,9 @@ pub enum Fault {
     IgnoreLimit,
     /// Says sold_out while this many units are still unsold.
     Strand(u64),
+    /// Logs every n-th order twice, the very same event (an at-least-once
+    /// redelivery): harmless on Kafka, a double-logged order in a journal.
+    Redeliver(u64),
 }
 
 struct Sale {
@@ -352,16 +355,47 @@ struct State {
 
 /// A small seckill lookalike: admin PUT, GET sale, purchase with limits and
 /// Idempotency-Key replays, and a real journal (`queue::Journal`) in its
-/// data dir. Answers 200 only once the order is durable, unless a fault
+/// data dir (with [`FakeNode::start_kafka`], a real Kafka topic as well). Answers 200 only once the order is durable, unless a fault
 /// says otherwise.
 pub struct FakeNode {
     server: Server,
     pub dir: tempfile::TempDir,
     journal: Arc<Journal>,
+    kafka: Option<Arc<KafkaLog>>,
+}
+
+/// Where a [`FakeNode`] logs its orders.
+struct Logs {
+    journal: Arc<Journal>,
+    kafka: Option<Arc<KafkaLog>>,
+}
+
+impl Logs {
+    /// Durable in every log before it returns (delivery report for Kafka).
+    fn append(&self, event: &Event) {
+        block_on(self.journal.append(event)).unwrap();
+        if let Some(kafka) = &self.kafka {
+            block_on(kafka.append(event)).unwrap();
+        }
+    }
 }
 
 impl FakeNode {
     pub fn start(fault: Fault) -> FakeNode {
+        FakeNode::start_logging(fault, None)
+    }
+
+    /// A fake cluster-mode node: every order also goes to the Kafka topic
+    /// `topic` on `brokers` (queue's [`KafkaLog`], the node's producer),
+    /// delivered before the 200; the same faults apply to both logs.
+    pub fn start_kafka(fault: Fault, brokers: &str, topic: &str) -> FakeNode {
+        let mut opts = KafkaOptions::new(brokers);
+        opts.topic = topic.to_string();
+        opts.partitions = 3;
+        FakeNode::start_logging(fault, Some(Arc::new(KafkaLog::connect(&opts).unwrap())))
+    }
+
+    fn start_logging(fault: Fault, kafka: Option<Arc<KafkaLog>>) -> FakeNode {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
         let journal = Arc::new(journal);
@@ -369,15 +403,19 @@ impl FakeNode {
             sales: HashMap::new(),
             next_order: 0,
         }));
-        let log = Arc::clone(&journal);
+        let logs = Logs {
+            journal: Arc::clone(&journal),
+            kafka: kafka.clone(),
+        };
         let server = Server::start(move |req, stream| {
-            let (status, extra, body) = handle(&state, &log, fault, req);
+            let (status, extra, body) = handle(&state, &logs, fault, req);
             respond(stream, status, extra, &body)
         });
         FakeNode {
             server,
             dir,
             journal,
+            kafka,
         }
     }
 
@@ -401,12 +439,15 @@ impl FakeNode {
 impl Drop for FakeNode {
     fn drop(&mut self) {
         self.journal.close();
+        if let Some(kafka) = &self.kafka {
+            kafka.close();
+        }
     }
 }
 
 fn handle(
     state: &Mutex<State>,
-    log: &Journal,
+    log: &Logs,
     fault: Fault,
     req: &Request,
 ) -> (u16, &'static str, String) {
@@ -504,7 +545,10 @@ fn handle(
                 );
                 // Durable before the 200, as the node does (under the lock:
                 // a test server, not a fast one).
-                block_on(log.append(&event)).unwrap();
+                log.append(&event);
+                if matches!(fault, Fault::Redeliver(k) if sale.sold % k == 0) {
+                    log.append(&event);
+                }
             }
             (200, "", order(&oid))
         }

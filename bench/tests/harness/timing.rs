@@ -258,3 +258,58 @@ fn ramp_sends_a_quarter_in_its_first_half() {
     .unwrap();
     close("flat", per_interval[2], 2000.0, 0.0, 0.03).unwrap();
 }
+
+/// Several targets (the nodes of a cluster) share the connections
+/// round-robin, from the library and from the command line.
+#[test]
+fn connections_spread_over_several_targets() {
+    let _one = exclusive();
+    let opts = || DelayOptions {
+        delay: Duration::from_millis(1),
+        stall_at: Duration::from_secs(3600),
+        stall_for: Duration::ZERO,
+        close_every: None,
+    };
+    let servers: Vec<DelayServer> = (0..3).map(|_| DelayServer::start(opts())).collect();
+    let mut cfg = LoadConfig::new(servers[0].addr(), healthz());
+    cfg.more_addrs = vec![servers[1].addr(), servers[2].addr()];
+    cfg.threads = 2;
+    cfg.connections = 6;
+    cfg.max_requests = Some(600);
+    let rec = run_load(&cfg, &mut |_, _| {}).unwrap();
+    assert_eq!(rec.summary(cfg.duration).completed, 600);
+    let counts: Vec<u64> = servers
+        .iter()
+        .map(|s| s.requests.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 600, "{counts:?}");
+    // Two connections each, the same delay: about a third each.
+    assert!(counts.iter().all(|&n| n >= 100), "{counts:?}");
+
+    let two: Vec<DelayServer> = (0..2).map(|_| DelayServer::start(opts())).collect();
+    let targets = format!("http://{},http://{}", two[0].addr(), two[1].addr());
+    let args = [
+        "seckill-bench",
+        "run",
+        "--scenario",
+        "healthz",
+        "--target",
+        &targets,
+        "--connections",
+        "4",
+        "--requests",
+        "200",
+        "--no-save",
+        "--quiet",
+    ];
+    let mut out = Vec::new();
+    let code = bench::cli::main_to(
+        <bench::cli::Cli as clap::Parser>::parse_from(args),
+        args.join(" "),
+        &mut out,
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    for s in &two {
+        assert!(s.requests.load(std::sync::atomic::Ordering::Relaxed) >= 40);
+    }
+}
