@@ -25,46 +25,22 @@ TOKEN=bench-token
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
 
-bash scripts/redis.sh
-bash scripts/kafka.sh >/dev/null
 cargo build --release -q -p seckill -p bench
-node_bin=$TARGET_DIR/release/seckill
+NODE_BIN=$TARGET_DIR/release/seckill
 bench_bin=$TARGET_DIR/release/seckill-bench
 ceiling_bin=$TARGET_DIR/release/kafka-ceiling
+source scripts/lib/cluster.sh
 
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_backends "$work"
+kafka=$CLUSTER_KAFKA
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-pids+=("$(bash scripts/redis.sh start "$redis_port" "$work/redis")")
-kafka_port=$(free_port)
-pids+=("$(bash scripts/kafka.sh start "$kafka_port" "$work/kafka")")
-redis=redis://127.0.0.1:$redis_port
-kafka=127.0.0.1:$kafka_port
-
-start_node() { # name, extra flags...
-  local name=$1; shift
-  mkdir -p "$work/$name"
-  "$node_bin" --listen 127.0.0.1:0 --data-dir "$work/$name/data" --admin-token "$TOKEN" \
-    --cores "$NODE_CORES" "$@" >"$work/$name/banner" 2>"$work/$name/node.log" &
-  pids+=("$!")
-  for _ in $(seq 200); do grep -q 'listening on' "$work/$name/banner" && break; sleep 0.1; done
-  grep -o 'http://[0-9.:]*' "$work/$name/banner" | head -n1 || {
-    echo "node $name did not start" >&2; cat "$work/$name/node.log" >&2; exit 1; }
-}
-
-kafka_addr=$(start_node kafka --redis "$redis" --kafka "$kafka" --node-id 1)
-"$node_bin" settle --redis "$redis" --kafka "$kafka" 2>"$work/settler.log" &
-pids+=("$!")
-journal_addr=$(start_node journal)
+cluster_node "$work" kafka --redis "$CLUSTER_REDIS" --kafka "$kafka" --node-id 1
+kafka_addr=$CLUSTER_ADDR
+cluster_settler "$work"
+cluster_node "$work" journal
+journal_addr=$CLUSTER_ADDR
 
 mkdir -p "$OUT"
 log=$OUT/bench-kafka.log

@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # One command for a capacity scenario on loopback: builds the release node
-# and the harness, starts a node on a temp data dir, runs the scenario with
-# seckill-bench, stops the node. Results go to bench/runs/<date>-<host>/.
+# and the harness, starts a node on a temp data dir (or, with MODE=cluster, a
+# local cluster), runs the scenario with seckill-bench, stops everything.
+# Results go to bench/runs/<date>-<host>/.
 #
 #   scripts/bench.sh capacity        find-max of the purchase path and of the
 #                                    sold-out path at p99 <= $SLO: the capacity report
 #   scripts/bench.sh spike           a sale-start spike (0 -> $RATE in 500 ms) on a
 #                                    sale of $STOCK units with hot retriers; audited
 #   scripts/bench.sh healthz-vs-wrk  harness vs wrk on /healthz, alternating rounds, medians
-#   scripts/bench.sh run ARGS...     seckill-bench run ARGS (target, token, journal filled in)
+#   scripts/bench.sh cluster         MODE=cluster and a purchase run at $RATE on a sale
+#                                    of $STOCK units with hot retriers, spread over the
+#                                    $NODES nodes, audited against the Kafka topic
+#   scripts/bench.sh run ARGS...     seckill-bench run ARGS (target, token, order log filled in)
 #   scripts/bench.sh find-max ARGS...
+#
+# MODE=cluster (any scenario): redis-server, a tansu broker (scripts/redis.sh,
+# scripts/kafka.sh; installed when missing), NODES=2 nodes with --redis
+# --kafka --node-id 1..NODES and `seckill settle`, all on loopback and free
+# ports (scripts/lib/cluster.sh); the harness spreads its connections over
+# the nodes (--target A,B) and audits the order topic (--kafka). Not pinned.
 #
 # Settings (env): NODE_CORES=1 LOAD_THREADS=1 DRIVER=legacy PIN=0 SLO=5ms RATE=20000
 #   STOCK=1000 DURATION=5s ROUNDS=3 CONNS=64 PLAN_RATE=500000 OUT=<run dir>
+#   MODE=embedded|cluster NODES=2
 # Cores: with PIN=1 (and enough cores) the node is pinned to the first
 # NODE_CORES cores and the harness to the next LOAD_THREADS (taskset). Off by
 # default: on a shared machine pinning keeps the scheduler from moving either
@@ -35,6 +46,10 @@ PLAN_RATE=${PLAN_RATE:-500000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 TOKEN=bench-token
 OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
+MODE=${MODE:-embedded}
+NODES=${NODES:-2}
+[ "$scenario" = cluster ] && MODE=cluster
+case $MODE in embedded|cluster) ;; *) echo "MODE=$MODE: embedded or cluster"; exit 2 ;; esac
 
 cargo build --release -q -p seckill -p bench
 # What was built, for the run records (the harness reads SECKILL_COMMIT).
@@ -43,7 +58,7 @@ if [ -z "${SECKILL_COMMIT:-}" ] && git rev-parse HEAD >/dev/null 2>&1; then
   git diff --quiet HEAD -- seckill stock queue Cargo.lock || SECKILL_COMMIT="$SECKILL_COMMIT-dirty"
 fi
 export SECKILL_COMMIT=${SECKILL_COMMIT:-unknown}
-node_bin=$TARGET_DIR/release/seckill
+NODE_BIN=$TARGET_DIR/release/seckill
 bench_bin=$TARGET_DIR/release/seckill-bench
 
 node_pin=() load_pin=()
@@ -53,22 +68,41 @@ if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge $((N
 fi
 
 data=$(mktemp -d)
-banner=$data/banner
-"${node_pin[@]}" "$node_bin" --listen 127.0.0.1:0 --data-dir "$data" --admin-token "$TOKEN" \
-  --cores "$NODE_CORES" --driver "$DRIVER" >"$banner" 2>"$data/node.log" &
-node_pid=$!
-trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do grep -q 'listening on' "$banner" && break; sleep 0.1; done
-addr=$(grep -o 'http://[0-9.:]*' "$banner" | head -n1)
-[ -n "$addr" ] || { echo "node did not start"; cat "$data/node.log"; exit 1; }
+if [ "$MODE" = cluster ]; then
+  source scripts/lib/cluster.sh
+  trap 'cluster_stop; rm -rf "$data"' EXIT
+  cluster_backends "$data"
+  targets=()
+  for i in $(seq "$NODES"); do
+    cluster_node "$data" "node$i" --redis "$CLUSTER_REDIS" --kafka "$CLUSTER_KAFKA" \
+      --node-id "$i" --driver "$DRIVER"
+    targets+=("$CLUSTER_ADDR")
+  done
+  cluster_settler "$data"
+  addr=${targets[0]}
+  target=$(IFS=,; echo "${targets[*]}")
+  order_log=(--kafka "$CLUSTER_KAFKA")
+  node_pin=() load_pin=()
+else
+  banner=$data/banner
+  "${node_pin[@]}" "$NODE_BIN" --listen 127.0.0.1:0 --data-dir "$data" --admin-token "$TOKEN" \
+    --cores "$NODE_CORES" --driver "$DRIVER" >"$banner" 2>"$data/node.log" &
+  node_pid=$!
+  trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$data"' EXIT
+  for _ in $(seq 100); do grep -q 'listening on' "$banner" && break; sleep 0.1; done
+  addr=$(grep -o 'http://[0-9.:]*' "$banner" | head -n1)
+  [ -n "$addr" ] || { echo "node did not start"; cat "$data/node.log"; exit 1; }
+  target=$addr
+  order_log=(--journal "$data")
+fi
 
 mkdir -p "$OUT"
-echo "# $(date -u +%FT%TZ) scripts/bench.sh $scenario $* (NODE_CORES=$NODE_CORES LOAD_THREADS=$LOAD_THREADS DRIVER=$DRIVER pinned=${node_pin[*]:-no}/${load_pin[*]:-no})" >>"$OUT/bench.sh.log"
+echo "# $(date -u +%FT%TZ) scripts/bench.sh $scenario $* (MODE=$MODE$([ "$MODE" = cluster ] && echo " NODES=$NODES") NODE_CORES=$NODE_CORES LOAD_THREADS=$LOAD_THREADS DRIVER=$DRIVER pinned=${node_pin[*]:-no}/${load_pin[*]:-no})" >>"$OUT/bench.sh.log"
 
 harness() { # subcommand, args...
   local sub=$1; shift
-  "${load_pin[@]}" "$bench_bin" "$sub" --target "$addr" --admin-token "$TOKEN" \
-    --journal "$data" --threads "$LOAD_THREADS" --out "$OUT" "$@" | tee -a "$OUT/bench.sh.log"
+  "${load_pin[@]}" "$bench_bin" "$sub" --target "$target" --admin-token "$TOKEN" \
+    "${order_log[@]}" --threads "$LOAD_THREADS" --out "$OUT" "$@" | tee -a "$OUT/bench.sh.log"
 }
 
 case $scenario in
@@ -84,6 +118,11 @@ case $scenario in
       --slo-p99 "$SLO" --start-rate 5000 --factor 1.5 --duration "$DURATION" \
       --connections "$CONNS" --node-cores "$NODE_CORES" --plan-rate "$PLAN_RATE" --quiet \
       --name "capacity-soldout-$(date -u +%H%M%S)" "$@"
+    ;;
+  cluster)
+    harness run --scenario purchase --stock "$STOCK" --rate "$RATE" \
+      --duration "$DURATION" --connections "$CONNS" --hot-users 200 --hot-share 0.2 \
+      --keys hot --name "cluster-$NODES-nodes-$(date -u +%H%M%S)" "$@"
     ;;
   spike)
     harness run --scenario purchase --stock "$STOCK" --rate "$RATE" --ramp 500ms \
@@ -113,5 +152,5 @@ PY
   run|find-max)
     harness "$scenario" "$@"
     ;;
-  *) echo "unknown scenario $scenario (capacity, spike, healthz-vs-wrk, run, find-max)"; exit 2 ;;
+  *) echo "unknown scenario $scenario (capacity, spike, cluster, healthz-vs-wrk, run, find-max)"; exit 2 ;;
 esac
