@@ -10,6 +10,7 @@
 # per order, and per sold-out request.
 #
 # Settings (env): ROUNDS=3 DURATION=5s CONNS=64 NODE_CORES=1 PORT=6399
+#                 OUT=<run dir> (the summary is appended to OUT/bench-cluster.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ CONNS=${CONNS:-64}
 NODE_CORES=${NODE_CORES:-1}
 PORT=${PORT:-6399}
 TOKEN=bench-token
+OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
 
 bash scripts/redis.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -61,6 +63,8 @@ admin() {
 }
 
 results="$work/results"
+mkdir -p "$OUT"
+echo "# $(date -u +%FT%TZ) ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS NODE_CORES=$NODE_CORES scripts/bench-cluster.sh (commit $(git rev-parse --short HEAD 2>/dev/null))" >>"$OUT/bench-cluster.log"
 for round in $(seq "$ROUNDS"); do
   for mode in leased per-request; do
     start_node "$mode"
@@ -83,22 +87,25 @@ for round in $(seq "$ROUNDS"); do
     so_reqs=$(echo "$wrk_out" | awk -F'requests=' '/status-summary/ {split($2,a," "); print a[1]}')
     so_calls=$(( $(scripts_called) - before ))
     stop_node
-    echo "$mode $rps $sold $calls $so_rps $so_reqs $so_calls" | tee -a "$results"
+    echo "$mode $rps $sold $calls $so_rps $so_reqs $so_calls ${DURATION%s}" | tee -a "$results"
   done
 done
 
+{
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    mode, rps, sold, calls, so_rps, so_reqs, so_calls = line.split()
-    rows.setdefault(mode, []).append((float(rps), int(sold), int(calls), float(so_rps), int(so_reqs), int(so_calls)))
+    mode, rps, sold, calls, so_rps, so_reqs, so_calls, secs = line.split()
+    rows.setdefault(mode, []).append((float(rps), int(sold), int(calls), float(so_rps), int(so_reqs), int(so_calls), int(sold) / float(secs)))
 med = lambda xs: statistics.median(xs)
 for mode, rs in rows.items():
-    print(f"{mode:11s} sale phase {med([r[0] for r in rs]):9.0f} req/s (rounds {' '.join(f'{r[0]:.0f}' for r in rs)}); "
+    print(f"{mode:11s} sale phase {med([r[6] for r in rs]):9.0f} orders/s (rounds {' '.join(f'{r[6]:.0f}' for r in rs)}), {med([r[0] for r in rs]):9.0f} req/s; "
           f"script calls per order {med([r[2] / max(r[1], 1) for r in rs]):.3f}; "
           f"sold-out {med([r[3] for r in rs]):9.0f} req/s, script calls per sold-out request {med([r[5] / max(r[4], 1) for r in rs]):.4f}")
 if "leased" in rows and "per-request" in rows:
     ratio = lambda i: med([r[i] for r in rows["leased"]]) / med([r[i] for r in rows["per-request"]])
-    print(f"ratio leased/per-request: sale phase {ratio(0):.2f}x, sold-out phase {ratio(3):.2f}x")
+    print(f"ratio leased/per-request: sale phase {ratio(6):.2f}x orders/s ({ratio(0):.2f}x req/s), sold-out phase {ratio(3):.2f}x")
 PY
+} | tee -a "$OUT/bench-cluster.log"
+sed 's/^/round /' "$results" >>"$OUT/bench-cluster.log"
