@@ -54,5 +54,5 @@ mod store;
 
 pub use store::{
     Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
-    SaleSwitchState,
+    SaleSwitchState, RESERVE_CALL_MAX,
 };

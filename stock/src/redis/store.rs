@@ -18,6 +18,9 @@ use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
 /// The set of every sale id. Another slot than the sales' own keys, so it is
 /// written by a plain SADD beside the create script, never inside it.
 const SALES_KEY: &str = "sk:sales";
+/// Most reservations in one `reserve.lua` call: Redis runs nothing else
+/// while a script runs, so a call is kept to about a millisecond.
+pub const RESERVE_CALL_MAX: usize = 128;
 
 /// The async client of the Redis side of the cluster stock authority.
 /// Cheap to clone (one shared, self-reconnecting connection).
@@ -406,25 +409,29 @@ impl RedisStore {
         self.invoke(&inv).await
     }
 
-    /// Reserves a batch in one pipeline (one round trip), one atomic
-    /// `reserve.lua` call per reservation; results in the batch's order.
+    /// Reserves a batch in one pipeline (one round trip): one atomic
+    /// `reserve.lua` call per sale and up to [`RESERVE_CALL_MAX`]
+    /// reservations; results in the batch's order.
     ///
-    /// Per call the script, in order: answers `Reserved` without charging
-    /// again when the order id already exists; replays an existing
+    /// Per reservation the script, in order: answers `Reserved` without
+    /// charging again when the order id already exists; replays an existing
     /// Idempotency-Key (same fingerprint → `Replay(order)`, other →
     /// `KeyReused`); checks the sale is open; checks and records the
     /// per-user limit; charges the node's lease (`NoLease` when short) or,
     /// `from_pool`, the pool (`SoldOut` when short); writes the order
-    /// (reserved), `sold`, the expiry queue and the key record.
+    /// (reserved), `sold`, the expiry queue and the key record. The
+    /// reservations of one call are decided one after another, each seeing
+    /// what the earlier ones wrote.
     ///
     /// A pipeline of EVALSHA does not load a missing script: the calls that
     /// answered NOSCRIPT (a restarted or flushed Redis) are retried once
     /// after SCRIPT LOAD. Retrying is safe because a reservation is
     /// idempotent by order id.
     ///
-    /// Errors: a call whose answer is `Undetermined` (timeout, connection
-    /// lost after sending) may have been applied: retry it with the same
-    /// order id, or read the order, never guess.
+    /// Errors: a reservation whose answer is `Undetermined` (timeout,
+    /// connection lost after sending, or a script that failed part way) may
+    /// have been applied: retry it with the same order id, or read the
+    /// order, never guess.
     pub async fn reserve_batch(
         &self,
         calls: &[ReserveCall],
@@ -432,18 +439,68 @@ impl RedisStore {
         if calls.is_empty() {
             return Vec::new();
         }
-        let invocations: Vec<_> = calls.iter().map(|c| self.reserve_invocation(c)).collect();
+        // One script call per sale (and per RESERVE_CALL_MAX reservations),
+        // each holding the indexes of its reservations in `calls`.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            match groups.iter_mut().find(|g| {
+                g.len() < RESERVE_CALL_MAX
+                    && calls[g[0]].sale_id == call.sale_id
+                    && calls[g[0]].node == call.node
+            }) {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let invocations: Vec<_> = groups
+            .iter()
+            .map(|g| self.reserve_invocation(g.iter().map(|&i| &calls[i])))
+            .collect();
+        let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> =
+            calls.iter().map(|_| None).collect();
         match self
             .bounded(self.pipeline(&self.scripts.reserve, &invocations))
             .await
         {
-            Ok(results) => calls
-                .iter()
-                .zip(results)
-                .map(|(call, result)| parse_reserve(call, result.map_err(classify)?))
-                .collect(),
-            Err(e) => calls.iter().map(|_| Err(same_error(&e))).collect(),
+            Ok(results) => {
+                for (group, result) in groups.iter().zip(results) {
+                    let parsed = result
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| ::redis::from_redis_value(v).map_err(|e| e.to_string()));
+                    let replies: Vec<Value> = match parsed {
+                        Ok(replies) => replies,
+                        // The script may have failed part way, after some
+                        // of its writes: every reservation of it is
+                        // undetermined.
+                        Err(e) => {
+                            for &i in group {
+                                out[i] = Some(Err(StockError::Undetermined(format!(
+                                    "reserve script failed: {e}"
+                                ))));
+                            }
+                            continue;
+                        }
+                    };
+                    let mut replies = replies.into_iter();
+                    for &i in group {
+                        out[i] = Some(match replies.next() {
+                            Some(reply) => parse_reserve(&calls[i], reply),
+                            None => Err(StockError::Undetermined(
+                                "reserve script answered fewer reservations than sent".into(),
+                            )),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                for slot in &mut out {
+                    *slot = Some(Err(same_error(&e)));
+                }
+            }
         }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StockError::Undetermined("no reply".into()))))
+            .collect()
     }
 
     /// Moves an order to `to` (`Paid`, `Cancelled` or `Expired`), exactly
@@ -663,9 +720,17 @@ impl RedisStore {
 
     // Helpers below.
 
-    fn reserve_invocation<'a>(&'a self, call: &ReserveCall) -> ScriptInvocation<'a> {
-        let k = Keys::new(&call.sale_id);
+    /// One `reserve.lua` call for reservations of one sale by one node.
+    fn reserve_invocation<'a, 'c>(
+        &'a self,
+        calls: impl Iterator<Item = &'c ReserveCall> + Clone,
+    ) -> ScriptInvocation<'a> {
         let mut inv = self.scripts.reserve.prepare_invoke();
+        let mut first = calls.clone();
+        let Some(head) = first.next() else {
+            return inv;
+        };
+        let k = Keys::new(&head.sale_id);
         inv.key(k.spec())
             .key(k.pool())
             .key(k.sold())
@@ -675,17 +740,19 @@ impl RedisStore {
             .key(k.orders())
             .key(k.due())
             .key(k.unlogged())
-            .key(k.tombstone(&call.order_id))
-            .arg(call.node)
-            .arg(&call.order_id)
-            .arg(&call.user_id)
-            .arg(call.quantity)
-            .arg(call.idempotency_key.as_deref().unwrap_or(""))
-            .arg(format!("{:016x}", call.fingerprint))
-            .arg(call.expires_at)
-            .arg(if call.from_pool { "1" } else { "0" })
+            .arg(head.node)
             .arg(if self.track { "1" } else { "0" })
             .arg(self.grace_s);
+        for call in calls {
+            inv.key(k.tombstone(&call.order_id))
+                .arg(&call.order_id)
+                .arg(&call.user_id)
+                .arg(call.quantity)
+                .arg(call.idempotency_key.as_deref().unwrap_or(""))
+                .arg(format!("{:016x}", call.fingerprint))
+                .arg(call.expires_at)
+                .arg(if call.from_pool { "1" } else { "0" });
+        }
         inv
     }
 
@@ -872,6 +939,8 @@ fn parse_reserve(call: &ReserveCall, value: Value) -> Result<ReserveOutcome, Sto
         [tag, order_id, json] if tag == "replay" => {
             ReserveOutcome::Replay(parse_order(&call.sale_id, order_id, json)?)
         }
+        // A check that found Redis's records inconsistent; nothing written.
+        [tag, message] if tag == "error" => return Err(StockError::Unavailable(message.clone())),
         _ => return Err(unexpected("reserve reply", &format!("{reply:?}"))),
     };
     Ok(outcome)

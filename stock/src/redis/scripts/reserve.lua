@@ -1,4 +1,6 @@
--- reserve.lua: one reservation, atomically. In order:
+-- reserve.lua: a batch of reservations of one sale, atomically, each one
+-- decided as if it ran alone, in the batch's order (a later reservation
+-- sees what an earlier one wrote). Per reservation, in order:
 --   1. the order id already exists -> 'reserved' again, nothing charged (a
 --      retry of a call whose answer was lost is safe); the order id was
 --      given up on (its tombstone, written by transition.lua's release of
@@ -12,10 +14,14 @@
 --   4. the per-user limit (units held in live orders) is not exceeded;
 --   5. the units are charged to the node's lease (or, from_pool = 1, to the
 --      pool directly: the classic per-request design);
---   6. writes: order record (status reserved), sold, the user's count, the
+--   6. writes: order record (status reserved), the user's count, the
 --      expiry queue, the key record and, with a Kafka order log (track = 1),
 --      the order's entry in the not-yet-logged set.
--- Nothing is written before the last check passes.
+-- Nothing is written for a reservation before its last check passes. What
+-- the whole batch charged to the lease, the pool and `sold` is written once
+-- at the end (nothing else runs in between: the script is atomic), which
+-- is what makes a batch cheaper than one call per reservation: the sale's
+-- spec, the clock and the lease are read once.
 --
 -- KEYS[1] sk:{S}:spec    HASH
 -- KEYS[2] sk:{S}:pool    unleased units
@@ -27,90 +33,120 @@
 -- KEYS[8] sk:{S}:due     ZSET order_id by expires_at (reserved orders)
 -- KEYS[9] sk:{S}:unlogged ZSET "order_id|status" by Redis time (ms): changes
 --                         the order log has not been seen to record yet
--- KEYS[10] sk:{S}:gone:<order_id>  the order id's tombstone, if any
--- ARGV[1] node, ARGV[2] order_id, ARGV[3] user_id, ARGV[4] quantity,
--- ARGV[5] idempotency key ('' = none), ARGV[6] fingerprint (16 hex digits),
--- ARGV[7] expires_at (Unix s), ARGV[8] from_pool ('1' or '0'),
--- ARGV[9] track ('1': write the unlogged entry), ARGV[10] grace_s
+-- KEYS[9 + i] sk:{S}:gone:<order_id of reservation i>  its tombstone, if any
+-- ARGV[1] node, ARGV[2] track ('1': write the unlogged entries),
+-- ARGV[3] grace_s, then 7 per reservation i (from ARGV[4 + 7 (i - 1)]):
+--   order_id, user_id, quantity, idempotency key ('' = none),
+--   fingerprint (16 hex digits), expires_at (Unix s), from_pool ('1' or '0')
 --
--- Returns one of: {'reserved'}, {'replay', order_id, order_json},
--- {'key_reused'}, {'not_found'}, {'not_open'}, {'limit'}, {'sold_out'},
--- {'no_lease'}, {'gone'}.
-local node, order_id, user_id = ARGV[1], ARGV[2], ARGV[3]
-local qty = tonumber(ARGV[4])
-local key = ARGV[5]
-
-if redis.call('HEXISTS', KEYS[7], order_id) == 1 then
-  return {'reserved'}
-end
+-- Returns one reply per reservation, each one of: {'reserved'},
+-- {'replay', order_id, order_json}, {'key_reused'}, {'not_found'},
+-- {'not_open'}, {'limit'}, {'sold_out'}, {'no_lease'}, {'gone'},
+-- {'error', message}.
+local node, track, grace = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
 
 local time = redis.call('TIME')
 local now = tonumber(time[1])
-if redis.call('EXISTS', KEYS[10]) == 1 or now >= tonumber(ARGV[7]) + tonumber(ARGV[10]) then
-  return {'gone'}
-end
+local now_ms = now * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 local spec = redis.call('HMGET', KEYS[1], 'switch', 'per_user_limit', 'starts_at', 'ends_at')
-if not spec[1] then
-  return {'not_found'}
+local open, limit = false, 0
+if spec[1] then
+  local ends_at = tonumber(spec[4])
+  open = spec[1] == 'live' and now >= tonumber(spec[3]) and (ends_at == 0 or now < ends_at)
+  limit = tonumber(spec[2])
 end
 
-if key ~= '' then
-  local record = redis.call('HGET', KEYS[6], key)
-  if record then
-    local sep = string.find(record, '|', 1, true)
-    if string.sub(record, 1, sep - 1) ~= ARGV[6] then
-      return {'key_reused'}
+-- Units left in the node's lease and in the pool, read when first needed;
+-- what the batch took from each, and sold, written at the end.
+local lease_left, pool_left
+local lease_taken, pool_taken, sold = 0, 0, 0
+
+local function reserve(i, order_id, user_id, qty, key, fp, expires_at, from_pool)
+  if redis.call('HEXISTS', KEYS[7], order_id) == 1 then
+    return {'reserved'}
+  end
+  if redis.call('EXISTS', KEYS[9 + i]) == 1 or now >= tonumber(expires_at) + grace then
+    return {'gone'}
+  end
+  if not spec[1] then
+    return {'not_found'}
+  end
+  if key ~= '' then
+    local record = redis.call('HGET', KEYS[6], key)
+    if record then
+      local sep = string.find(record, '|', 1, true)
+      if string.sub(record, 1, sep - 1) ~= fp then
+        return {'key_reused'}
+      end
+      local first = string.sub(record, sep + 1)
+      local order = redis.call('HGET', KEYS[7], first)
+      if not order then
+        return {'error', 'idempotency record without its order ' .. first}
+      end
+      return {'replay', first, order}
     end
-    local first = string.sub(record, sep + 1)
-    local order = redis.call('HGET', KEYS[7], first)
-    if not order then
-      return redis.error_reply('ERR idempotency record without its order ' .. first)
+  end
+  if not open then
+    return {'not_open'}
+  end
+  local held = tonumber(redis.call('HGET', KEYS[5], user_id) or '0')
+  if held + qty > limit then
+    return {'limit'}
+  end
+  if from_pool then
+    pool_left = pool_left or tonumber(redis.call('GET', KEYS[2]) or '0')
+    if pool_left < qty then
+      return {'sold_out'}
     end
-    return {'replay', first, order}
+    pool_left = pool_left - qty
+    pool_taken = pool_taken + qty
+  else
+    lease_left = lease_left or tonumber(redis.call('HGET', KEYS[4], node) or '0')
+    if lease_left < qty then
+      return {'no_lease'}
+    end
+    lease_left = lease_left - qty
+    lease_taken = lease_taken + qty
   end
-end
-
-local ends_at = tonumber(spec[4])
-if spec[1] ~= 'live' or now < tonumber(spec[3]) or (ends_at > 0 and now >= ends_at) then
-  return {'not_open'}
-end
-
-local held = tonumber(redis.call('HGET', KEYS[5], user_id) or '0')
-if held + qty > tonumber(spec[2]) then
-  return {'limit'}
-end
-
-if ARGV[8] == '1' then
-  if tonumber(redis.call('GET', KEYS[2]) or '0') < qty then
-    return {'sold_out'}
+  sold = sold + qty
+  local order = {
+    user_id = user_id,
+    quantity = qty,
+    status = 'reserved',
+    expires_at = tonumber(expires_at),
+    node = tonumber(node),
+  }
+  if key ~= '' then
+    order.key = key
   end
-  redis.call('DECRBY', KEYS[2], qty)
-else
-  if tonumber(redis.call('HGET', KEYS[4], node) or '0') < qty then
-    return {'no_lease'}
+  redis.call('HSET', KEYS[7], order_id, cjson.encode(order))
+  redis.call('HINCRBY', KEYS[5], user_id, qty)
+  redis.call('ZADD', KEYS[8], expires_at, order_id)
+  if key ~= '' then
+    redis.call('HSET', KEYS[6], key, fp .. '|' .. order_id)
   end
-  redis.call('HINCRBY', KEYS[4], node, -qty)
+  if track then
+    redis.call('ZADD', KEYS[9], now_ms, order_id .. '|reserved')
+  end
+  return {'reserved'}
 end
 
-local order = {
-  user_id = user_id,
-  quantity = qty,
-  status = 'reserved',
-  expires_at = tonumber(ARGV[7]),
-  node = tonumber(node),
-}
-if key ~= '' then
-  order.key = key
+local replies = {}
+local i, a = 1, 4
+while a + 6 <= #ARGV do
+  replies[i] = reserve(i, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == '1')
+  i, a = i + 1, a + 7
 end
-redis.call('HSET', KEYS[7], order_id, cjson.encode(order))
-redis.call('INCRBY', KEYS[3], qty)
-redis.call('HINCRBY', KEYS[5], user_id, qty)
-redis.call('ZADD', KEYS[8], ARGV[7], order_id)
-if key ~= '' then
-  redis.call('HSET', KEYS[6], key, ARGV[6] .. '|' .. order_id)
+
+if lease_taken > 0 then
+  redis.call('HINCRBY', KEYS[4], node, -lease_taken)
 end
-if ARGV[9] == '1' then
-  redis.call('ZADD', KEYS[9], now * 1000 + math.floor(tonumber(time[2]) / 1000), order_id .. '|reserved')
+if pool_taken > 0 then
+  redis.call('DECRBY', KEYS[2], pool_taken)
 end
-return {'reserved'}
+if sold > 0 then
+  redis.call('INCRBY', KEYS[3], sold)
+end
+return replies
