@@ -23,7 +23,7 @@
 #
 # Settings (env): NODE_CORES=1 LOAD_THREADS=1 DRIVER=legacy PIN=0 SLO=5ms RATE=20000
 #   STOCK=1000 DURATION=5s ROUNDS=3 CONNS=64 PLAN_RATE=500000 OUT=<run dir>
-#   MODE=embedded|cluster NODES=2
+#   MODE=embedded|cluster NODES=2 KEEP=1 (cluster: keep the temp dir with the logs)
 # Cores: with PIN=1 (and enough cores) the node is pinned to the first
 # NODE_CORES cores and the harness to the next LOAD_THREADS (taskset). Off by
 # default: on a shared machine pinning keeps the scheduler from moving either
@@ -70,7 +70,7 @@ fi
 data=$(mktemp -d)
 if [ "$MODE" = cluster ]; then
   source scripts/lib/cluster.sh
-  trap 'cluster_stop; rm -rf "$data"' EXIT
+  trap 'cluster_stop; [ -n "${KEEP:-}" ] || rm -rf "$data"' EXIT
   cluster_backends "$data"
   targets=()
   for i in $(seq "$NODES"); do
