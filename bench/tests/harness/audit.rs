@@ -3,19 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::time::Duration;
 
-use bench::admin::{self, SaleSetup};
+use bench::admin;
 use bench::audit::{audit, AuditInput, Verdict};
 use bench::cli::{main_to, Cli};
 use bench::orderlog::{encode_journal, parse_journal, LogSpec};
 use bench::report::RunRecord;
-use bench::scenario::KeyMode;
-use bench::{run_load, LoadConfig, Mode, PurchaseMix, Recorder, Schedule, Workload};
+use bench::Recorder;
 use clap::Parser;
 use queue::EventKind;
 
-use crate::support::{exclusive, FakeNode, Fault};
+use crate::support::{clean_sale_load, exclusive, FakeNode, Fault};
 
 /// Runs `seckill-bench run` against `node` (closed loop, 600 purchases by
 /// 300 cold users and 5 hot retriers, stock 50, audited against the node's
@@ -163,29 +161,7 @@ fn without_a_journal_the_audit_fails() {
 fn a_corrupted_copy_of_the_journal_fails() {
     let _one = exclusive();
     let node = FakeNode::start(Fault::None);
-    let setup = SaleSetup {
-        stock: 20,
-        per_user_limit: 1,
-        starts_at: None,
-        payment_timeout_s: None,
-    };
-    admin::create_sale(node.addr(), "t", "s2", &setup).unwrap();
-    let mut cfg = LoadConfig::new(
-        node.addr(),
-        Workload::Purchase(PurchaseMix {
-            sale: "s2".into(),
-            users: 1000,
-            hot_users: 3,
-            hot_share: 0.2,
-            retry: 0.7,
-            keys: KeyMode::All,
-            quantity: 1,
-        }),
-    );
-    cfg.mode = Mode::Open(Schedule::new(2000.0, Duration::from_millis(100)));
-    cfg.connections = 4;
-    cfg.duration = Duration::from_millis(200);
-    let rec = run_load(&cfg, &mut |_, _| {}).unwrap();
+    let rec = clean_sale_load(node.addr());
     let image = fs::read(node.journal_path()).unwrap();
     let check = |image: &[u8], rec: &Recorder| {
         let input = AuditInput {

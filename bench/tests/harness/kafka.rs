@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bench::admin::{self, SaleSetup};
+use bench::admin;
 use bench::audit::{audit, AuditInput, Verdict};
 use bench::cli::Cli;
 use bench::orderlog::{KafkaTopic, LogSpec, OrderLogSource};
-use bench::scenario::KeyMode;
-use bench::{run_load, LoadConfig, Mode, PurchaseMix, Recorder, Schedule, Workload};
+use bench::Recorder;
 use clap::Parser;
 use queue::kafka::fixture::Broker;
 use queue::{Event, EventKind};
@@ -21,7 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::audit::{run_cli_without, verdicts};
-use crate::support::{exclusive, FakeNode, Fault};
+use crate::support::{clean_sale_load, exclusive, FakeNode, Fault};
 
 const TOPIC: &str = "seckill.orders";
 
@@ -173,29 +172,7 @@ fn doctored_copies_of_the_topic_fail_and_redeliveries_do_not() {
     let _one = exclusive();
     let broker = broker();
     let node = FakeNode::start_kafka(Fault::None, &broker.bootstrap(), TOPIC);
-    let setup = SaleSetup {
-        stock: 20,
-        per_user_limit: 1,
-        starts_at: None,
-        payment_timeout_s: None,
-    };
-    admin::create_sale(node.addr(), "t", "s2", &setup).unwrap();
-    let mut cfg = LoadConfig::new(
-        node.addr(),
-        Workload::Purchase(PurchaseMix {
-            sale: "s2".into(),
-            users: 1000,
-            hot_users: 3,
-            hot_share: 0.2,
-            retry: 0.7,
-            keys: KeyMode::All,
-            quantity: 1,
-        }),
-    );
-    cfg.mode = Mode::Open(Schedule::new(2000.0, Duration::from_millis(100)));
-    cfg.connections = 4;
-    cfg.duration = Duration::from_millis(200);
-    let rec = run_load(&cfg, &mut |_, _| {}).unwrap();
+    let rec = clean_sale_load(node.addr());
     let check = |topic: &str, rec: &Recorder| {
         let input = AuditInput {
             sale_id: "s2",

@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bench::admin::{self, SaleSetup};
+use bench::scenario::KeyMode;
+use bench::{run_load, LoadConfig, Mode, PurchaseMix, Recorder, Schedule, Workload};
 use queue::{Event, EventKind, Journal, JournalOptions, KafkaLog, KafkaOptions, OrderLog};
 
 /// Every test takes this so that none runs beside another: timing needs
@@ -574,4 +577,33 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         }
         thread::park();
     }
+}
+
+/// Creates sale `s2` (stock 20, one per user) on a clean fake node and
+/// sends it a short open-loop crowd with hot retriers, every request keyed:
+/// the answers to audit doctored copies of its order log against.
+pub fn clean_sale_load(addr: SocketAddr) -> Recorder {
+    let setup = SaleSetup {
+        stock: 20,
+        per_user_limit: 1,
+        starts_at: None,
+        payment_timeout_s: None,
+    };
+    admin::create_sale(addr, "t", "s2", &setup).unwrap();
+    let mut cfg = LoadConfig::new(
+        addr,
+        Workload::Purchase(PurchaseMix {
+            sale: "s2".into(),
+            users: 1000,
+            hot_users: 3,
+            hot_share: 0.2,
+            retry: 0.7,
+            keys: KeyMode::All,
+            quantity: 1,
+        }),
+    );
+    cfg.mode = Mode::Open(Schedule::new(2000.0, Duration::from_millis(100)));
+    cfg.connections = 4;
+    cfg.duration = Duration::from_millis(200);
+    run_load(&cfg, &mut |_, _| {}).unwrap()
 }
