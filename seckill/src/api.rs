@@ -244,8 +244,10 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             .check(attempt.user_id, peer, now)
             .map_err(|limited| ApiError::RateLimited {
                 by: limited.by,
-                // Whole seconds, rounded up: never 0.
-                retry_after_s: limited.retry_after.as_secs() as u32 + 1,
+                // Whole seconds, rounded up, at least 1.
+                retry_after_s: u32::try_from(limited.retry_after.as_millis().div_ceil(1000))
+                    .unwrap_or(u32::MAX)
+                    .max(1),
             })
     }
 
