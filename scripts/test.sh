@@ -18,14 +18,31 @@ step "redis-server (for the cluster tests)"
 bash scripts/redis.sh
 redis-server --version
 
-step "tansu (the Kafka broker of the Kafka tests)"
-bash scripts/kafka.sh
+# The first build of tansu takes ~15 minutes: it runs in the background
+# while the workspace is checked and built, and is waited for before the
+# tests (a cached binary returns at once).
+step "tansu (the Kafka broker of the Kafka tests), in the background"
+tansu_log=$(mktemp)
+bash scripts/kafka.sh >"$tansu_log" 2>&1 &
+tansu_pid=$!
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --no-run (build the tests)"
+cargo test --workspace --no-run
+
+step "waiting for tansu"
+if ! wait "$tansu_pid"; then
+  echo "scripts/kafka.sh failed:" >&2
+  tail -n 30 "$tansu_log" >&2
+  exit 1
+fi
+tail -n 3 "$tansu_log"
+rm -f "$tansu_log"
 
 step "cargo test (workspace)"
 cargo test --workspace
