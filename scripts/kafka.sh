@@ -16,6 +16,8 @@
 #                                       create a topic (default 6 partitions;
 #                                       topics are not auto-created)
 #   scripts/kafka.sh stop PID           stop a broker started by `start`
+#   scripts/kafka.sh toolchain          only make sure the C compiler the
+#                                       build needs is there (no build)
 #
 # SECKILL_TANSU=/path/to/tansu uses that binary and installs nothing.
 #
@@ -141,11 +143,15 @@ stop() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
+if [ "${1:-}" = toolchain ]; then
+  need_cc
+  exit 0
+fi
 install
 case "${1:-}" in
   "") echo "$TANSU" ;;
   start) shift; start "$@" ;;
   topic) shift; topic "$@" ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: scripts/kafka.sh [start PORT DIR | topic PORT NAME [PARTITIONS] | stop PID]" >&2; exit 2 ;;
+  *) echo "usage: scripts/kafka.sh [start PORT DIR | topic PORT NAME [PARTITIONS] | stop PID | toolchain]" >&2; exit 2 ;;
 esac

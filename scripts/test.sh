@@ -22,6 +22,8 @@ redis-server --version
 # while the workspace is checked and built, and is waited for before the
 # tests (a cached binary returns at once).
 step "tansu (the Kafka broker of the Kafka tests), in the background"
+# The C compiler first, in the foreground: the workspace build needs it too.
+bash scripts/kafka.sh toolchain
 tansu_log=$(mktemp)
 bash scripts/kafka.sh >"$tansu_log" 2>&1 &
 tansu_pid=$!
