@@ -304,3 +304,23 @@ impl OrderLog for KafkaLog {
         self.producer.flush(Duration::from_secs(10));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_is_idempotent_acks_all_and_batches() {
+        let mut opts = KafkaOptions::new("127.0.0.1:9092");
+        opts.linger = Duration::from_millis(3);
+        opts.message_timeout = Duration::from_millis(2500);
+        let c = opts.producer_config();
+        assert_eq!(c.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("linger.ms"), Some("3"));
+        assert_eq!(c.get("message.timeout.ms"), Some("2500"));
+        // Bounded memory: a full queue refuses instead of growing.
+        assert!(c.get("queue.buffering.max.messages").is_some());
+    }
+}
