@@ -23,15 +23,12 @@ TOKEN=bench-token
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release -q -p seckill
 
+NODE_BIN=./target/release/seckill
+source scripts/lib/cluster.sh
 data=$(mktemp -d)
-out=$(mktemp)
-./target/release/seckill --listen 127.0.0.1:0 --data-dir "$data" --admin-token "$TOKEN" \
-  --cores "$NODE_CORES" --driver "$DRIVER" >"$out" 2>"$data/node.log" &
-node_pid=$!
-trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$data" "$out"' EXIT
-for _ in $(seq 100); do grep -q 'listening on' "$out" && break; sleep 0.1; done
-addr=$(grep -o 'http://[0-9.:]*' "$out" | head -n1)
-[ -n "$addr" ] || { echo "node did not start"; cat "$data/node.log"; exit 1; }
+trap 'cluster_stop; rm -rf "$data"' EXIT
+cluster_node "$data" node --driver "$DRIVER"
+addr=$CLUSTER_ADDR
 
 admin() { curl -sf -X "$1" "$addr$2" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' ${3:+-d "$3"} >/dev/null; }
 admin PUT /admin/sales/soldout '{"stock":1,"per_user_limit":1}'

@@ -1,4 +1,4 @@
-# A local cluster on loopback for the bench scripts, sourced (not run):
+# A local cluster (or one node) on loopback for the bench scripts, sourced:
 # redis-server (scripts/redis.sh), a tansu broker (scripts/kafka.sh), seckill
 # nodes and the settler, every process remembered for cluster_stop.
 #

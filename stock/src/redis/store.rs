@@ -454,7 +454,7 @@ impl RedisStore {
         }
         let invocations: Vec<_> = groups
             .iter()
-            .map(|g| self.reserve_invocation(g.iter().map(|&i| &calls[i])))
+            .map(|g| self.reserve_invocation(calls, g))
             .collect();
         let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> =
             calls.iter().map(|_| None).collect();
@@ -720,16 +720,11 @@ impl RedisStore {
 
     // Helpers below.
 
-    /// One `reserve.lua` call for reservations of one sale by one node.
-    fn reserve_invocation<'a, 'c>(
-        &'a self,
-        calls: impl Iterator<Item = &'c ReserveCall> + Clone,
-    ) -> ScriptInvocation<'a> {
+    /// One `reserve.lua` call for the reservations `group` (indexes into
+    /// `calls`, never empty) of one sale by one node.
+    fn reserve_invocation(&self, calls: &[ReserveCall], group: &[usize]) -> ScriptInvocation<'_> {
         let mut inv = self.scripts.reserve.prepare_invoke();
-        let mut first = calls.clone();
-        let Some(head) = first.next() else {
-            return inv;
-        };
+        let head = &calls[group[0]];
         let k = Keys::new(&head.sale_id);
         inv.key(k.spec())
             .key(k.pool())
@@ -743,7 +738,7 @@ impl RedisStore {
             .arg(head.node)
             .arg(if self.track { "1" } else { "0" })
             .arg(self.grace_s);
-        for call in calls {
+        for call in group.iter().map(|&i| &calls[i]) {
             inv.key(k.tombstone(&call.order_id))
                 .arg(&call.order_id)
                 .arg(&call.user_id)
