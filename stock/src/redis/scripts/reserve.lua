@@ -47,7 +47,9 @@ local node, track, grace = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
 
 local time = redis.call('TIME')
 local now = tonumber(time[1])
-local now_ms = now * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- As a string, made once: a Lua number handed to redis.call is formatted
+-- (as a float) on every call.
+local now_ms = time[1] .. string.format('%03d', math.floor(tonumber(time[2]) / 1000))
 
 local spec = redis.call('HMGET', KEYS[1], 'switch', 'per_user_limit', 'starts_at', 'ends_at')
 local open, limit = false, 0
@@ -57,12 +59,23 @@ if spec[1] then
   limit = tonumber(spec[2])
 end
 
+-- A JSON string: quoted as is when nothing in it needs escaping (ids
+-- usually), else by cjson.
+local function json_string(v)
+  if string.find(v, '[%c"\\\128-\255]') then
+    return cjson.encode(v)
+  end
+  return '"' .. v .. '"'
+end
+
 -- Units left in the node's lease and in the pool, read when first needed;
 -- what the batch took from each, and sold, written at the end.
 local lease_left, pool_left
 local lease_taken, pool_taken, sold = 0, 0, 0
 
-local function reserve(i, order_id, user_id, qty, key, fp, expires_at, from_pool)
+-- qty is the number, qty_arg and expires_at the arguments as given
+-- (integers in decimal), which go into the records unconverted.
+local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, from_pool)
   if redis.call('HEXISTS', KEYS[7], order_id) == 1 then
     return {'reserved'}
   end
@@ -110,18 +123,15 @@ local function reserve(i, order_id, user_id, qty, key, fp, expires_at, from_pool
     lease_taken = lease_taken + qty
   end
   sold = sold + qty
-  local order = {
-    user_id = user_id,
-    quantity = qty,
-    status = 'reserved',
-    expires_at = tonumber(expires_at),
-    node = tonumber(node),
-  }
+  -- The record transition.lua and the nodes read (cjson's fields), built
+  -- by concatenation: cjson.encode formats each number as a float.
+  local order = '{"user_id":' .. json_string(user_id) .. ',"quantity":' .. qty_arg ..
+    ',"status":"reserved","expires_at":' .. expires_at .. ',"node":' .. node
   if key ~= '' then
-    order.key = key
+    order = order .. ',"key":' .. json_string(key)
   end
-  redis.call('HSET', KEYS[7], order_id, cjson.encode(order))
-  redis.call('HINCRBY', KEYS[5], user_id, qty)
+  redis.call('HSET', KEYS[7], order_id, order .. '}')
+  redis.call('HINCRBY', KEYS[5], user_id, qty_arg)
   redis.call('ZADD', KEYS[8], expires_at, order_id)
   if key ~= '' then
     redis.call('HSET', KEYS[6], key, fp .. '|' .. order_id)
@@ -135,8 +145,8 @@ end
 local replies = {}
 local i, a = 1, 4
 while a + 6 <= #ARGV do
-  replies[i] = reserve(i, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
-    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == '1')
+  replies[i] = reserve(i, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == '1')
   i, a = i + 1, a + 7
 end
 
