@@ -22,7 +22,9 @@
 #             CATCHUP seconds to read the backlog before the next run
 #   journal   an embedded node (journal, group commit), the same load
 #
-# They alternate, ROUNDS times; medians and ratios at the end. On a small
+# They alternate, ROUNDS times; medians and ratios at the end, and where the
+# CPU went: microseconds per acknowledged order of each process (Redis,
+# tansu, the Kafka node, the settler, the load generator). On a small
 # machine every process shares the same cores: what the node, Redis and
 # the settler spend is taken from the broker, which is why `alone` is
 # reported beside `kafka`.
@@ -54,37 +56,76 @@ kafka=$CLUSTER_KAFKA
 
 cluster_node "$work" kafka --redis "$CLUSTER_REDIS" --kafka "$kafka" --node-id 1
 kafka_addr=$CLUSTER_ADDR
+kafka_node_pid=${CLUSTER_PIDS[-1]}
 cluster_settler "$work"
 settler_pid=${CLUSTER_PIDS[-1]}
 cluster_node "$work" journal
 journal_addr=$CLUSTER_ADDR
+journal_node_pid=${CLUSTER_PIDS[-1]}
 
 mkdir -p "$OUT"
 log=$OUT/bench-kafka.log
 echo "# $(date -u +%FT%TZ) ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS NODE_CORES=$NODE_CORES IN_FLIGHT=$IN_FLIGHT CATCHUP=$CATCHUP scripts/bench-kafka.sh (commit $(git rev-parse --short HEAD 2>/dev/null))" | tee -a "$log"
 
+# CPU time of every process of the run, for the per-order split: the
+# servers from /proc (utime + stime), the load generator (a child of this
+# shell) from `times`.
+tick=$(getconf CLK_TCK)
+cpu_names=(redis tansu node settler journal)
+cpu_pids=("${CLUSTER_PIDS[0]}" "${CLUSTER_PIDS[1]}" "$kafka_node_pid" "$settler_pid" "$journal_node_pid")
+cpu_snap() { # file
+  local pid
+  for pid in "${cpu_pids[@]}"; do
+    awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0
+  done >"$1"
+  times >"$1.load"
+}
+cpu_split() { # before, after, acknowledged count: "cpu_us_per_order name=us,..."
+  python3 - "$1" "$2" "$3" "$tick" "${cpu_names[@]}" <<'PY'
+import re, sys
+before, after, n, tick, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+def ticks(f):
+    return [int(x) for x in open(f).read().split()]
+def load(f):  # the children line of `times`: 0m1.230s 0m0.450s
+    secs = [int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", open(f).read().splitlines()[1])]
+    return sum(secs)
+us = {name: (a - b) / tick * 1e6 / max(n, 1) for name, b, a in zip(names, ticks(before), ticks(after))}
+us["load"] = (load(after + ".load") - load(before + ".load")) * 1e6 / max(n, 1)
+us["total"] = sum(us.values())
+print("cpu_us_per_order " + ",".join(f"{k}={v:.1f}" for k, v in us.items()))
+PY
+}
+
 purchase() { # name, addr, round
+  cpu_snap "$work/cpu0"
   "$bench_bin" run --target "$2" --admin-token "$TOKEN" --scenario purchase \
     --sale "$1-$3" --stock 100000000 --hot-users 0 --connections "$CONNS" \
     --duration "$DURATION" --out "$work/runs" --name "$1-$3" --quiet >/dev/null || true
-  python3 - "$work/runs/$1-$3.json" "$1" "$3" <<'PY'
+  cpu_snap "$work/cpu1"
+  local n
+  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["summary"]["by_status"].get("200", 0))' "$work/runs/$1-$3.json")
+  python3 - "$work/runs/$1-$3.json" "$1" "$3" "$(cpu_split "$work/cpu0" "$work/cpu1" "$n")" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))["summary"]
 ok = s["rps_by_status"].get("200", 0.0)
 lat = s["latency_ms"]
-print(f"round {sys.argv[3]} {sys.argv[2]} orders/s {ok:.0f} p50_ms {lat['p50']:.2f} p99_ms {lat['p99']:.2f} other {s['completed'] - s['by_status'].get('200', 0)}")
+print(f"round {sys.argv[3]} {sys.argv[2]} orders/s {ok:.0f} p50_ms {lat['p50']:.2f} p99_ms {lat['p99']:.2f} other {s['completed'] - s['by_status'].get('200', 0)} {sys.argv[4]}")
 PY
 }
 
 ceiling() { # name, round, extra flags...
   local name=$1 round=$2 c
   shift 2
-  c=$("$ceiling_bin" --brokers "$kafka" --topic "bench.ceiling" --duration-s "$secs" \
-        --in-flight "$IN_FLIGHT" "$@" | tail -n1)
-  python3 - "$c" "$name" "$round" <<'PY'
+  cpu_snap "$work/cpu0"
+  "$ceiling_bin" --brokers "$kafka" --topic "bench.ceiling" --duration-s "$secs" \
+    --in-flight "$IN_FLIGHT" "$@" >"$work/ceiling.out"
+  cpu_snap "$work/cpu1"
+  c=$(tail -n1 "$work/ceiling.out")
+  python3 - "$c" "$name" "$round" "$(cpu_split "$work/cpu0" "$work/cpu1" \
+    "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["delivered"])' "$c")")" <<'PY'
 import json, sys
 c = json.loads(sys.argv[1])
-line = f"round {sys.argv[3]} {sys.argv[2]} orders/s {c['msgs_per_s']:.0f} p50_ms {c['p50_us']/1000:.2f} p99_ms {c['p99_us']/1000:.2f} other {c['failed']}"
+line = f"round {sys.argv[3]} {sys.argv[2]} orders/s {c['msgs_per_s']:.0f} p50_ms {c['p50_us']/1000:.2f} p99_ms {c['p99_us']/1000:.2f} other {c['failed']} {sys.argv[4]}"
 if c.get("consume"):
     line += f" consumed_per_s {c['consumed_per_s']:.0f} caught_up {str(c['caught_up']).lower()}"
 print(line)
@@ -113,6 +154,19 @@ for line in open(sys.argv[1]):
 med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in rows.items()}
 for k, (ops, p50, p99) in med.items():
     print(f"median {k:12s} {ops:9.0f} orders/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({len(rows[k])} rounds)")
+# CPU microseconds per acknowledged order (event, for the ceilings), by
+# process, medians over the rounds: `node` is the Kafka node, `journal`
+# the embedded one, `load` the load generator (seckill-bench, or
+# kafka-ceiling's own producer and reader).
+cpu = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) > 12 and f[11] == "cpu_us_per_order":
+        for kv in f[12].split(","):
+            name, us = kv.split("=")
+            cpu.setdefault(f[2], {}).setdefault(name, []).append(float(us))
+for k, split in cpu.items():
+    print(f"cpu/order {k:12s} " + "  ".join(f"{n} {statistics.median(v):5.1f}" for n, v in split.items()) + " us")
 if "kafka" in med and "ceiling" in med:
     print(f"kafka node, settler consuming / broker ceiling: {med['kafka'][0] / med['ceiling'][0]:.2f} (target >= 0.70)")
 if "kafka" in med and "ceiling-read" in med:
