@@ -59,6 +59,19 @@ pub fn create_sale(
     Ok(())
 }
 
+/// Whether the node knows the sale (GET /sales/{sale}: 200 or 404).
+pub fn sale_exists(addr: SocketAddr, sale: &str) -> Result<bool, BenchError> {
+    let (status, body) = request(addr, "GET", &format!("/sales/{sale}"), &[], b"")?;
+    match status {
+        200 => Ok(true),
+        404 => Ok(false),
+        _ => Err(BenchError::Admin(format!(
+            "GET /sales/{sale} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ))),
+    }
+}
+
 /// Reads a sale's state.
 pub fn sale_view(addr: SocketAddr, sale: &str) -> Result<SaleView, BenchError> {
     let (status, body) = request(addr, "GET", &format!("/sales/{sale}"), &[], b"")?;

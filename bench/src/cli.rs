@@ -16,6 +16,7 @@
 //! closed stdout (`| head`, a `tee` that died) must not turn into a
 //! broken-pipe panic (`println!`'s) that loses the run's files.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -28,12 +29,13 @@ use crate::admin::{self, SaleSetup};
 use crate::audit::{self, AuditInput, Check};
 use crate::engine::{run_load, LoadConfig, Mode};
 use crate::findmax::{self, FindMaxConfig, StepOutcome};
-use crate::orderlog::LogSpec;
+use crate::orderlog::{KafkaTopic, LogContents, LogSpec, OrderLogSource};
 use crate::recorder::Recorder;
 use crate::report::{self, Machine, RunRecord, Versions};
 use crate::scenario::{KeyMode, PurchaseMix, Workload};
 use crate::schedule::{parse_duration, Schedule};
 use crate::BenchError;
+use queue::EventKind;
 
 /// `writeln!` to the output that never fails: when the output is gone
 /// (`EPIPE`), the line is dropped and the run goes on to be audited and
@@ -273,6 +275,9 @@ struct Prepared {
     more: Vec<SocketAddr>,
     sale: Option<(String, SaleSetup)>,
     workload: Workload,
+    /// With `--kafka`, when this run created its sale: the topic's high
+    /// watermarks taken just before, where the audit starts reading.
+    log_mark: Option<HashMap<i32, i64>>,
 }
 
 fn target_addr(target: &str) -> Result<SocketAddr, BenchError> {
@@ -353,23 +358,31 @@ fn prepare_first(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
             workload: Workload::Get {
                 path: c.path.clone(),
             },
+            log_mark: None,
         }),
         ScenarioKind::Purchase => {
             let setup = setup(1000);
-            if !c.no_create {
+            let log_mark = if c.no_create {
+                None
+            } else {
+                let mark = log_mark(c, addr, sale_id);
                 admin::create_sale(addr, &c.admin_token, sale_id, &setup)?;
-            }
+                mark
+            };
             Ok(Prepared {
                 addr,
                 more: more.clone(),
                 sale: Some((sale_id.to_string(), setup)),
                 workload: workload_for(sale_id),
+                log_mark,
             })
         }
         ScenarioKind::Soldout => {
             let mut setup = setup(1);
             setup.starts_at = None;
+            let mut log_mark = None;
             if !c.no_create {
+                log_mark = self::log_mark(c, addr, sale_id);
                 admin::create_sale(addr, &c.admin_token, sale_id, &setup)?;
                 // Buy every unit before the load, one buyer per unit.
                 for i in 0..setup.stock {
@@ -394,9 +407,25 @@ fn prepare_first(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
                 more: more.clone(),
                 sale: Some((sale_id.to_string(), setup)),
                 workload: workload_for(sale_id),
+                log_mark,
             })
         }
     }
+}
+
+/// With `--kafka`, before a run creates a sale that does not exist yet: the
+/// topic's high watermarks, so that its audit reads only what came after
+/// (each step of find-max, or each run on a long-lived topic, reads its own
+/// events, not the whole topic). `None` (read everything) when the sale
+/// exists already or the marks cannot be read.
+fn log_mark(c: &Common, addr: SocketAddr, sale_id: &str) -> Option<HashMap<i32, i64>> {
+    let Some(LogSpec::Kafka { brokers, topic }) = c.order_log() else {
+        return None;
+    };
+    if !matches!(admin::sale_exists(addr, sale_id), Ok(false)) {
+        return None;
+    }
+    KafkaTopic::new(&brokers, &topic).high_watermarks().ok()
 }
 
 fn load_config(c: &Common, p: &Prepared, mode: Mode) -> LoadConfig {
@@ -470,9 +499,13 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
         Ok(v) if c.no_create => (v.stock, v.per_user_limit),
         _ => (setup.stock, setup.per_user_limit),
     };
-    let log = match c.order_log() {
-        Some(spec) => spec.source().read().map_err(|e| e.to_string()),
-        None => Err("no order log given (--journal or --kafka)".to_string()),
+    let log = match (c.order_log(), &p.log_mark) {
+        (Some(LogSpec::Kafka { brokers, topic }), Some(mark)) => {
+            read_from_mark(KafkaTopic::new(&brokers, &topic), mark, sale_id)
+                .map_err(|e| e.to_string())
+        }
+        (Some(spec), _) => spec.source().read().map_err(|e| e.to_string()),
+        (None, _) => Err("no order log given (--journal or --kafka)".to_string()),
     };
     audit::audit(&AuditInput {
         sale_id,
@@ -486,6 +519,26 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
         unfinished: rec.unfinished,
         log,
     })
+}
+
+/// The topic from `mark` on. The sale's creation must be in what was read,
+/// else (the sale was made elsewhere meanwhile) the whole topic is read.
+fn read_from_mark(
+    mut topic: KafkaTopic,
+    mark: &HashMap<i32, i64>,
+    sale_id: &str,
+) -> Result<LogContents, BenchError> {
+    topic.from = mark.clone();
+    let log = topic.read()?;
+    let created = log
+        .events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::SaleCreated { sale_id: s, .. } if s == sale_id));
+    if created {
+        return Ok(log);
+    }
+    topic.from.clear();
+    topic.read()
 }
 
 /// The sale view once two reads 300 ms apart agree (at most ~3 s).

@@ -11,14 +11,15 @@
 //! and is left out; a bad frame with a valid frame after it is corruption
 //! and an error, as it is for the node.
 //!
-//! [`KafkaTopic`] reads every partition of the topic from its beginning up
-//! to the high watermarks it fetched when the read began (a plain
-//! `BaseConsumer` with a manual assignment: no group, no commits), within a
-//! time bound. Kafka delivers at least once, so a redelivered event is
+//! [`KafkaTopic`] reads every partition of the topic from its beginning (or
+//! from a mark: the high watermarks fetched before a run created its sale,
+//! see [`KafkaTopic::high_watermarks`]) up to the high watermarks it fetched
+//! when the read began (a plain `BaseConsumer` with a manual assignment: no
+//! group, no commits), within a time bound. Kafka delivers at least once, so a redelivered event is
 //! counted once ([`drop_redeliveries`]); the partitions are merged into one
 //! sequence by event time (`at`), each partition's own order kept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -200,6 +201,10 @@ pub struct KafkaTopic {
     /// The read fails when the high watermarks are not reached within this
     /// (metadata and watermark requests included).
     pub timeout: Duration,
+    /// Where the read of each partition starts (a mark taken with
+    /// [`KafkaTopic::high_watermarks`]); a partition not in it, from its
+    /// beginning. Empty: the whole topic.
+    pub from: HashMap<i32, i64>,
 }
 
 impl KafkaTopic {
@@ -208,6 +213,42 @@ impl KafkaTopic {
             brokers: brokers.to_string(),
             topic: topic.to_string(),
             timeout: KAFKA_READ_TIMEOUT,
+            from: HashMap::new(),
+        }
+    }
+
+    /// The high watermark of every partition now: a mark to read from
+    /// later, so that a read sees only what was written after it.
+    pub fn high_watermarks(&self) -> Result<HashMap<i32, i64>, String> {
+        let deadline = Instant::now() + self.timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let consumer = self.consumer()?;
+        let mut marks = HashMap::new();
+        for p in self.partitions(&consumer, left())? {
+            let (_, high) = consumer
+                .fetch_watermarks(&self.topic, p, left())
+                .map_err(|e| format!("no watermarks of {}/{p}: {e}", self.topic))?;
+            marks.insert(p, high);
+        }
+        Ok(marks)
+    }
+
+    /// The topic's partitions, from the broker's metadata.
+    fn partitions(&self, consumer: &BaseConsumer, timeout: Duration) -> Result<Vec<i32>, String> {
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|e| format!("no metadata from Kafka at {}: {e}", self.brokers))?;
+        match metadata.topics().iter().find(|t| t.name() == self.topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().iter().map(|p| p.id()).collect())
+            }
+            Some(t) => Err(format!(
+                "topic {} on {}: {:?}",
+                self.topic,
+                self.brokers,
+                t.error().map(rdkafka::types::RDKafkaErrorCode::from)
+            )),
+            None => Err(format!("no topic {} on {}", self.topic, self.brokers)),
         }
     }
 
@@ -233,23 +274,7 @@ impl KafkaTopic {
         let deadline = Instant::now() + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         let consumer = self.consumer()?;
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), left())
-            .map_err(|e| format!("no metadata from Kafka at {}: {e}", self.brokers))?;
-        let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == self.topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                t.partitions().iter().map(|p| p.id()).collect()
-            }
-            Some(t) => {
-                return Err(format!(
-                    "topic {} on {}: {:?}",
-                    self.topic,
-                    self.brokers,
-                    t.error().map(rdkafka::types::RDKafkaErrorCode::from)
-                ))
-            }
-            None => return Err(format!("no topic {} on {}", self.topic, self.brokers)),
-        };
+        let partitions = self.partitions(&consumer, left())?;
         let n = partitions.iter().max().map_or(0, |m| *m as usize + 1);
         // high[p]: where the read of partition p stops; next[p]: the next
         // offset wanted from it.
@@ -260,6 +285,7 @@ impl KafkaTopic {
             let (low, hi) = consumer
                 .fetch_watermarks(&self.topic, p, left())
                 .map_err(|e| format!("no watermarks of {}/{p}: {e}", self.topic))?;
+            let low = self.from.get(&p).map_or(low, |&from| from.clamp(low, hi));
             high[p as usize] = hi;
             next[p as usize] = low;
             if hi > low {

@@ -341,6 +341,9 @@ pub enum Fault {
     /// Logs every n-th order twice, the very same event (an at-least-once
     /// redelivery): harmless on Kafka, a double-logged order in a journal.
     Redeliver(u64),
+    /// Does not log `sale_created` when a sale is created (as a sale
+    /// created on another node would look to the audit).
+    SilentCreate,
 }
 
 struct Sale {
@@ -459,6 +462,26 @@ fn handle(
     match (req.method.as_str(), parts.as_slice()) {
         ("PUT", ["admin", "sales", id]) => {
             let mut st = state.lock().unwrap();
+            // A new sale is logged (on Kafka; the journal tests count
+            // orders only), as the node logs it.
+            if let (false, Some(kafka), false) = (
+                st.sales.contains_key(*id),
+                &log.kafka,
+                fault == Fault::SilentCreate,
+            ) {
+                let created = Event::new(
+                    1,
+                    EventKind::SaleCreated {
+                        sale_id: id.to_string(),
+                        stock: body["stock"].as_u64().unwrap_or(0),
+                        per_user_limit: body["per_user_limit"].as_u64().unwrap_or(1) as u32,
+                        starts_at: 0,
+                        ends_at: None,
+                        payment_timeout_s: 900,
+                    },
+                );
+                block_on(kafka.append(&created)).unwrap();
+            }
             st.sales.insert(
                 id.to_string(),
                 Sale {
