@@ -52,11 +52,6 @@ use tracing::{debug, info, warn};
 
 use crate::node::{now_ms, now_s};
 
-/// The settler's fetches wait for this much data ...
-const FETCH_MIN_BYTES: &str = "262144";
-/// ... or this long, whichever comes first.
-const FETCH_WAIT_MAX_MS: &str = "250";
-
 /// Flags of `seckill settle`.
 #[derive(Debug, clap::Args)]
 pub struct SettleFlags {
@@ -235,14 +230,9 @@ impl Settler {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
-            // Fetches sized for a busy sale: the settler's reads cost the
-            // broker the nodes produce to. Measured against tansu 0.6 (which
-            // holds every fetch for part of its wait, and re-reads while
-            // under min bytes), 256 KiB / 250 ms let the nodes acknowledge
-            // ~11% more orders/s than librdkafka's 1 byte / 500 ms, with
-            // answers still within a quarter second (restarts resume fast).
-            .set("fetch.min.bytes", FETCH_MIN_BYTES)
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+            // Fetches sized for a busy sale (measured: see the constants).
+            .set("fetch.min.bytes", queue::kafka::SETTLER_FETCH_MIN_BYTES)
+            .set("fetch.wait.max.ms", queue::kafka::SETTLER_FETCH_WAIT_MAX_MS)
             .create()
             .context("cannot create the Kafka consumer")?;
         let mut tpl = TopicPartitionList::new();

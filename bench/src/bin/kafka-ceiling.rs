@@ -40,6 +40,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex};
+// The reader fetches with the settler's settings, so that the broker serves
+// its fetches as it serves the settler's.
+use queue::kafka::{
+    SETTLER_FETCH_MIN_BYTES as FETCH_MIN_BYTES, SETTLER_FETCH_WAIT_MAX_MS as FETCH_WAIT_MAX_MS,
+};
 use queue::{Event, EventKind, KafkaOptions};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -53,11 +58,6 @@ use rdkafka::{Offset, TopicPartitionList};
 /// Longest latency the histogram holds, microseconds (60 s).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
-/// The reader's fetch settings: they mirror `FETCH_MIN_BYTES` and
-/// `FETCH_WAIT_MAX_MS` of `seckill/src/settle.rs` (keep them equal), so the
-/// broker serves the reader's fetches as it serves the settler's.
-const FETCH_MIN_BYTES: &str = "262144";
-const FETCH_WAIT_MAX_MS: &str = "250";
 /// The reader commits its offsets every this many messages (the settler's
 /// batch).
 const COMMIT_EVERY: u64 = 512;
