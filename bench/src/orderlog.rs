@@ -15,9 +15,10 @@
 //! from a mark: the high watermarks fetched before a run created its sale,
 //! see [`KafkaTopic::high_watermarks`]) up to the high watermarks it fetched
 //! when the read began (a plain `BaseConsumer` with a manual assignment: no
-//! group, no commits), within a time bound. Kafka delivers at least once, so a redelivered event is
-//! counted once ([`drop_redeliveries`]); the partitions are merged into one
-//! sequence by event time (`at`), each partition's own order kept.
+//! group, no commits), within a time bound. Kafka delivers at least once,
+//! so a redelivered event is counted once ([`drop_redeliveries`]); the
+//! partitions are merged into one sequence by event time (`at`), each
+//! partition's own order kept.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
