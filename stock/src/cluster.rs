@@ -709,8 +709,10 @@ async fn backend_main(
                 }
                 Call::Stop(done) => {
                     background.abort();
-                    // Reservations already sent get their answers first.
+                    // Purchases in flight finish first: the batches out,
+                    // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
+                    reserve_and_reply(&store, batch, replies).await;
                     return_leases(&store, &shared).await;
                     let _ = done.send(());
                     return;
@@ -725,13 +727,26 @@ async fn backend_main(
             let store = store.clone();
             let calls = std::mem::take(&mut batch);
             let replies = std::mem::take(&mut replies);
-            reserving.spawn(async move {
-                let results = store.reserve_batch(&calls).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            });
+            reserving.spawn(async move { reserve_and_reply(&store, calls, replies).await });
         }
+    }
+    // Every sender is gone: no one waits for an answer, but the batches out
+    // are let finish rather than cut off mid-call.
+    while reserving.join_next().await.is_some() {}
+}
+
+/// Sends one batch of reservations and answers each caller.
+async fn reserve_and_reply(
+    store: &RedisStore,
+    calls: Vec<ReserveCall>,
+    replies: Vec<oneshot::Sender<Result<ReserveOutcome, StockError>>>,
+) {
+    if calls.is_empty() {
+        return;
+    }
+    let results = store.reserve_batch(&calls).await;
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
     }
 }
 

@@ -745,3 +745,82 @@ fn redis_stopped_and_restarted_mid_sale_fails_closed_and_the_sale_resumes() {
     }
     assert_eq!(c.sale("down")["sold"], 400);
 }
+
+/// SIGTERM while buyers are at it, in cluster mode: the node exits 0 after
+/// finishing what is in flight (every answer is a 200, each a reserved
+/// order in Redis and in the node's journal once), and its lease
+/// goes back: Redis accounts for every unit (pool + sold == stock, no
+/// lease left) and sold is exactly the orders Redis holds.
+#[test]
+fn sigterm_mid_sale_answers_what_is_in_flight_and_returns_the_lease() {
+    const STOCK: u64 = 100_000;
+    let redis = RedisServer::start();
+    let mut node = cluster_node(&redis, 1, &[]);
+    node.client()
+        .create_sale("term", &json!({"stock": STOCK, "per_user_limit": 1}));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let odd = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let buyers: Vec<_> = (0..16)
+        .map(|t| {
+            let (addr, acked, odd) = (node.addr(), acked.clone(), odd.clone());
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for n in 0.. {
+                    let Ok(r) = c.try_purchase("term", &format!("b{t}-{n}")) else {
+                        break; // the node closed the connection
+                    };
+                    match r.status {
+                        200 => acked.lock().unwrap().push(r.str("order_id")),
+                        _ => odd.lock().unwrap().push(r.to_string()),
+                    }
+                    if r.closes() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 500 {
+        assert!(Instant::now() < deadline, "orders acknowledged in time");
+        thread::sleep(Duration::from_millis(10));
+    }
+    node.terminate();
+    for b in buyers {
+        b.join().expect("buyer thread");
+    }
+    // Every answer given is a 200: a purchase in flight is finished, not
+    // refused (a stopping node closes its connections instead of taking
+    // new requests).
+    let odd = odd.lock().unwrap();
+    assert!(odd.is_empty(), "unexpected answers: {odd:?}");
+    let acked = acked.lock().unwrap();
+    for id in acked.iter() {
+        let record = redis_cli(&redis, &["HGET", "sk:{term}:orders", id]);
+        assert!(
+            record.contains("\"status\":\"reserved\""),
+            "acknowledged order {id} in Redis: {record:?}"
+        );
+    }
+    let journal = node.journal().reserved_counts("term");
+    assert!(
+        acked.iter().all(|id| journal.get(id) == Some(&1)),
+        "every acknowledged order in the journal once"
+    );
+    assert_eq!(
+        redis_cli(&redis, &["HGET", "sk:{term}:leases", "1"]).trim(),
+        "",
+        "no lease left after a graceful stop"
+    );
+    let (pool, sold) = (
+        redis_int(&redis, "sk:{term}:pool"),
+        redis_int(&redis, "sk:{term}:sold"),
+    );
+    assert_eq!(pool + sold, STOCK, "every unit accounted for");
+    let orders: u64 = redis_cli(&redis, &["HLEN", "sk:{term}:orders"])
+        .trim()
+        .parse()
+        .expect("HLEN");
+    assert_eq!(sold, orders, "sold is the orders Redis holds");
+    assert!(sold >= acked.len() as u64);
+}
