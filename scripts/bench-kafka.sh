@@ -104,10 +104,9 @@ purchase() { # name, addr, round, extra flags...
     --sale "$name-$round" --stock 100000000 --hot-users 0 --connections "$CONNS" \
     --duration "$DURATION" --out "$work/runs" --name "$name-$round" --quiet "$@" >/dev/null || true
   cpu_snap "$work/cpu1"
-  set -- "$name" "$addr" "$round"
-  local n
-  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["summary"]["by_status"].get("200", 0))' "$work/runs/$1-$3.json")
-  python3 - "$work/runs/$1-$3.json" "$1" "$3" "$(cpu_split "$work/cpu0" "$work/cpu1" "$n")" <<'PY'
+  local run=$work/runs/$name-$round.json n
+  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["summary"]["by_status"].get("200", 0))' "$run")
+  python3 - "$run" "$name" "$round" "$(cpu_split "$work/cpu0" "$work/cpu1" "$n")" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))["summary"]
 ok = s["rps_by_status"].get("200", 0.0)
