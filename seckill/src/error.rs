@@ -168,6 +168,28 @@ mod tests {
     }
 
     #[test]
+    fn backend_errors_answer_a_stable_message_without_their_detail() {
+        const STOCK: &str = "the stock service is unavailable; retry";
+        const LOG: &str = "the order log is unavailable; retry";
+        let detail = "connect redis://10.0.0.7:6379: Connection refused (os error 111)";
+        let cases: Vec<(ApiError, &str)> = vec![
+            (StockError::Unavailable(detail.into()).into(), STOCK),
+            (StockError::Undetermined(detail.into()).into(), STOCK),
+            (LogError::Unavailable(detail.into()).into(), LOG),
+            (LogError::Undetermined(detail.into()).into(), LOG),
+        ];
+        let mut body = Vec::new();
+        for (err, message) in cases {
+            let resp = err.render(&mut body);
+            assert_eq!(resp.status, 503, "{err:?}");
+            assert_eq!(resp.retry_after, Some(1), "{err:?}");
+            let v: serde_json::Value = serde_json::from_slice(resp.body).unwrap();
+            assert_eq!(v["error"], "unavailable", "{err:?}");
+            assert_eq!(v["message"], message, "{err:?}");
+        }
+    }
+
+    #[test]
     fn renders_escaped_json_with_retry_after() {
         let mut body = Vec::new();
         let resp = ApiError::BadRequest("bad \"x\"\n".into()).render(&mut body);
