@@ -159,8 +159,15 @@ impl Sale {
         self.sold.fetch_add(u64::from(qty), Ordering::AcqRel);
     }
 
+    /// Takes released units off the sold count, stopping at 0: in cluster
+    /// mode the count is Redis's as last polled and may not hold the
+    /// released order yet (the next poll corrects it).
     pub fn sub_sold(&self, qty: u32) {
-        self.sold.fetch_sub(u64::from(qty), Ordering::AcqRel);
+        let _ = self
+            .sold
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |sold| {
+                Some(sold.saturating_sub(u64::from(qty)))
+            });
     }
 
     /// Units `user_id` holds in live orders.
