@@ -142,11 +142,11 @@ pub struct Config {
     /// A request must arrive whole within this long of its first byte
     /// (slow-client limit). Default 10 s.
     pub request_timeout_s: u64,
-    /// Answers owed to a connection (at most 64 KiB are queued: past that
-    /// the node stops reading its requests) must all be taken by the
-    /// client within this long, else the connection is closed: a client
-    /// that reads nothing, or a byte a second, holds its buffers and its
-    /// connection slot this long at most. Default 10 s.
+    /// Each write of a connection's queued answers (at most 64 KiB: past
+    /// that the node stops reading its requests) must end within this
+    /// long, else the connection is closed; progress does not extend it. A
+    /// client that reads nothing, or a byte a second, holds its buffers and
+    /// its connection slot this long at most. Default 10 s.
     pub write_timeout_s: u64,
     /// Purchases in flight per core (waiting on the order log). Default 1,024.
     pub admission_tokens: usize,

@@ -211,9 +211,12 @@ async fn serve<A: StockAuthority, L: OrderLog>(
 /// Output is bounded: requests are parsed while the answers queued for the
 /// connection stay under [`PENDING_OUTPUT_LIMIT`]; past it they are written
 /// before anything more is parsed or read, so a client that does not read
-/// is not read either. The queued answers must all be taken by the client
-/// within `write_timeout_s` (no write progress or too little), else the
-/// connection is closed.
+/// is not read either. Each write of queued answers (at most the bound plus
+/// one answer) must end within `write_timeout_s` of its start, else the
+/// connection is closed. Progress does not extend the deadline: once the
+/// socket buffers are full, the client must read a whole batch in that
+/// time, so one that reads nothing, or a byte a second, is closed, while
+/// one that reads its answers as they come is nowhere near it.
 pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
     core: &Core<A, L>,
     stream: &mut TcpStream,
