@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use queue::LogError;
 use stock::StockError;
-
 use tracing::warn;
 
 use crate::http::{HttpError, Response};
