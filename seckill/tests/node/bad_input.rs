@@ -464,8 +464,10 @@ fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
     let mut watcher = node.client();
     let hog = node.client();
     let sender = send_in_background(&hog, pipelined_metrics(&node, 4000));
-    assert_eq!(open_connections(&mut watcher), 2, "the hog is connected");
     let started = Instant::now();
+    eventually(Duration::from_secs(5), "the hog is connected", || {
+        (open_connections(&mut watcher) == 2).then_some(())
+    });
     eventually(
         Duration::from_secs(15),
         "the node closes the connection that reads nothing",
@@ -485,6 +487,11 @@ fn a_client_reading_a_byte_a_second_is_closed() {
     let mut slow = node.client();
     let sender = send_in_background(&slow, pipelined_metrics(&node, 4000));
     let started = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the slow reader is connected",
+        || (open_connections(&mut watcher) == 2).then_some(()),
+    );
     let mut bytes_read = 0;
     loop {
         // One byte (or the end of the stream), then a second's pause.
