@@ -465,6 +465,54 @@ fn unread_pipelined_answers_do_not_grow_the_node() {
     }
 }
 
+/// Bytes the kernel holds unacknowledged in the send queue of the node's
+/// end of the connection from `client` (`tx_queue` in /proc/net/tcp).
+fn node_send_queue(node: &Node, client: &Client) -> u64 {
+    let (node_port, client_port) = (node.addr().port(), client.local_addr().port());
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+            if port(local)? != node_port || port(remote)? != client_port {
+                return None;
+            }
+            u64::from_str_radix(queues.split(':').next()?, 16).ok()
+        })
+        .unwrap_or_else(|| panic!("no socket {node_port} -> {client_port} in /proc/net/tcp"))
+}
+
+/// What a client that reads nothing makes the kernel hold for the node is
+/// bounded too: the node's send buffer is fixed, not grown by the kernel's
+/// autotuning (up to 4 MiB a connection with Linux's defaults).
+#[test]
+fn unread_answers_queued_in_the_kernel_are_bounded() {
+    let node = Node::start();
+    let hog = node.client();
+    let sender = send_in_background(&hog, pipelined_metrics(&node, 4000));
+    // The node writes until its send queue is full, then waits: the queue
+    // reaches its size within a second or two.
+    let mut queued = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(250));
+        queued = queued.max(node_send_queue(&node, &hog));
+    }
+    eprintln!("the node's send queue to a client that reads nothing: {queued} bytes");
+    assert!(queued > 0, "the node wrote nothing");
+    assert!(
+        queued <= 256 * 1024,
+        "the kernel holds {} KiB of answers for one client that reads nothing",
+        queued / 1024
+    );
+    drop(node);
+    drop(hog);
+    sender.join().expect("sender thread");
+}
+
 /// A client that pipelines requests and reads none of the answers is
 /// closed once its answers have waited `write_timeout_s` unsent.
 #[test]
