@@ -33,6 +33,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// requests and writes them out: what a client that does not read its
 /// answers can make the node hold (plus one answer).
 const PENDING_OUTPUT_LIMIT: usize = 64 * 1024;
+/// SO_SNDBUF of every listener, inherited by its connections: fixed, so the
+/// kernel does not grow a connection's send buffer up to tcp_wmem's max
+/// (4 MiB by default) for a client that reads nothing. The kernel doubles
+/// it for its bookkeeping: one batch of answers fits, with room to spare.
+const SEND_BUFFER: usize = PENDING_OUTPUT_LIMIT;
 
 /// Something a core runs once, inside its runtime, before it accepts
 /// (the demo sale, in `main`).
@@ -149,7 +154,8 @@ async fn core_main<A, L>(
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
-        .backlog(4096);
+        .backlog(4096)
+        .send_buf_size(SEND_BUFFER);
     let listener = match TcpListener::bind_with_config(addr, &opts) {
         Ok(l) => l,
         Err(e) => {
