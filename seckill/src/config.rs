@@ -78,8 +78,9 @@ pub struct Flags {
     /// one-Lua-call-per-request design, kept as a benchmark baseline).
     #[arg(long, env = "SECKILL_STOCK_MODE", value_enum)]
     pub stock_mode: Option<StockModeSetting>,
-    /// Seconds a connection's answers may wait unsent before it is closed
-    /// (a client that reads nothing, or too little). Default 10.
+    /// Seconds one write of a connection's queued answers may take before
+    /// the connection is closed (a client that reads nothing, or too
+    /// little). Default 10.
     #[arg(long, env = "SECKILL_WRITE_TIMEOUT_S")]
     pub write_timeout_s: Option<u64>,
     /// Pre-load a demo sale and print the admin token and a curl line.
