@@ -554,6 +554,13 @@ struct SaleBody {
 
 struct SaleInput;
 
+/// The largest whole number a double holds exactly: in cluster mode every
+/// number of a sale is read by Redis's Lua, whose numbers are doubles.
+const MAX_EXACT: u64 = 1 << 53;
+/// `expires_at` (now + `payment_timeout_s`, plus a grace in Redis) must be
+/// exact too: half the exact range leaves the clock all the room it needs.
+const MAX_PAYMENT_TIMEOUT_S: u64 = MAX_EXACT / 2;
+
 impl SaleInput {
     /// `default_start` stands in for a missing `starts_at`.
     fn parse(sale_id: &str, input: &[u8], default_start: u64) -> Result<SaleSpec, ApiError> {
@@ -568,9 +575,9 @@ impl SaleInput {
             ));
         }
         let body: SaleBody = json_object(input)?;
-        let stock = positive(body.stock, "stock")?
+        let stock = positive(body.stock, "stock", MAX_EXACT)?
             .ok_or(ApiError::BadRequestStatic("missing field stock"))?;
-        let per_user_limit = positive(body.per_user_limit, "per_user_limit")?
+        let per_user_limit = positive(body.per_user_limit, "per_user_limit", MAX_EXACT)?
             .ok_or(ApiError::BadRequestStatic("missing field per_user_limit"))?;
         let per_user_limit = u32::try_from(per_user_limit)
             .map_err(|_| ApiError::BadRequestStatic("per_user_limit is too large"))?;
@@ -581,8 +588,12 @@ impl SaleInput {
                 "ends_at must be after starts_at",
             ));
         }
-        let payment_timeout_s = positive(body.payment_timeout_s, "payment_timeout_s")?
-            .unwrap_or(DEFAULT_PAYMENT_TIMEOUT_S);
+        let payment_timeout_s = positive(
+            body.payment_timeout_s,
+            "payment_timeout_s",
+            MAX_PAYMENT_TIMEOUT_S,
+        )?
+        .unwrap_or(DEFAULT_PAYMENT_TIMEOUT_S);
         Ok(SaleSpec {
             sale_id: sale_id.to_owned(),
             stock,
@@ -594,19 +605,20 @@ impl SaleInput {
     }
 }
 
-/// A whole number ≥ 1, or absent (`null` counts as absent).
-fn positive(v: Option<serde_json::Value>, name: &'static str) -> Result<Option<u64>, ApiError> {
+/// A whole number from 1 to `max`, or absent (`null` counts as absent).
+fn positive(
+    v: Option<serde_json::Value>,
+    name: &'static str,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
+    let bad = || ApiError::BadRequest(format!("{name} must be a whole number from 1 to {max}"));
     match v {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::Number(n)) => match n.as_u64() {
-            Some(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(ApiError::BadRequest(format!(
-                "{name} must be a whole number of at least 1"
-            ))),
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(bad()),
         },
-        Some(_) => Err(ApiError::BadRequest(format!(
-            "{name} must be a whole number of at least 1"
-        ))),
+        Some(_) => Err(bad()),
     }
 }
 
@@ -620,11 +632,17 @@ fn time_field(v: Option<serde_json::Value>, name: &'static str) -> Result<Option
                 .as_u64()
                 .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64));
             let secs = secs.ok_or_else(bad)?;
-            Ok(Some(if secs >= 100_000_000_000 {
+            let secs = if secs >= 100_000_000_000 {
                 secs / 1000
             } else {
                 secs
-            }))
+            };
+            if secs > MAX_EXACT {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} must be at most {MAX_EXACT} (Unix seconds)"
+                )));
+            }
+            Ok(Some(secs))
         }
         Some(serde_json::Value::String(s)) => timefmt::parse_rfc3339(&s).map(Some).ok_or_else(bad),
         Some(_) => Err(bad()),

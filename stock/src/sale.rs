@@ -159,8 +159,15 @@ impl Sale {
         self.sold.fetch_add(u64::from(qty), Ordering::AcqRel);
     }
 
+    /// Takes released units off the sold count, stopping at 0: in cluster
+    /// mode the count is Redis's as last polled and may not hold the
+    /// released order yet (the next poll corrects it).
     pub fn sub_sold(&self, qty: u32) {
-        self.sold.fetch_sub(u64::from(qty), Ordering::AcqRel);
+        let _ = self
+            .sold
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |sold| {
+                Some(sold.saturating_sub(u64::from(qty)))
+            });
     }
 
     /// Units `user_id` holds in live orders.
@@ -209,5 +216,25 @@ mod tests {
             sale.apply_switch(Switch::Resume),
             Err(StockError::InvalidState(_))
         ));
+    }
+
+    /// In cluster mode the sold count is Redis's as last polled: a cancel
+    /// or expiry of an order the poll has not counted yet (taken on another
+    /// node) subtracts from less than its quantity. The count stops at 0;
+    /// it never wraps to 2^64 - 1 (a sold-out "18446744073709551615 sold"
+    /// until the next poll).
+    #[test]
+    fn sold_never_goes_below_zero() {
+        let sale = Sale::new(spec(5), 2);
+        sale.sub_sold(1);
+        assert_eq!(sale.sold(), 0);
+        assert_eq!(sale.remaining(), 5);
+        assert_eq!(sale.state(150), SaleState::Open);
+        sale.set_sold(2);
+        sale.sub_sold(3);
+        assert_eq!(sale.sold(), 0);
+        sale.add_sold(2);
+        sale.sub_sold(1);
+        assert_eq!(sale.sold(), 1);
     }
 }

@@ -86,6 +86,18 @@ impl Node {
         self.addr
     }
 
+    /// The running process's resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the node is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    }
+
     /// The node's `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
@@ -358,6 +370,12 @@ impl Client {
             addr,
             buf: Vec::with_capacity(4096),
         })
+    }
+
+    /// A second handle on the connection, to send from another thread
+    /// while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the connection")
     }
 
     pub fn local_addr(&self) -> SocketAddr {
