@@ -6,8 +6,9 @@
 //! - `store`: [`RedisStore`], the async client (redis crate 1.x, tokio),
 //!   one round trip per call; a batch of reservations is one pipeline.
 //! - `scripts/*.lua`: one script per change (create, switch, lease,
-//!   heartbeat, return_lease, reclaim, reserve, transition), each opening
-//!   with its KEYS/ARGV/return contract; loaded with `include_str!`.
+//!   heartbeat, return_lease, reclaim, want, give_back, reserve,
+//!   transition), each opening with its KEYS/ARGV/return contract; loaded
+//!   with `include_str!`.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
 //!
@@ -24,6 +25,7 @@
 //! | `sold` | string | units in reserved + paid orders |
 //! | `leases` | HASH | node → units leased to it and not yet sold |
 //! | `hb` | HASH | node → heartbeat deadline (Unix ms, Redis time) |
+//! | `wants` | HASH | node → deadline (Unix ms, Redis time) of its want: its shards are dry, the pool is empty and other nodes hold leased units; they give theirs back (`want.lua`, `give_back.lua`) |
 //! | `users` | HASH | user → units held in live (reserved, paid) orders |
 //! | `idem` | HASH | Idempotency-Key → `fingerprint_hex\|order_id` (only successful orders write one, so it is bounded by the stock) |
 //! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?}` |
@@ -37,8 +39,9 @@
 //! Invariant (every script keeps it): `pool + sum(leases) + sold == stock`.
 //! A lease moves units pool → leases; a reservation leases → sold (or pool
 //! → sold in the classic per-request mode); a cancel or expiry sold → pool;
-//! a returned or reclaimed lease leases → pool; an abandoned reservation that
-//! Redis never recorded leases → pool (the node had dropped the units).
+//! a returned or reclaimed lease, or units given back, leases → pool; an
+//! abandoned reservation that Redis never recorded leases → pool (the node
+//! had dropped the units).
 //!
 //! # Errors
 //!
@@ -53,6 +56,6 @@ pub mod fixture;
 mod store;
 
 pub use store::{
-    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
-    SaleSwitchState, RESERVE_CALL_MAX,
+    Abandoned, Ask, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome,
+    SaleStatus, SaleSwitchState, Tail, RESERVE_CALL_MAX,
 };
