@@ -1123,7 +1123,10 @@ impl TopUp {
         let now = now_s();
         for sale in shared.sales.all() {
             let units = sale.stock.available();
-            let before = self.seen.insert(sale.id().to_owned(), units);
+            let before = match self.seen.get_mut(sale.id()) {
+                Some(seen) => Some(std::mem::replace(seen, units)),
+                None => self.seen.insert(sale.id().to_owned(), units),
+            };
             let slot = lease_slot(&sale);
             let gave_back = slot.gave_back.swap(false, Ordering::Relaxed);
             let demand = slot.demand.swap(false, Ordering::Relaxed)

@@ -99,25 +99,9 @@ fn a_unit_leased_by_one_node_is_sold_to_a_lone_buyer_on_another() {
     // A buyer on node 1 asks for 2 units of a sale of 1: a node leases the
     // unit (node 1 for this buyer, or a node leasing ahead of demand) and
     // cannot sell it to him.
-    let greedy = a
-        .client()
-        .purchase_with_key("lone", "greedy", 2, "greedy-1");
-    assert_ne!(greedy.status, 200, "{greedy}");
-    let leased = |id: &str| {
-        redis_cli(&redis, &["HGET", "sk:{lone}:leases", id])
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
-    let (on_a, on_b) = (leased("1"), leased("2"));
-    assert_eq!(
-        on_a + on_b,
-        1,
-        "one node holds the unit ({})",
-        units_in_redis(&redis, "lone")
-    );
+    let holder_id = lease_the_unit_unsold(&redis, &a, "lone");
     // A lone buyer on the other node buys it.
-    let (holder, other) = if on_a == 1 { (&a, &b) } else { (&b, &a) };
+    let (holder, other) = if holder_id == 1 { (&a, &b) } else { (&b, &a) };
     let started = Instant::now();
     let r = other.client().purchase("lone", "lone-buyer");
     assert_eq!(
@@ -137,6 +121,103 @@ fn a_unit_leased_by_one_node_is_sold_to_a_lone_buyer_on_another() {
     thread::sleep(Duration::from_millis(500));
     assert_error(&holder.client().purchase("lone", "late-1"), 410, "sold_out");
     assert_error(&other.client().purchase("lone", "late-2"), 410, "sold_out");
+}
+
+#[test]
+fn a_crowd_on_three_nodes_is_told_sold_out_only_once_every_unit_is_sold() {
+    const STOCK: u64 = 5;
+    let redis = RedisServer::start();
+    let nodes: Vec<Node> = (1..=3).map(|id| cluster_node(&redis, id, &[])).collect();
+    nodes[2]
+        .client()
+        .create_sale("crowd", &json!({"stock": STOCK, "per_user_limit": 1}));
+    wait_for_sale(&nodes.iter().collect::<Vec<_>>(), "crowd");
+    thread::sleep(Duration::from_millis(500));
+    // Four buyers per node, each buying with new user ids until told sold
+    // out (retrying after 503): a 410 while units remain would strand them.
+    let buyers: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| (0..4).map(move |t| (n.addr(), t)))
+        .map(|(addr, t)| {
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut won = 0u64;
+                for n in 0.. {
+                    let r = c.purchase("crowd", &format!("{addr}-{t}-{n}"));
+                    match r.status {
+                        200 => won += 1,
+                        410 => return won,
+                        _ => {
+                            assert_error(&r, 503, "unavailable");
+                            thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    let won: u64 = buyers.into_iter().map(|b| b.join().expect("buyer")).sum();
+    assert_eq!(
+        won,
+        STOCK,
+        "every unit sold before anyone was told sold out ({})",
+        units_in_redis(&redis, "crowd")
+    );
+    assert_eq!(redis_int(&redis, "sk:{crowd}:sold"), STOCK);
+}
+
+/// Node 1 leases the one unit of `sale` (stock 1, limit 2) and cannot sell
+/// it: its buyer asks for 2. Returns which node holds it (1 or 2).
+fn lease_the_unit_unsold(redis: &RedisServer, a: &Node, sale: &str) -> u32 {
+    let greedy = a.client().purchase_with_key(sale, "greedy", 2, "greedy-1");
+    assert_ne!(greedy.status, 200, "{greedy}");
+    let (on_a, on_b) = (leased_to(redis, sale, 1), leased_to(redis, sale, 2));
+    assert_eq!(
+        on_a + on_b,
+        1,
+        "one node holds the unit ({})",
+        units_in_redis(redis, sale)
+    );
+    if on_a == 1 {
+        1
+    } else {
+        2
+    }
+}
+
+#[test]
+fn a_unit_held_by_a_killed_node_is_never_answered_sold_out_and_is_sold_once_reclaimed() {
+    let redis = RedisServer::start();
+    let mut a = cluster_node(&redis, 1, &[]);
+    let b = cluster_node(&redis, 2, &[]);
+    a.client()
+        .create_sale("dead", &json!({"stock": 1, "per_user_limit": 2}));
+    wait_for_sale(&[&a, &b], "dead");
+    assert_eq!(
+        lease_the_unit_unsold(&redis, &a, "dead"),
+        1,
+        "node 1 leased it"
+    );
+    a.kill();
+    // Until the dead node's lease is reclaimed (lease TTL 2 s), the buyer
+    // on node 2 is told to retry, never that it is sold out.
+    let mut c = b.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut retries = 0;
+    loop {
+        let r = c.purchase("dead", "patient");
+        if r.status == 200 {
+            break;
+        }
+        assert_error(&r, 503, "unavailable");
+        retries += 1;
+        assert!(Instant::now() < deadline, "never sold ({retries} retries)");
+    }
+    assert!(retries > 0, "the dead node's unit was sold at once");
+    assert_eq!(redis_int(&redis, "sk:{dead}:sold"), 1);
+    thread::sleep(Duration::from_millis(500));
+    assert_error(&c.purchase("dead", "late"), 410, "sold_out");
 }
 
 #[test]
