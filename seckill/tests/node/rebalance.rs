@@ -206,11 +206,18 @@ fn a_unit_held_by_a_killed_node_is_never_answered_sold_out_and_is_sold_once_recl
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut retries = 0;
     loop {
+        let asked = Instant::now();
         let r = c.purchase("dead", "patient");
         if r.status == 200 {
             break;
         }
         assert_error(&r, 503, "unavailable");
+        // The wait for units is bounded (a few poll intervals).
+        assert!(
+            asked.elapsed() < Duration::from_millis(2500),
+            "a 503 after {:?}",
+            asked.elapsed()
+        );
         retries += 1;
         assert!(Instant::now() < deadline, "never sold ({retries} retries)");
     }
