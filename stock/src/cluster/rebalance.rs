@@ -88,25 +88,29 @@ pub(super) async fn lease_or_wait(
     }
 }
 
-/// A plain lease ahead of demand (no want: no buyer waits for it).
+/// A lease ahead of demand: no want (no buyer waits for it), but the
+/// counts, so that the hints stay exact when it takes the pool's last units.
 pub(super) async fn lease_ahead(
     store: &RedisStore,
     shared: &Shared,
     sale: &Sale,
     core: usize,
 ) -> Result<(), StockError> {
-    let grant = store
-        .lease(
+    let ask = store
+        .lease_or_want(
             sale.id(),
             shared.opts.node_id,
             lease_want(sale.spec()),
             shared.opts.lease_ttl,
+            Duration::ZERO,
         )
         .await?;
-    if grant.granted > 0 {
-        sale.stock.put_back(core, grant.granted);
+    sale.set_sold(ask.sold);
+    sale.set_elsewhere_hint(ask.elsewhere);
+    if ask.granted > 0 {
+        sale.stock.put_back(core, ask.granted);
     }
-    sale.set_pool_hint(grant.pool_left);
+    sale.set_pool_hint(ask.pool_left);
     Ok(())
 }
 

@@ -239,6 +239,13 @@ async fn a_want_lapses_and_none_is_posted_when_nothing_is_left_elsewhere() {
     let (_server, store) = setup().await;
     store.create_sale(&spec("s1", 1, 1)).await.unwrap();
     assert_eq!(store.lease("s1", 1, 1, TTL).await.unwrap().granted, 1);
+    // A zero wait leases only: no want is posted.
+    let ask = store
+        .lease_or_want("s1", 2, 1, TTL, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((ask.granted, ask.elsewhere), (0, 1));
+    assert!(!store.tail("s1", 1).await.unwrap().wanted);
     // A want for 100 ms stands, then lapses.
     let ask = store
         .lease_or_want("s1", 2, 1, TTL, Duration::from_millis(100))

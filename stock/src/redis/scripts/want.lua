@@ -16,7 +16,7 @@
 -- KEYS[5] sk:{S}:hb      HASH node -> heartbeat deadline (Unix ms)
 -- KEYS[6] sk:{S}:wants   HASH node -> deadline of its want (Unix ms)
 -- ARGV[1] node, ARGV[2] want, ARGV[3] ttl_ms, ARGV[4] wait_ms (how long
--- the want stands)
+-- the want stands; 0: lease only, post no want)
 --
 -- Returns {granted, pool_left, sold, elsewhere} (elsewhere: units leased to
 -- the other nodes and not yet sold), or {-1, 0, 0, 0} when the sale does
@@ -51,7 +51,7 @@ if pool > 0 then
   redis.call('HDEL', KEYS[6], ARGV[1])
   return {grant, pool - grant, sold, elsewhere}
 end
-if elsewhere > 0 then
+if elsewhere > 0 and tonumber(ARGV[4]) > 0 then
   redis.call('HSET', KEYS[6], ARGV[1], string.format('%d', now_ms + tonumber(ARGV[4])))
 end
 return {0, 0, sold, elsewhere}

@@ -48,8 +48,9 @@ impl RedisStore {
     /// same heartbeat refresh). When the pool is empty while other nodes
     /// hold unsold leased units, posts `node`'s want for `wait` instead:
     /// those nodes see it in their [`RedisStore::tail`] and give their
-    /// surplus back. A grant clears the want. A closed sale grants 0 and
-    /// posts nothing. Unknown sale: `SaleNotFound`.
+    /// surplus back (a `wait` of zero posts none: a lease ahead of demand
+    /// that still learns the counts). A grant clears the want. A closed
+    /// sale grants 0 and posts nothing. Unknown sale: `SaleNotFound`.
     ///
     /// An `Undetermined` answer may have leased units: they stay in the
     /// node's lease in Redis and come back by `return_lease` or `reclaim`.
