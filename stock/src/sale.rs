@@ -214,6 +214,25 @@ mod tests {
     }
 
     #[test]
+    fn dry_shards_are_sold_out_only_when_nothing_is_left_elsewhere() {
+        // Cluster mode: units arrive by lease.
+        let sale = Sale::with_local_units(spec(3), 2, 0);
+        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
+        // Units in other nodes' leases, the pool empty: not sold out.
+        sale.set_elsewhere_hint(2);
+        assert!(sale.gate(150).is_ok());
+        sale.set_elsewhere_hint(0);
+        sale.set_pool_hint(1);
+        assert!(sale.gate(150).is_ok());
+        sale.set_pool_hint(0);
+        assert!(sale.nothing_elsewhere());
+        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
+        // Units in the shards: open whatever the hints say.
+        sale.stock.put_back(0, 1);
+        assert!(sale.gate(150).is_ok());
+    }
+
+    #[test]
     fn state_follows_time_switch_and_stock() {
         let sale = Sale::new(spec(1), 2);
         assert_eq!(sale.state(99), SaleState::Scheduled);
@@ -233,24 +252,5 @@ mod tests {
             sale.apply_switch(Switch::Resume),
             Err(StockError::InvalidState(_))
         ));
-    }
-
-    #[test]
-    fn dry_shards_are_sold_out_only_when_nothing_is_left_elsewhere() {
-        // Cluster mode: units arrive by lease.
-        let sale = Sale::with_local_units(spec(3), 2, 0);
-        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
-        // Units in other nodes' leases, the pool empty: not sold out.
-        sale.set_elsewhere_hint(2);
-        assert!(sale.gate(150).is_ok());
-        sale.set_elsewhere_hint(0);
-        sale.set_pool_hint(1);
-        assert!(sale.gate(150).is_ok());
-        sale.set_pool_hint(0);
-        assert!(sale.nothing_elsewhere());
-        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
-        // Units in the shards: open whatever the hints say.
-        sale.stock.put_back(0, 1);
-        assert!(sale.gate(150).is_ok());
     }
 }
