@@ -6,9 +6,8 @@
 //! - `store`: [`RedisStore`], the async client (redis crate 1.x, tokio),
 //!   one round trip per call; a batch of reservations is one pipeline.
 //! - `scripts/*.lua`: one script per change (create, switch, lease,
-//!   heartbeat, return_lease, reclaim, want, give_back, reserve,
-//!   transition), each opening with its KEYS/ARGV/return contract; loaded
-//!   with `include_str!`.
+//!   heartbeat, return_lease, reclaim, reserve, transition), each opening
+//!   with its KEYS/ARGV/return contract; loaded with `include_str!`.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
 //!
@@ -56,6 +55,7 @@ pub mod fixture;
 mod store;
 
 pub use store::{
-    Abandoned, Ask, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome,
-    SaleStatus, SaleSwitchState, Tail, RESERVE_CALL_MAX,
+    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
+    SaleSwitchState, RESERVE_CALL_MAX,
 };
+pub use store::{Ask, Tail};
