@@ -15,10 +15,10 @@
 //!   pipelining and keep-alive.
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
-//! - `rebalance`: no false sold-out in cluster mode: units leased by one
-//!   node reach a buyer on another; sold-out answers cost Redis nothing.
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
+//! - `rebalance`: no false sold-out in cluster mode: units leased by one
+//!   node reach a buyer on another; sold-out answers cost Redis nothing.
 
 #[path = "node/support.rs"]
 mod support;
