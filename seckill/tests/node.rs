@@ -19,6 +19,8 @@
 //!   real `redis-server` and a real broker (tansu).
 //! - `rebalance`: no false sold-out in cluster mode: units leased by one
 //!   node reach a buyer on another; sold-out answers cost Redis nothing.
+//! - `identity`: buyer tokens, ownership of orders, the payment token,
+//!   unguessable order ids, tickets, in both modes.
 
 #[path = "node/support.rs"]
 mod support;
@@ -35,6 +37,8 @@ mod contention;
 mod crash;
 #[path = "node/idempotency.rs"]
 mod idempotency;
+#[path = "node/identity.rs"]
+mod identity;
 #[path = "node/kafka.rs"]
 mod kafka;
 #[path = "node/lifecycle.rs"]

@@ -632,6 +632,26 @@ mod tests {
     }
 
     #[test]
+    fn ten_thousand_order_ids_are_no_sequence() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 10_000, 10_000))).unwrap();
+        let mut values: Vec<u128> = (0..10_000)
+            .map(|_| {
+                let order = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+                let (node, random) = order.order_id.split_once('-').unwrap();
+                assert_eq!(node, "7");
+                assert!(random.len() <= 20, "short: {}", order.order_id);
+                u128::from_str_radix(random, 36).unwrap()
+            })
+            .collect();
+        values.sort_unstable();
+        for pair in values.windows(2) {
+            // 64 random bits leave any two of 10,000 ids ~2^50 apart.
+            assert!(pair[1] - pair[0] > 1 << 32, "ids differ by a small integer");
+        }
+    }
+
+    #[test]
     fn reserve_confirm_counts_units_limit_and_names_orders() {
         let auth = authority();
         let sale = now(auth.create_sale(spec("s", 3, 2))).unwrap();
