@@ -20,6 +20,7 @@ use stock::{
     StockError, Switch, Transition,
 };
 
+use crate::auth::{self, PayloadBuf};
 use crate::error::ApiError;
 use crate::http::{Method, Request, Response};
 use crate::node::{now_ms, now_s, Core, Failpoint};
@@ -99,12 +100,13 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         }
         if let Some(rest) = path.strip_prefix("/orders/") {
             return match (method, rest.split_once('/')) {
-                (Method::Get, None) => self.get_order(rest, body).await,
+                (Method::Get, None) => self.get_order(rest, req, body).await,
                 (Method::Post, Some((id, "pay"))) => {
-                    self.pay_or_cancel(id, OrderStatus::Paid, body).await
+                    self.pay_or_cancel(id, OrderStatus::Paid, req, body).await
                 }
                 (Method::Post, Some((id, "cancel"))) => {
-                    self.pay_or_cancel(id, OrderStatus::Cancelled, body).await
+                    self.pay_or_cancel(id, OrderStatus::Cancelled, req, body)
+                        .await
                 }
                 (_, None) | (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed),
                 _ => Err(ApiError::NotFound("no such route")),
@@ -158,7 +160,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         let started = Instant::now();
-        let input = PurchaseInput::parse(req)?;
+        let mut token = PayloadBuf::default();
+        let input = PurchaseInput::parse(req, sale_id, &self.node.config.buyer_keys, &mut token)?;
         let now = now_s();
         let attempt = Attempt {
             user_id: &input.user_id,
@@ -270,21 +273,71 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         Ok(Reply::json())
     }
 
-    async fn get_order(&self, order_id: &str, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+    async fn get_order(
+        &self,
+        order_id: &str,
+        req: &Request<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        let mut token = PayloadBuf::default();
+        let caller = self.order_caller(req, &mut token)?;
         let order = self.node.authority.order(order_id).await?;
+        owned_by(&order, caller)?;
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
     }
 
+    /// `/pay` is the payment service's callback (admin or payment token);
+    /// `/cancel` is the buyer's (or the admin's).
     async fn pay_or_cancel(
         &self,
         order_id: &str,
         to: OrderStatus,
+        req: &Request<'_>,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
+        let mut token = PayloadBuf::default();
+        if to == OrderStatus::Paid {
+            self.check_payer(req)?;
+        } else if let Some(buyer) = self.order_caller(req, &mut token)? {
+            let order = self.node.authority.order(order_id).await?;
+            owned_by(&order, Some(buyer))?;
+        }
         let order = self.move_order(order_id, to).await?;
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
+    }
+
+    /// Who asks about an order: `None` may see every order (the admin, or
+    /// anyone in trusted mode), `Some(buyer)` only the buyer's own. A
+    /// missing or invalid buyer token is 401.
+    fn order_caller<'t>(
+        &self,
+        req: &Request<'_>,
+        token: &'t mut PayloadBuf,
+    ) -> Result<Option<&'t str>, ApiError> {
+        let keys = &self.node.config.buyer_keys;
+        if !keys.is_on() || self.node.is_admin(req.authorization) {
+            return Ok(None);
+        }
+        Ok(Some(keys.verify(req.authorization, now_s(), token)?.sub))
+    }
+
+    /// The payment callback's caller: the admin, or whoever holds the
+    /// payment token; open only in trusted mode without a payment token.
+    fn check_payer(&self, req: &Request<'_>) -> Result<(), ApiError> {
+        let config = &self.node.config;
+        let paid_by_token = config
+            .payment_token
+            .as_deref()
+            .is_some_and(|t| auth::bearer_is(req.authorization, t));
+        let open = config.payment_token.is_none() && !config.buyer_keys.is_on();
+        if open || paid_by_token || self.node.is_admin(req.authorization) {
+            return Ok(());
+        }
+        Err(ApiError::Unauthenticated(
+            "paying needs the payment service's token",
+        ))
     }
 
     /// Moves an order to `to` (paid, cancelled or expired): the authority
@@ -467,6 +520,14 @@ fn reserved_event(order: &Order, attempt: &Attempt<'_>, sale_id: &str) -> Event 
     )
 }
 
+/// Another buyer's order is answered exactly like a missing one.
+fn owned_by(order: &Order, caller: Option<&str>) -> Result<(), ApiError> {
+    match caller {
+        Some(buyer) if buyer != order.user_id => Err(StockError::OrderNotFound.into()),
+        _ => Ok(()),
+    }
+}
+
 fn write_json<T: Serialize>(body: &mut Vec<u8>, value: &T) {
     body.clear();
     // Plain strings and numbers always serialise.
@@ -485,9 +546,13 @@ fn json_object<'a, T: Deserialize<'a>>(input: &'a [u8]) -> Result<T, ApiError> {
 
 /// A purchase request, validated.
 struct PurchaseInput<'a> {
+    /// The buyer: the token's `sub` when buyer keys are set, else the body's.
     user_id: Cow<'a, str>,
     quantity: u32,
     idempotency_key: Option<&'a str>,
+    /// The buyer token is a ticket for this sale (its `sale` claim).
+    #[allow(dead_code)]
+    ticket: bool,
 }
 
 #[derive(Deserialize)]
@@ -498,7 +563,23 @@ struct PurchaseBody<'a> {
 }
 
 impl<'a> PurchaseInput<'a> {
-    fn parse(req: &Request<'a>) -> Result<Self, ApiError> {
+    /// With buyer `keys` set, the token is verified first (401), decoded
+    /// into `token`; a ticket for another sale than `sale_id` is 401 too.
+    fn parse(
+        req: &Request<'a>,
+        sale_id: &str,
+        keys: &auth::BuyerKeys,
+        token: &'a mut PayloadBuf,
+    ) -> Result<Self, ApiError> {
+        let buyer = match keys.is_on() {
+            true => Some(keys.verify(req.authorization, now_s(), token)?),
+            false => None,
+        };
+        if buyer.is_some_and(|b| b.sale.is_some_and(|s| s != sale_id)) {
+            return Err(ApiError::Unauthenticated(
+                "the buyer token is a ticket for another sale",
+            ));
+        }
         let idempotency_key = match req.idempotency_key {
             None => None,
             Some(k)
@@ -517,9 +598,15 @@ impl<'a> PurchaseInput<'a> {
             }
         };
         let body: PurchaseBody<'a> = json_object(req.body)?;
-        let user_id = body
-            .user_id
-            .ok_or(ApiError::BadRequestStatic("missing field user_id"))?;
+        let user_id = match (buyer, body.user_id) {
+            (Some(b), Some(u)) if u != b.sub => {
+                return Err(ApiError::BadRequestStatic(
+                    "user_id differs from the buyer token's sub",
+                ))
+            }
+            (Some(b), _) => Cow::Borrowed(b.sub),
+            (None, u) => u.ok_or(ApiError::BadRequestStatic("missing field user_id"))?,
+        };
         if user_id.is_empty() || user_id.len() > MAX_ID_LEN || user_id.chars().any(char::is_control)
         {
             return Err(ApiError::BadRequestStatic(
@@ -539,6 +626,7 @@ impl<'a> PurchaseInput<'a> {
             user_id,
             quantity,
             idempotency_key,
+            ticket: buyer.is_some_and(|b| b.sale.is_some()),
         })
     }
 }

@@ -28,6 +28,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => (random_token()?, true),
     };
     let demo = config.demo;
+    warn_if_trusted(&config);
     if config.kafka.is_some() {
         let node = KafkaNode::open_kafka(config, token.clone())?;
         info!(
@@ -113,6 +114,16 @@ fn banner(addr: SocketAddr, token: &str, generated: bool, demo: bool) {
         );
     }
     let _ = out.flush();
+}
+
+/// Without buyer keys the node believes the body's `user_id`: say so.
+fn warn_if_trusted(config: &Config) {
+    if !config.buyer_keys.is_on() {
+        tracing::warn!(
+            "trusted mode: no buyer_keys, so the body's user_id is believed and orders are not \
+             owner-checked; set buyer_keys (SECKILL_BUYER_KEYS) unless every client is trusted"
+        );
+    }
 }
 
 /// 128 random bits from the kernel, as hex.

@@ -63,12 +63,8 @@ impl EmbeddedNode {
         admin_token: String,
     ) -> anyhow::Result<(Arc<Self>, Replayed)> {
         let (journal, events) = open_journal(&config)?;
-        let authority = EmbeddedAuthority::new(
-            config.node_id,
-            config.cores,
-            config.idempotency_ttl_s,
-            now_micros(),
-        );
+        let authority =
+            EmbeddedAuthority::new(config.node_id, config.cores, config.idempotency_ttl_s);
         let replayed = replay(&authority, &events)?;
         Ok((
             Arc::new(Node::new(config, authority, journal, admin_token)),
@@ -129,7 +125,7 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
         opts.expiry = false;
         opts.track_log = true;
     }
-    RedisAuthority::connect(&url, opts, now_micros())
+    RedisAuthority::connect(&url, opts)
         .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))
 }
 

@@ -14,14 +14,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::authority::{
-    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
-    Switch, Transition,
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, StockAuthority,
+    StockError, Switch, Transition,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -50,7 +49,6 @@ struct OrderEntry {
 
 /// The in-process stock authority of the embedded mode.
 pub struct EmbeddedAuthority {
-    node_id: u32,
     shards: usize,
     key_ttl_s: u64,
     sales: Registry,
@@ -58,7 +56,7 @@ pub struct EmbeddedAuthority {
     orders: Striped<HashMap<Box<str>, OrderEntry>>,
     /// Reserved orders by expiry time, one queue per shard.
     expiries: Box<[Mutex<ExpiryQueue>]>,
-    next_seq: AtomicU64,
+    ids: OrderIds,
 }
 
 /// A reservation waiting for its record to be durable.
@@ -77,11 +75,10 @@ pub struct PendingMove {
 
 impl EmbeddedAuthority {
     /// An empty authority for a node with `shards` cores. Order ids are
-    /// `{node_id}-{sequence}`; the sequence starts at the current Unix time
-    /// in microseconds so that ids stay unique across restarts.
-    pub fn new(node_id: u32, shards: usize, key_ttl_s: u64, now_micros: u64) -> Self {
+    /// `{node_id}-{random}` ([`OrderIds`]): unguessable, and unique across
+    /// restarts without a sequence to restore.
+    pub fn new(node_id: u32, shards: usize, key_ttl_s: u64) -> Self {
         EmbeddedAuthority {
-            node_id,
             shards: shards.max(1),
             key_ttl_s,
             sales: Registry::default(),
@@ -90,7 +87,7 @@ impl EmbeddedAuthority {
             expiries: (0..shards.max(1))
                 .map(|_| Mutex::new(BinaryHeap::new()))
                 .collect(),
-            next_seq: AtomicU64::new(now_micros),
+            ids: OrderIds::new(node_id),
         }
     }
 
@@ -112,11 +109,6 @@ impl EmbeddedAuthority {
         let shards = self.shards;
         self.sales
             .insert_with(&spec, || Sale::new(spec.clone(), shards))
-    }
-
-    fn next_order_id(&self) -> String {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{}", self.node_id, seq)
     }
 
     fn hold_limit(&self, sale: &Sale, user_id: &str, qty: u32) -> Result<(), StockError> {
@@ -244,14 +236,6 @@ impl EmbeddedAuthority {
             .lock()
             .entry(order.user_id.as_str().into())
             .or_insert(0) += order.quantity;
-        if let Some(seq) = order
-            .order_id
-            .rsplit_once('-')
-            .and_then(|(node, seq)| (node == self.node_id.to_string()).then_some(seq))
-            .and_then(|seq| seq.parse::<u64>().ok())
-        {
-            self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
-        }
         self.record(order, key.map(|(k, f)| (k.into_boxed_str(), f)), at);
         Ok(())
     }
@@ -374,7 +358,7 @@ impl StockAuthority for EmbeddedAuthority {
                 return Err(e);
             }
             let order = Order {
-                order_id: self.next_order_id(),
+                order_id: self.ids.next(None),
                 sale_id: sale.id().to_owned(),
                 user_id: attempt.user_id.to_owned(),
                 quantity: units.qty(),
@@ -628,7 +612,7 @@ mod tests {
     }
 
     fn authority() -> EmbeddedAuthority {
-        EmbeddedAuthority::new(7, 2, 3_600, 1_000_000)
+        EmbeddedAuthority::new(7, 2, 3_600)
     }
 
     #[test]
@@ -733,7 +717,7 @@ mod tests {
 
     #[test]
     fn keys_are_forgotten_after_their_ttl() {
-        let auth = EmbeddedAuthority::new(1, 1, 10, 0);
+        let auth = EmbeddedAuthority::new(1, 1, 10);
         let sale = now(auth.create_sale(spec("s", 5, 5))).unwrap();
         let a = attempt("u", 1, Some("k"));
         buy(&auth, &sale, &a, false).unwrap();
@@ -825,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn restore_rebuilds_sold_limits_keys_and_sequence() {
+    fn restore_rebuilds_sold_limits_and_keys() {
         let auth = authority();
         auth.restore_sale(spec("s", 3, 1)).unwrap();
         let order = |id: &str, user: &str| Order {
@@ -856,9 +840,10 @@ mod tests {
             now(auth.lookup_key(&sale, &a)).unwrap(),
             KeyLookup::Replay(o) if o.order_id == "7-5000000"
         ));
-        // New ids continue after the restored ones.
+        // New ids are the node's and none of the restored ones.
         let next = buy(&auth, &sale, &attempt("w", 1, None), false).unwrap();
-        assert_eq!(next.order_id, "7-5000002");
+        assert!(next.order_id.starts_with("7-"), "{}", next.order_id);
+        assert!(!next.order_id.starts_with("7-50000"), "{}", next.order_id);
         // A log that sells more than the stock is refused.
         auth.restore_order(order("7-1", "x"), None, now_s())
             .unwrap();

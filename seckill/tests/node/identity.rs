@@ -12,12 +12,14 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use sha2::Sha256;
 use stock::redis::fixture::RedisServer;
 
 use crate::cluster::wait_for_sale;
-use crate::support::{assert_error, assert_ok, now_s, Node, Response, TOKEN};
+use crate::support::{assert_error, assert_ok, eventually, now_s, Node, Response, TOKEN};
 
 const KEY_OLD: &str = "it-buyer-key-old-0123456789abcdef";
 const KEY_NEW: &str = "it-buyer-key-new-0123456789abcdef";
@@ -88,6 +90,16 @@ fn order_call(
 
 fn sold(node: &Node, sale: &str) -> u64 {
     node.client().sale(sale)["sold"].as_u64().unwrap()
+}
+
+/// Waits until every node counts `n` units of `sale` sold (cluster nodes
+/// learn the count within a poll).
+fn wait_sold(nodes: &[Node], sale: &str, n: u64) {
+    for node in nodes {
+        eventually(Duration::from_secs(5), "the sold count", || {
+            (sold(node, sale) == n).then_some(())
+        });
+    }
 }
 
 /// One embedded node with both keys (from the environment) and the
@@ -197,9 +209,7 @@ fn bad_tokens_buy_nothing(nodes: &[Node]) {
         &json!({ "quantity": 1 }),
     ));
     assert_eq!(order["user_id"], "carol");
-    for node in nodes {
-        assert_eq!(sold(node, "t"), 2);
-    }
+    wait_sold(nodes, "t", 2);
 }
 
 /// Another buyer's GET and cancel are answered like a missing order and
@@ -256,8 +266,8 @@ fn orders_answer_their_buyer(nodes: &[Node]) {
             401,
             "unauthorized",
         );
-        assert_eq!(sold(node, "o"), 1);
     }
+    wait_sold(nodes, "o", 1);
     let paid = assert_ok(&order_call(last, "POST", &id, "/pay", Some(PAYMENT)));
     assert_eq!(paid["status"], "paid");
     // The owner can cancel her own order (here: no longer, it is paid).
