@@ -379,3 +379,56 @@ fn trusted_mode_warns_and_payment_token_still_binds() {
     let paid = assert_ok(&order_call(&node, "POST", id, "/pay", Some(PAYMENT)));
     assert_eq!(paid["status"], "paid");
 }
+
+/// A ticket-only sale refuses tokens without its `sale` or with another
+/// sale's, and sells to the right ticket; every node enforces it.
+fn tickets_admit_only_their_sale(nodes: &[Node]) {
+    let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
+    create(
+        nodes,
+        "tk",
+        &json!({ "stock": 3, "per_user_limit": 1, "ticket_required": true }),
+    );
+    create(nodes, "plain", &json!({ "stock": 3, "per_user_limit": 1 }));
+    let ticket = |sub: &str, sale: &str| {
+        token_with(
+            KEY_OLD,
+            &json!({ "sub": sub, "exp": now_s() + 600, "sale": sale }),
+        )
+    };
+    for node in nodes {
+        let no_ticket = buy(node, "tk", Some(&token("alice")), &json!({}));
+        assert_error(&no_ticket, 401, "unauthorized");
+        let other = buy(node, "tk", Some(&ticket("alice", "plain")), &json!({}));
+        assert_error(&other, 401, "unauthorized");
+    }
+    wait_sold(nodes, "tk", 0);
+    for node in nodes {
+        assert_eq!(node.client().sale("tk")["ticket_required"], true);
+        assert_eq!(node.client().sale("plain")["ticket_required"], false);
+    }
+    let order = assert_ok(&buy(last, "tk", Some(&ticket("alice", "tk")), &json!({})));
+    assert_eq!(order["user_id"], "alice");
+    // A ticket is for its sale only.
+    let elsewhere = buy(first, "plain", Some(&ticket("bob", "tk")), &json!({}));
+    assert_error(&elsewhere, 401, "unauthorized");
+    assert_ok(&buy(first, "plain", Some(&token("bob")), &json!({})));
+    wait_sold(nodes, "tk", 1);
+}
+
+#[test]
+fn embedded_tickets_admit_only_their_sale() {
+    let mut nodes = embedded();
+    tickets_admit_only_their_sale(&nodes);
+    // The journal keeps the requirement over a restart.
+    nodes[0].restart();
+    assert_eq!(nodes[0].client().sale("tk")["ticket_required"], true);
+    let again = buy(&nodes[0], "tk", Some(&token("carol")), &json!({}));
+    assert_error(&again, 401, "unauthorized");
+}
+
+#[test]
+fn cluster_tickets_admit_only_their_sale() {
+    let redis = RedisServer::start();
+    tickets_admit_only_their_sale(&cluster(&redis));
+}
