@@ -185,6 +185,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 Ok(sale.clone())
             })
             .ok_or(StockError::SaleNotFound)??;
+        if sale.spec().ticket_required && !input.ticket {
+            return Err(ApiError::Unauthenticated("this sale needs a ticket for it"));
+        }
         self.rate_limit(&attempt, peer, started)?;
         if attempt.idempotency_key.is_some() {
             if let KeyLookup::Replay(order) =
@@ -399,6 +402,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         // starts at the time of the retry.
         let default_start = existing.as_ref().map_or_else(now_s, |s| s.spec().starts_at);
         let spec = SaleInput::parse(sale_id, input, default_start)?;
+        if spec.ticket_required && !self.node.config.buyer_keys.is_on() {
+            return Err(ApiError::BadRequestStatic(
+                "ticket_required needs buyer_keys: without them there are no tickets",
+            ));
+        }
         if let Some(existing) = existing {
             if existing.spec() != &spec {
                 return Err(StockError::InvalidState(
@@ -416,6 +424,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     starts_at: spec.starts_at,
                     ends_at: spec.ends_at,
                     payment_timeout_s: spec.payment_timeout_s,
+                    ticket_required: spec.ticket_required,
                 },
             );
             self.node.log.append(&event).await?;
@@ -551,7 +560,6 @@ struct PurchaseInput<'a> {
     quantity: u32,
     idempotency_key: Option<&'a str>,
     /// The buyer token is a ticket for this sale (its `sale` claim).
-    #[allow(dead_code)]
     ticket: bool,
 }
 
@@ -638,6 +646,7 @@ struct SaleBody {
     starts_at: Option<serde_json::Value>,
     ends_at: Option<serde_json::Value>,
     payment_timeout_s: Option<serde_json::Value>,
+    ticket_required: Option<serde_json::Value>,
 }
 
 struct SaleInput;
@@ -682,6 +691,15 @@ impl SaleInput {
             MAX_PAYMENT_TIMEOUT_S,
         )?
         .unwrap_or(DEFAULT_PAYMENT_TIMEOUT_S);
+        let ticket_required = match body.ticket_required {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(ApiError::BadRequestStatic(
+                    "ticket_required must be true or false",
+                ))
+            }
+        };
         Ok(SaleSpec {
             sale_id: sale_id.to_owned(),
             stock,
@@ -689,6 +707,7 @@ impl SaleInput {
             starts_at,
             ends_at,
             payment_timeout_s,
+            ticket_required,
         })
     }
 }
@@ -771,6 +790,7 @@ struct SaleView<'a> {
     starts_at: u64,
     ends_at: Option<u64>,
     payment_timeout_s: u64,
+    ticket_required: bool,
 }
 
 impl<'a> SaleView<'a> {
@@ -786,6 +806,7 @@ impl<'a> SaleView<'a> {
             starts_at: spec.starts_at,
             ends_at: spec.ends_at,
             payment_timeout_s: spec.payment_timeout_s,
+            ticket_required: spec.ticket_required,
         }
     }
 }

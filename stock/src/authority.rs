@@ -35,6 +35,9 @@ pub struct SaleSpec {
     pub starts_at: u64,
     pub ends_at: Option<u64>,
     pub payment_timeout_s: u64,
+    /// Only buyers whose token is a ticket for this sale (its `sale`
+    /// claim) may buy.
+    pub ticket_required: bool,
 }
 
 /// Names orders so that nobody can guess another buyer's: the part beside

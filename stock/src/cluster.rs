@@ -1201,6 +1201,7 @@ mod tests {
             starts_at: 0,
             ends_at: None,
             payment_timeout_s: 900,
+            ticket_required: false,
         };
         assert_eq!(lease_want(&spec(10)), 1);
         assert_eq!(lease_want(&spec(3_000)), 93);

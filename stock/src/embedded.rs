@@ -573,6 +573,7 @@ mod tests {
             starts_at: 0,
             ends_at: None,
             payment_timeout_s: 60,
+            ticket_required: false,
         }
     }
 

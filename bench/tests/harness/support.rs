@@ -478,6 +478,7 @@ fn handle(
                         starts_at: 0,
                         ends_at: None,
                         payment_timeout_s: 900,
+                        ticket_required: false,
                     },
                 );
                 block_on(kafka.append(&created)).unwrap();
