@@ -432,3 +432,53 @@ fn cluster_tickets_admit_only_their_sale() {
     let redis = RedisServer::start();
     tickets_admit_only_their_sale(&cluster(&redis));
 }
+
+/// `seckill token` with the node's keys in its environment.
+fn mint_with_tool(args: &[&str], keys: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_seckill"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SECKILL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("token")
+        .args(args)
+        .env("SECKILL_BUYER_KEYS", keys)
+        .output()
+        .expect("run seckill token")
+}
+
+/// `seckill token --sub alice [--sale S] [--ttl 10m]` prints a token the
+/// node accepts (signed with the first key), a ticket with `--sale`.
+#[test]
+fn token_tool_mints_what_the_node_accepts() {
+    let nodes = embedded();
+    create(
+        &nodes,
+        "tool",
+        &json!({ "stock": 3, "per_user_limit": 1, "ticket_required": true }),
+    );
+    let keys = format!("{KEY_OLD},{KEY_NEW}");
+    let out = mint_with_tool(&["--sub", "alice", "--ttl", "10m"], &keys);
+    assert!(out.status.success(), "{out:?}");
+    let plain = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_error(
+        &buy(&nodes[0], "tool", Some(&plain), &json!({})),
+        401,
+        "unauthorized",
+    );
+    let out = mint_with_tool(&["--sub", "alice", "--sale", "tool"], &keys);
+    assert!(out.status.success(), "{out:?}");
+    let ticket = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let order = assert_ok(&buy(&nodes[0], "tool", Some(&ticket), &json!({})));
+    assert_eq!(order["user_id"], "alice");
+    // Signed with the first key: a node that lists only the second refuses it.
+    let (payload, _) = ticket.split_once('.').unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(token_with(KEY_OLD, &claims), ticket);
+    let exp = claims["exp"].as_u64().unwrap();
+    assert!((now_s() + 590..=now_s() + 610).contains(&exp), "{claims}");
+    // Without keys there is nothing to sign with.
+    let out = mint_with_tool(&["--sub", "alice"], "");
+    assert!(!out.status.success(), "{out:?}");
+}
