@@ -96,6 +96,9 @@ pub enum Command {
     /// Runs the settler of a Kafka cluster: consumes the order topic,
     /// expires unpaid orders, reconciles changes that never reached the log.
     Settle(crate::settle::SettleFlags),
+    /// Prints a buyer token signed with the first of the configured
+    /// `buyer_keys` (TOML or SECKILL_BUYER_KEYS), for operators and curl.
+    Token(crate::app::TokenFlags),
 }
 
 /// Every setting of a node, with its default and its cost.

@@ -1,5 +1,6 @@
 //! `seckill`: load the configuration, start the node, serve until SIGTERM;
-//! `seckill settle`: run the settler of a Kafka cluster.
+//! `seckill settle`: run the settler of a Kafka cluster;
+//! `seckill token`: print a buyer token.
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -12,6 +13,9 @@ fn main() -> anyhow::Result<()> {
     let mut flags = <seckill::config::Flags as clap::Parser>::parse();
     match flags.command.take() {
         Some(seckill::config::Command::Settle(settle)) => seckill::settle::run(settle),
+        Some(seckill::config::Command::Token(token)) => {
+            seckill::app::token(&seckill::config::Config::from_flags(flags)?, &token)
+        }
         None => seckill::app::run(seckill::config::Config::from_flags(flags)?),
     }
 }
