@@ -624,6 +624,7 @@ pub fn clean_sale_load(addr: SocketAddr) -> Recorder {
             retry: 0.7,
             keys: KeyMode::All,
             quantity: 1,
+            tokens: None,
         }),
     );
     cfg.mode = Mode::Open(Schedule::new(2000.0, Duration::from_millis(100)));
