@@ -371,6 +371,12 @@ fn trusted_mode_warns_and_payment_token_still_binds() {
     );
     let mut client = node.client();
     client.create_sale("s", &json!({ "stock": 2, "per_user_limit": 1 }));
+    // Without keys there are no tickets to check.
+    let ticketed = client.put_sale(
+        "t",
+        &json!({ "stock": 2, "per_user_limit": 1, "ticket_required": true }),
+    );
+    assert_error(&ticketed, 400, "bad_request");
     let order = assert_ok(&client.purchase("s", "alice"));
     let id = order["order_id"].as_str().unwrap();
     // Trusted: anyone reads the order.
