@@ -15,6 +15,9 @@
 //!   pipelining and keep-alive.
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `hygiene`: one live node per node id; the settler stops at an
+//!   unreadable event and keeps its grace above the nodes' delivery
+//!   timeouts; start-up warnings about persistence and replication.
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
 
@@ -31,6 +34,8 @@ mod cluster;
 mod contention;
 #[path = "node/crash.rs"]
 mod crash;
+#[path = "node/hygiene.rs"]
+mod hygiene;
 #[path = "node/idempotency.rs"]
 mod idempotency;
 #[path = "node/kafka.rs"]

@@ -22,7 +22,7 @@ use crate::support::{assert_error, assert_ok, Client, Node};
 
 /// A cluster node on `redis` with node id `id` and a short lease TTL, so
 /// that a killed node's lease comes back within the test's time.
-fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
+pub(crate) fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
     let root = tempfile::Builder::new()
         .prefix("seckill-cluster-")
         .tempdir()
