@@ -31,14 +31,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::authority::{
     Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
     Switch, Transition,
 };
 use crate::redis::{
-    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
+    Abandoned, ClaimOutcome, Created, LeaseGrant, Moved, NodeClaim, RedisStore, ReserveCall,
+    ReserveOutcome, SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -75,6 +76,9 @@ pub struct ClusterOptions {
     /// settler's reconciliation (a Kafka order log: see
     /// [`RedisStore::tracking_log`]).
     pub track_log: bool,
+    /// The node's Kafka delivery timeout, published in its id claim for
+    /// the settler (0: no Kafka order log).
+    pub kafka_timeout_ms: u64,
 }
 
 impl ClusterOptions {
@@ -88,6 +92,7 @@ impl ClusterOptions {
             poll_interval: Duration::from_millis(200),
             expiry: true,
             track_log: false,
+            kafka_timeout_ms: 0,
         }
     }
 }
@@ -204,6 +209,10 @@ struct Shared {
     keys: Striped<HashMap<Box<str>, (u64, Order)>>,
     /// Reserved orders found due by the poller, per shard.
     due: Box<[Mutex<Vec<String>>]>,
+    /// This process's claim on its node id (refreshed with the heartbeats).
+    claim: NodeClaim,
+    /// Another process took the node id: this one sells nothing more.
+    id_lost: AtomicBool,
 }
 
 /// The Redis stock authority of cluster mode.
@@ -239,12 +248,26 @@ impl RedisAuthority {
         if opts.track_log {
             store = store.tracking_log();
         }
+        // One live process per node id: two would share a lease.
+        let claim = NodeClaim::new(opts.node_id, opts.lease_ttl, opts.kafka_timeout_ms)?;
+        if let ClaimOutcome::InUse { expires_at_ms } = runtime.block_on(store.claim_node(&claim))? {
+            return Err(StockError::Unavailable(format!(
+                "node id {} is in use by another live node (its claim runs to {}, Unix ms, \
+                 unless refreshed): give every node its own --node-id, or wait {:?} after \
+                 the other one stopped",
+                opts.node_id,
+                expires_at_ms.map_or("?".into(), |t| t.to_string()),
+                opts.lease_ttl
+            )));
+        }
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
             opts,
             sales: Registry::default(),
             retry_log: LogThrottle::new(),
             keys: Striped::new(),
+            claim,
+            id_lost: AtomicBool::new(false),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -266,6 +289,11 @@ impl RedisAuthority {
     }
 
     fn send(&self, call: Call) -> Result<(), StockError> {
+        if self.shared.id_lost.load(Ordering::Relaxed) {
+            return Err(StockError::Unavailable(
+                "this node's id was taken by another node process".into(),
+            ));
+        }
         self.calls
             .send(call)
             .map_err(|_| StockError::Unavailable("the backend has stopped".into()))
@@ -714,6 +742,7 @@ async fn backend_main(
                     while reserving.join_next().await.is_some() {}
                     reserve_and_reply(&store, batch, replies).await;
                     return_leases(&store, &shared).await;
+                    release_claim(&store, &shared).await;
                     let _ = done.send(());
                     return;
                 }
@@ -944,6 +973,7 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
                 .iter()
                 .map(|s| s.id().to_owned())
                 .collect();
+            refresh_claim(&store, &shared).await;
             if let Err(e) = store
                 .heartbeat(&ids, shared.opts.node_id, shared.opts.lease_ttl)
                 .await
@@ -956,7 +986,47 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
                 }
             }
         }
-        top_up(&shared, &tx);
+        if !shared.id_lost.load(Ordering::Relaxed) {
+            top_up(&shared, &tx);
+        }
+    }
+}
+
+/// Refreshes this process's claim on its node id. Another process's claim
+/// in its place means this one lost the id (it was cut off past the TTL
+/// and another took it): it stops selling for good.
+async fn refresh_claim(store: &RedisStore, shared: &Shared) {
+    if shared.id_lost.load(Ordering::Relaxed) {
+        return;
+    }
+    let node = shared.opts.node_id;
+    match store.claim_node(&shared.claim).await {
+        Ok(ClaimOutcome::Refreshed) => {}
+        Ok(ClaimOutcome::Claimed) => {
+            warn!(
+                node,
+                "this node's claim on its id had lapsed; claimed it again"
+            );
+        }
+        Ok(ClaimOutcome::InUse { .. }) => {
+            shared.id_lost.store(true, Ordering::Relaxed);
+            error!(
+                node,
+                "node id {node} was taken by another node process: this node stops selling \
+                 (503 to every purchase) and must be restarted with a free --node-id"
+            );
+        }
+        Err(e) => warn!(node, error = %e, "cannot refresh the claim on the node id"),
+    }
+}
+
+/// Gives the node id back on a clean stop (unless it was lost).
+async fn release_claim(store: &RedisStore, shared: &Shared) {
+    if shared.id_lost.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = store.release_node(&shared.claim).await {
+        warn!(error = %e, "node id not released; its claim lapses by itself");
     }
 }
 

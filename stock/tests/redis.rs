@@ -8,6 +8,8 @@
 //! - `reserve`: limits across nodes, keys, leases, retries, classic mode.
 //! - `transition`: pay, cancel, expire exactly once (also concurrently), due.
 //! - `faults`: SCRIPT FLUSH, Redis down and back, commands per reservation.
+//! - `node`: node id claims (one live process per id, lapse, release),
+//!   the published delivery timeouts, Redis persistence from its config.
 //! - `abandon`: reconciling a reservation whose reply never came:
 //!   released, or tombstoned with its unit returned; the late reserve race.
 
@@ -23,6 +25,8 @@ mod abandon;
 mod faults;
 #[path = "redis/lease.rs"]
 mod lease;
+#[path = "redis/node.rs"]
+mod node;
 #[path = "redis/reserve.rs"]
 mod reserve;
 #[path = "redis/sale.rs"]
