@@ -308,6 +308,46 @@ fn the_settler_does_not_reconcile_while_a_node_with_a_longer_timeout_lives() {
     );
 }
 
+// ----- hole 10: start-up warnings ---------------------------------------------
+
+#[test]
+fn a_node_and_the_settler_warn_when_redis_does_not_persist_and_the_topic_is_not_replicated() {
+    let redis = RedisServer::start(); // --appendonly no --save ""
+    let broker = Broker::start(); // one broker: replication 1
+    let node = kafka_node(&redis, &broker, 1, &[]);
+    let mut settler = Settler::start(&redis, &broker);
+    assert_warned("node", &node.log_tail());
+    let mut log = String::new();
+    eventually(Duration::from_secs(20), "the settler's warnings", || {
+        log = settler.log_text(0);
+        log.contains("settler running")
+    });
+    assert_warned("settler", &log);
+    assert!(settler.wait_exit(Duration::ZERO).is_none(), "{log}");
+
+    // Redis with an append-only file: no persistence warning.
+    let durable = RedisServer::start_persistent();
+    let node = cluster_node(&durable, 1, &[]);
+    let log = node.log_tail();
+    assert!(!log.contains("persistence"), "{log}");
+}
+
+#[track_caller]
+fn assert_warned(who: &str, log: &str) {
+    let warn_line = |needle: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(needle))
+    };
+    assert!(
+        warn_line("Redis has no persistence") && warn_line("rolls back"),
+        "the {who} must warn that Redis does not persist; log:\n{log}"
+    );
+    assert!(
+        warn_line("replication 1") && warn_line("loses acknowledged orders"),
+        "the {who} must warn that the topic has replication 1; log:\n{log}"
+    );
+}
+
 // ----- helpers ------------------------------------------------------------------
 
 fn now_ms() -> u64 {
