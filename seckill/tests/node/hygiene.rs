@@ -268,7 +268,10 @@ fn the_settler_does_not_reconcile_while_a_node_with_a_longer_timeout_lives() {
     let broker = Broker::start();
     let healthy = kafka_node(&redis, &broker, 1, &[]);
     create_sale(&healthy, "gr");
-    let settler = Settler::start(&redis, &broker);
+    let mut settler = Settler::start(&redis, &broker);
+    eventually(Duration::from_secs(30), "the settler running", || {
+        settler.log_text(0).contains("settler running")
+    });
     // A node whose deliveries may land up to 6 s late joins after the
     // settler (grace 4 s) started.
     let mut slow = kafka_node_timeout(&redis, &broker, 3, &[], 6_000);
@@ -301,6 +304,11 @@ fn the_settler_does_not_reconcile_while_a_node_with_a_longer_timeout_lives() {
     );
     // The slow node stops cleanly (its record goes): reconciliation resumes.
     slow.terminate();
+    assert!(
+        settler.wait_exit(Duration::ZERO).is_none(),
+        "the settler stopped; log:\n{}",
+        settler.log_text(0)
+    );
     eventually(
         Duration::from_secs(60),
         "the reservation released once the slow node left",
