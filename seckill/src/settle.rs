@@ -276,6 +276,7 @@ impl Settler {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", flags.redis))?
                 .tracking_log();
+        store.persistence().await.warn_if_at_risk();
         let nodes = store
             .live_nodes()
             .await

@@ -248,6 +248,7 @@ impl RedisAuthority {
         if opts.track_log {
             store = store.tracking_log();
         }
+        runtime.block_on(store.persistence()).warn_if_at_risk();
         // One live process per node id: two would share a lease.
         let claim = NodeClaim::new(opts.node_id, opts.lease_ttl, opts.kafka_timeout_ms)?;
         if let ClaimOutcome::InUse { expires_at_ms } = runtime.block_on(store.claim_node(&claim))? {
