@@ -277,10 +277,19 @@ impl Settler {
                 .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", flags.redis))?
                 .tracking_log();
         store.persistence().await.warn_if_at_risk();
-        let nodes = store
-            .live_nodes()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot read the live nodes from Redis: {e}"))?;
+        // A few tries: a slow Redis reply at start is no reason to exit.
+        let mut tries = 0;
+        let nodes = loop {
+            match store.live_nodes().await {
+                Ok(nodes) => break nodes,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    debug!(error = %e, "cannot read the live nodes yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => anyhow::bail!("cannot read the live nodes from Redis: {e}"),
+            }
+        };
         if let Some(why) = grace_too_short(&nodes, flags.grace_ms) {
             anyhow::bail!("{why}; the settler does not start");
         }
