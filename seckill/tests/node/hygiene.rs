@@ -57,6 +57,19 @@ fn a_second_live_node_with_the_same_id_refuses_to_start() {
 }
 
 #[test]
+fn a_cleanly_stopped_node_gives_its_id_back() {
+    let redis = RedisServer::start();
+    let mut node = cluster_node(&redis, 9, &[]);
+    let claim = redis_cli(&redis, &["HGET", "sk:nodes", "9"]);
+    assert!(claim.contains("\"token\""), "no claim: {claim}");
+    node.terminate();
+    // Released, not left to lapse: the id is free at once.
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "sk:nodes", "9"]).trim(), "0");
+    let again = cluster_node(&redis, 9, &[]);
+    assert_eq!(again.client().get("/healthz").status, 200);
+}
+
+#[test]
 fn a_node_that_lost_its_id_stops_selling_and_answers_503() {
     let redis = RedisServer::start();
     let node = cluster_node(&redis, 8, &[]);
