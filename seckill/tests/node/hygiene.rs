@@ -72,9 +72,10 @@ fn a_cleanly_stopped_node_gives_its_id_back() {
 #[test]
 fn a_node_that_lost_its_id_stops_selling_and_answers_503() {
     let redis = RedisServer::start();
-    let node = cluster_node(&redis, 8, &[]);
+    let mut node = cluster_node(&redis, 8, &[]);
     let mut c = node.client();
-    c.create_sale("lost", &json!({"stock": 100, "per_user_limit": 1}));
+    // 3,200 units: leases of 100, so some stay leased when the id is lost.
+    c.create_sale("lost", &json!({"stock": 3200, "per_user_limit": 1}));
     assert_ok(&c.purchase("lost", "before"));
 
     // Another instance took id 8 (this one was cut off from Redis past its
@@ -104,9 +105,21 @@ fn a_node_that_lost_its_id_stops_selling_and_answers_503() {
         log.contains("ERROR") && log.contains("node id 8"),
         "a lost id must be logged loudly; log:\n{log}"
     );
-    // The other instance's claim stands: a lost node does not take it back.
+    // Stopped, it leaves the id's claim and lease to the process that
+    // holds the id now: it takes back neither.
+    let leased = redis_cli(&redis, &["HGET", "sk:{lost}:leases", "8"]);
+    assert!(
+        leased.trim().parse::<u64>().is_ok_and(|n| n > 0),
+        "{leased}"
+    );
+    node.terminate();
     let claim = redis_cli(&redis, &["HGET", "sk:nodes", "8"]);
     assert!(claim.contains("another-instance"), "{claim}");
+    assert_eq!(
+        redis_cli(&redis, &["HGET", "sk:{lost}:leases", "8"]),
+        leased,
+        "the lost node returned the lease of id 8"
+    );
 }
 
 /// Runs a cluster node with `id` that is expected to refuse to start:
