@@ -683,7 +683,8 @@ impl StockAuthority for RedisAuthority {
             return;
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.send(Call::Stop(tx)).is_ok() {
+        // Straight to the channel: `send` refuses calls once the id is lost.
+        if self.calls.send(Call::Stop(tx)).is_ok() {
             // Lease returns take one round trip per sale.
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
@@ -742,8 +743,12 @@ async fn backend_main(
                     // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
                     reserve_and_reply(&store, batch, replies).await;
-                    return_leases(&store, &shared).await;
-                    release_claim(&store, &shared).await;
+                    // A node that lost its id leaves that id's lease to
+                    // the process that holds it now.
+                    if !shared.id_lost.load(Ordering::Relaxed) {
+                        return_leases(&store, &shared).await;
+                        release_claim(&store, &shared).await;
+                    }
                     let _ = done.send(());
                     return;
                 }
@@ -1021,11 +1026,8 @@ async fn refresh_claim(store: &RedisStore, shared: &Shared) {
     }
 }
 
-/// Gives the node id back on a clean stop (unless it was lost).
+/// Gives the node id back on a clean stop.
 async fn release_claim(store: &RedisStore, shared: &Shared) {
-    if shared.id_lost.load(Ordering::Relaxed) {
-        return;
-    }
     if let Err(e) = store.release_node(&shared.claim).await {
         warn!(error = %e, "node id not released; its claim lapses by itself");
     }
