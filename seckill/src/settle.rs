@@ -723,3 +723,55 @@ fn topic_partitions(
     );
     Ok(partitions)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved() -> Event {
+        Event::new(
+            1,
+            EventKind::OrderReserved {
+                order_id: "1-1-s".into(),
+                sale_id: "s".into(),
+                user_id: "u".into(),
+                quantity: 1,
+                expires_at: 9,
+                idempotency_key: None,
+                fingerprint: None,
+            },
+        )
+    }
+
+    #[test]
+    fn only_events_of_a_known_version_are_read() {
+        assert_eq!(decode(Some(&reserved().to_json())), Ok(reserved()));
+        let mut newer: serde_json::Value = serde_json::from_slice(&reserved().to_json()).unwrap();
+        newer["v"] = 2.into();
+        let why = decode(Some(newer.to_string().as_bytes())).unwrap_err();
+        assert!(why.contains("schema version 2"), "{why}");
+        newer["type"] = "order_teleported".into();
+        let why = decode(Some(newer.to_string().as_bytes())).unwrap_err();
+        assert!(why.contains("schema version 2"), "{why}");
+        assert!(decode(Some(b"\x00garbage")).is_err());
+        assert!(decode(Some(br#"{"v":1,"type":"nope"}"#)).is_err());
+        assert!(decode(None).is_err());
+    }
+
+    #[test]
+    fn the_grace_must_be_above_every_live_delivery_timeout() {
+        let node = |node, t: Option<u64>| LiveNode {
+            node,
+            kafka_timeout_ms: t,
+            expires_at_ms: 0,
+        };
+        assert_eq!(grace_too_short(&[], 100), None);
+        let nodes = [node(1, Some(2_000)), node(2, Some(0))];
+        assert_eq!(grace_too_short(&nodes, 4_000), None);
+        let nodes = [node(1, Some(2_000)), node(3, Some(4_000))];
+        let why = grace_too_short(&nodes, 4_000).unwrap();
+        assert!(why.contains("node 3") && why.contains("4000"), "{why}");
+        let why = grace_too_short(&[node(4, None)], 4_000).unwrap();
+        assert!(why.contains("node 4"), "{why}");
+    }
+}
