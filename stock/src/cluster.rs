@@ -21,7 +21,10 @@
 //! Background work on the backend: a poller (sales created or switched on
 //! other nodes, cluster-wide sold count, pool, due orders, top-up leases),
 //! heartbeats for held leases, reclaiming dead nodes' leases, and
-//! reconciling reservations whose outcome is undetermined.
+//! reconciling reservations whose outcome is undetermined. With the
+//! heartbeats, the backend refreshes this process's claim on its node id
+//! (`RedisStore::claim_node`, made in `connect`); a claim found taken by
+//! another process makes every later call answer `Unavailable`.
 
 use std::collections::HashMap;
 use std::future::{ready, Future};
