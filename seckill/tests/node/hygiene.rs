@@ -28,7 +28,7 @@ use crate::support::{assert_error, assert_ok, Node, TOKEN};
 /// The settler's exit status when it stopped at an event it cannot read.
 const EXIT_UNREADABLE: i32 = 3;
 
-// ----- hole 9: one live node per node id -----------------------------------
+// ----- one live node per node id -----------------------------------------------
 
 #[test]
 fn a_second_live_node_with_the_same_id_refuses_to_start() {
@@ -165,7 +165,7 @@ fn start_refused(redis: &RedisServer, id: u32) -> (ExitStatus, String) {
     (status, log)
 }
 
-// ----- hole 7: an unreadable event stops the settler -------------------------
+// ----- an unreadable event stops the settler ------------------------------------
 
 #[test]
 fn a_garbage_message_stops_the_settler_and_releases_nothing() {
@@ -263,7 +263,7 @@ fn unreadable_event_stops_the_settler(payload: impl Fn(&str, &str) -> Vec<u8>) {
     assert_eq!(assert_ok(&order)["status"], "reserved");
 }
 
-// ----- hole 7: the grace stays above every live node's delivery timeout ------
+// ----- the grace stays above every live node's delivery timeout ---------------
 
 #[test]
 fn the_settler_refuses_a_grace_not_above_a_live_nodes_delivery_timeout() {
@@ -342,7 +342,7 @@ fn the_settler_does_not_reconcile_while_a_node_with_a_longer_timeout_lives() {
     );
 }
 
-// ----- hole 10: start-up warnings ---------------------------------------------
+// ----- start-up warnings ---------------------------------------------------------
 
 #[test]
 fn a_node_and_the_settler_warn_when_redis_does_not_persist_and_the_topic_is_not_replicated() {
