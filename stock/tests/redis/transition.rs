@@ -311,3 +311,30 @@ async fn a_tracking_store_records_every_change_until_it_is_marked_logged() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().all(|(o, _)| o == "o2"));
 }
+
+#[tokio::test]
+async fn moves_are_judged_by_redis_time_not_the_callers_clock() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+    store.reserve_batch(&[call("s1", 1, "o2", "bob")]).await[0]
+        .as_ref()
+        .unwrap();
+    let expires_at = store.order("s1", "o1").await.unwrap().unwrap().expires_at;
+    // A caller whose clock runs an hour fast: the payment window is still
+    // open by Redis's clock, and the order is not due yet.
+    let skewed = expires_at + 3600;
+    let paid = store
+        .transition("s1", "o1", OrderStatus::Paid, skewed)
+        .await
+        .unwrap();
+    assert!(
+        matches!(paid, Moved::Changed(ref o) if o.status == OrderStatus::Paid),
+        "{paid:?}"
+    );
+    let early = store
+        .transition("s1", "o2", OrderStatus::Expired, skewed)
+        .await
+        .unwrap();
+    assert_eq!(early, Moved::Invalid(OrderStatus::Reserved));
+    assert_eq!(counts(&store, "s1").await, (15, 3, 2));
+}
