@@ -327,7 +327,14 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 return Err(StockError::InvalidState("an order cannot go back to reserved").into());
             }
         };
-        if let Err(e) = self.node.log.append(&Event::new(now_ms(), kind)).await {
+        let logged = if self.node.fails_once(Failpoint::TransitionLog) {
+            Err(queue::LogError::Unavailable(
+                "failpoint transition_log".into(),
+            ))
+        } else {
+            self.node.log.append(&Event::new(now_ms(), kind)).await
+        };
+        if let Err(e) = logged {
             authority.abort_transition(pending);
             return Err(e.into());
         }

@@ -33,6 +33,8 @@ pub struct Node<A, L> {
     /// Consumers dedupe by order id.
     pub relog_replays: bool,
     failpoint: Option<Failpoint>,
+    /// A fail-once failpoint has fired.
+    failed: AtomicBool,
 }
 
 /// A place where the node can be made to die on purpose, for the tests of
@@ -42,6 +44,9 @@ pub enum Failpoint {
     /// Abort the process after a reservation is recorded by the stock
     /// authority and before its event is appended to the order log.
     AfterReserve,
+    /// Fail (once) the order log append of the first order transition
+    /// (pay, cancel, expiry), after the authority applied the move.
+    TransitionLog,
 }
 
 /// What the journal replay found.
@@ -150,6 +155,7 @@ impl<A: StockAuthority, L: OrderLog> Node<A, L> {
     pub fn new(config: Config, authority: A, log: L, admin_token: String) -> Self {
         let failpoint = match std::env::var("SECKILL_FAILPOINT").as_deref() {
             Ok("after_reserve") => Some(Failpoint::AfterReserve),
+            Ok("transition_log") => Some(Failpoint::TransitionLog),
             _ => None,
         };
         Node {
@@ -162,7 +168,14 @@ impl<A: StockAuthority, L: OrderLog> Node<A, L> {
             shutdown: AtomicBool::new(false),
             driver: OnceLock::new(),
             failpoint,
+            failed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the fail-once failpoint `at` fires now (the first time it is
+    /// reached only; tests of recovery only).
+    pub fn fails_once(&self, at: Failpoint) -> bool {
+        self.failpoint == Some(at) && !self.failed.swap(true, Ordering::Relaxed)
     }
 
     /// Dies here if the failpoint `at` is set (tests of recovery only).

@@ -15,6 +15,9 @@
 //!   pipelining and keep-alive.
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `replay`: idempotency across cluster nodes: replays after sell-out,
+//!   pause, close and restart; replays log the current state; key TTL;
+//!   a move whose log append failed.
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
 
@@ -37,5 +40,7 @@ mod idempotency;
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/replay.rs"]
+mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
