@@ -482,6 +482,7 @@ impl StockAuthority for RedisAuthority {
                     },
                 }),
                 Ok(ReserveOutcome::Replay(first)) => {
+                    // Redis marked it acknowledged: never released now.
                     if let Some((k, fp)) = key {
                         self.shared
                             .keys
@@ -611,6 +612,10 @@ impl StockAuthority for RedisAuthority {
                     OrderStatus::Reserved => "the order is still reserved",
                 })),
                 Moved::NotFound => Err(StockError::OrderNotFound),
+                // Only a release answers this.
+                Moved::Kept(_) => Err(StockError::Unavailable(
+                    "unexpected answer to a transition".into(),
+                )),
             }
         }
     }

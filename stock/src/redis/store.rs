@@ -131,7 +131,8 @@ pub enum ReserveOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Abandoned {
     /// Redis had recorded the reservation; it is released now (or was
-    /// already: `Unchanged`), as [`RedisStore::release`] does.
+    /// already: `Unchanged`; or a replay answered it 200 meanwhile:
+    /// `Kept`), as [`RedisStore::release`] does.
     Released(Moved),
     /// Redis never recorded it: a tombstone now refuses any late copy of
     /// the reserve, and `returned` units went from the node's lease back to
@@ -153,6 +154,11 @@ pub enum Moved {
     /// `Invalid(Reserved)`.
     Invalid(OrderStatus),
     NotFound,
+    /// A release refused: a replay answered the order 200 on some node
+    /// (reserve.lua marked it acknowledged), so no compensation may take
+    /// it back. It stays as it is (reserved, until paid, cancelled or
+    /// expired).
+    Kept(Order),
 }
 
 impl RedisStore {
@@ -504,9 +510,10 @@ impl RedisStore {
     }
 
     /// Moves an order to `to` (`Paid`, `Cancelled` or `Expired`), exactly
-    /// once; `now_s` is the caller's Unix time.
+    /// once. Time is Redis's clock (`TIME`), so nodes with skewed clocks
+    /// judge alike; `_now_s`, the caller's clock, is not used.
     ///
-    /// - to `Paid`: only from reserved and while `now_s < expires_at`; at or
+    /// - to `Paid`: only from reserved and while now `< expires_at`; at or
     ///   after it the answer is `Invalid(Expired)` and the order stays
     ///   reserved until expiry runs.
     /// - to `Cancelled` / `Expired`: from reserved, the units go back to the
@@ -522,14 +529,14 @@ impl RedisStore {
         sale_id: &str,
         order_id: &str,
         to: OrderStatus,
-        now_s: u64,
+        _now_s: u64,
     ) -> Result<Moved, StockError> {
         if to == OrderStatus::Reserved {
             return Err(StockError::InvalidState(
                 "an order cannot move back to reserved",
             ));
         }
-        self.apply_move(sale_id, order_id, to.as_str(), now_s, None)
+        self.apply_move(sale_id, order_id, to.as_str(), None)
             .await
             .map(|found| match found {
                 Abandoned::Released(moved) => moved,
@@ -541,10 +548,12 @@ impl RedisStore {
     /// from reserved, the order is cancelled (units back to the pool, the
     /// user's count and `sold` drop) and its Idempotency-Key record is
     /// dropped, so the buyer's retry is a fresh attempt. An order already
-    /// cancelled is `Unchanged`; a paid or expired one `Invalid`.
+    /// cancelled is `Unchanged`; a paid or expired one `Invalid`; one a
+    /// replay answered 200 (on any node) is `Kept`, unchanged: a 200 once
+    /// given is never compensated away.
     /// Idempotent: repeat it to settle an `Undetermined` answer.
     pub async fn release(&self, sale_id: &str, order_id: &str) -> Result<Moved, StockError> {
-        self.apply_move(sale_id, order_id, "released", 0, None)
+        self.apply_move(sale_id, order_id, "released", None)
             .await
             .map(|found| match found {
                 Abandoned::Released(moved) => moved,
@@ -573,7 +582,6 @@ impl RedisStore {
             sale_id,
             order_id,
             "released",
-            0,
             Some((node, quantity, expires_at)),
         )
         .await
@@ -584,7 +592,6 @@ impl RedisStore {
         sale_id: &str,
         order_id: &str,
         to: &str,
-        now_s: u64,
         abandon: Option<(u32, u32, u64)>,
     ) -> Result<Abandoned, StockError> {
         let k = Keys::new(sale_id);
@@ -600,7 +607,7 @@ impl RedisStore {
             .key(k.tombstone(order_id))
             .arg(order_id)
             .arg(to)
-            .arg(now_s)
+            .arg(0)
             .arg(if self.track { "1" } else { "0" });
         match abandon {
             Some((node, quantity, expires_at)) => inv
@@ -622,6 +629,7 @@ impl RedisStore {
             [tag] if tag == "not_found" => Ok(Moved::NotFound),
             [tag, json] if tag == "changed" => Ok(Moved::Changed(order(json)?)),
             [tag, json] if tag == "unchanged" => Ok(Moved::Unchanged(order(json)?)),
+            [tag, json] if tag == "kept" => Ok(Moved::Kept(order(json)?)),
             [tag, status] if tag == "invalid" => Ok(Moved::Invalid(parse_status(status)?)),
             _ => Err(unexpected("transition reply", &format!("{reply:?}"))),
         };

@@ -9,7 +9,10 @@
 --      tombstone) -> 'gone', nothing charged;
 --   2. an Idempotency-Key already recorded -> 'replay' of its order when the
 --      fingerprint matches, else 'key_reused' (before the open check, so a
---      retry still gets its order after sell-out or close);
+--      retry still gets its order after sell-out or close). A replay is
+--      answered 200 by the node, so it marks the order acknowledged
+--      ("acked":1): transition.lua's release (the compensation of an order
+--      never acknowledged) then keeps it;
 --   3. the sale is open: switch live, starts_at <= now < ends_at (Redis TIME);
 --   4. the per-user limit (units held in live orders) is not exceeded;
 --   5. the units are charged to the node's lease (or, from_pool = 1, to the
@@ -96,6 +99,10 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
       local order = redis.call('HGET', KEYS[7], first)
       if not order then
         return {'error', 'idempotency record without its order ' .. first}
+      end
+      if not string.find(order, '"acked":', 1, true) then
+        order = string.sub(order, 1, -2) .. ',"acked":1}'
+        redis.call('HSET', KEYS[7], first, order)
       end
       return {'replay', first, order}
     end
