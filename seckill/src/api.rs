@@ -189,7 +189,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             {
                 return self.replayed(&order, body);
             }
-            sale.gate(now)?;
+            if let Err(refused) = sale.gate(now) {
+                return self.recall_or(refused, &sale, &attempt, body).await;
+            }
             if attempt.quantity > sale.spec().per_user_limit {
                 return Err(StockError::LimitExceeded.into());
             }
@@ -201,20 +203,24 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             .map_err(|_| ApiError::Overloaded)?;
         let units = match sale.stock.take(self.id, attempt.quantity) {
             Some(units) => units,
-            None => {
-                self.node
-                    .authority
-                    .refill(&sale, self.id, attempt.quantity)
-                    .await?
-            }
+            None => match self
+                .node
+                .authority
+                .refill(&sale, self.id, attempt.quantity)
+                .await
+            {
+                Ok(units) => units,
+                Err(refused @ (StockError::SoldOut | StockError::SaleNotOpen))
+                    if attempt.idempotency_key.is_some() =>
+                {
+                    return self.recall_or(refused, &sale, &attempt, body).await;
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
             Reservation::Replay(order) => {
-                if self.node.relog_replays {
-                    let event = reserved_event(&order, &attempt, sale.id());
-                    self.node.log.append(&event).await?;
-                }
-                return self.replayed(&order, body);
+                return self.replayed_from_authority(&order, &attempt, body).await;
             }
             Reservation::New { order, pending } => (order, pending),
         };
@@ -249,6 +255,40 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     .unwrap_or(u32::MAX)
                     .max(1),
             })
+    }
+
+    /// A keyed request about to be `refused` whose key this node's memory
+    /// does not know: the key may stand for an order made on another node
+    /// or before a restart, which is answered instead. Costs a (batched)
+    /// backend call in cluster mode; unkeyed requests never come here.
+    async fn recall_or(
+        &self,
+        refused: StockError,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        match self.node.authority.recall_key(sale, attempt).await? {
+            KeyLookup::Replay(order) => self.replayed_from_authority(&order, attempt, body).await,
+            KeyLookup::Unused => Err(refused.into()),
+        }
+    }
+
+    /// Answers a replay the shared authority found (the key first used on
+    /// another node, or that node's answer lost). In cluster mode its
+    /// `order_reserved` is logged again first, so no 200 names an order
+    /// the log may lack. Consumers dedupe by order id.
+    async fn replayed_from_authority(
+        &self,
+        order: &Order,
+        attempt: &Attempt<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        if self.node.relog_replays {
+            let reserved = reserved_event(order, attempt, &order.sale_id);
+            self.node.log.append(&reserved).await?;
+        }
+        self.replayed(order, body)
     }
 
     fn replayed(&self, order: &Order, body: &mut Vec<u8>) -> Result<Reply, ApiError> {

@@ -38,7 +38,8 @@ use crate::authority::{
     Switch, Transition,
 };
 use crate::redis::{
-    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
+    Abandoned, Created, KeyRecall, LeaseGrant, Moved, Recalled, RedisStore, ReserveCall,
+    ReserveOutcome, SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -113,6 +114,9 @@ enum Call {
         String,
         oneshot::Sender<Result<Option<Order>, StockError>>,
     ),
+    /// What an Idempotency-Key this node does not know stands for in Redis
+    /// (batched like reservations: one pipeline per drain).
+    Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
     /// A reservation this node will not acknowledge (its log append
     /// failed, or its reply never came): release it if Redis recorded it,
     /// else tombstone its order id and return its units to the pool.
@@ -370,7 +374,8 @@ impl StockAuthority for RedisAuthority {
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>> {
         // Keys this node answered replay from memory; a key first used on
-        // another node is checked by the reserve script itself.
+        // another node (or before a restart) is checked by the reserve
+        // script itself, or by `recall_key` before a refusal.
         let found = attempt
             .idempotency_key
             .map_or(Ok(KeyLookup::Unused), |key| {
@@ -382,6 +387,45 @@ impl StockAuthority for RedisAuthority {
                 }
             });
         ready(found)
+    }
+
+    fn recall_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        let asked = attempt.idempotency_key.map(|key| {
+            let fingerprint = attempt.fingerprint(sale.id());
+            let (tx, rx) = oneshot::channel();
+            let call = KeyRecall {
+                sale_id: sale.id().to_owned(),
+                key: key.to_owned(),
+                fingerprint,
+            };
+            (key, fingerprint, self.ask(Call::Recall(call, tx), rx))
+        });
+        let shared = self.shared.clone();
+        let sale = shared.sales.get(sale.id());
+        async move {
+            let Some((key, fingerprint, reply)) = asked else {
+                return Ok(KeyLookup::Unused);
+            };
+            match reply.await? {
+                Recalled::Unused => Ok(KeyLookup::Unused),
+                Recalled::KeyReused => Err(StockError::KeyReused),
+                Recalled::Replay(order) => {
+                    if sale.is_some() {
+                        let key = Box::<str>::from(key);
+                        shared
+                            .keys
+                            .get(&key)
+                            .lock()
+                            .insert(key, (fingerprint, order.clone()));
+                    }
+                    Ok(KeyLookup::Replay(order))
+                }
+            }
+        }
     }
 
     async fn refill<'a>(
@@ -686,6 +730,7 @@ async fn backend_main(
     let mut calls = Vec::with_capacity(512);
     let mut batch = Vec::new();
     let mut replies = Vec::new();
+    let mut recalls = Vec::new();
     let mut reserving = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -712,6 +757,7 @@ async fn backend_main(
                     batch.push(c);
                     replies.push(reply);
                 }
+                Call::Recall(c, reply) => recalls.push((c, reply)),
                 Call::Stop(done) => {
                     background.abort();
                     // Purchases in flight finish first: the batches out,
@@ -726,6 +772,12 @@ async fn backend_main(
                     tokio::spawn(handle(store.clone(), shared.clone(), other));
                 }
             }
+        }
+        if !recalls.is_empty() {
+            // One pipeline for the key lookups of this drain.
+            let store = store.clone();
+            let recalls = std::mem::take(&mut recalls);
+            tokio::spawn(async move { recall_and_reply(&store, recalls).await });
         }
         if !batch.is_empty() && reserving.len() < RESERVE_BATCHES_IN_FLIGHT {
             // One pipeline for every reservation gathered since the last.
@@ -755,6 +807,17 @@ async fn reserve_and_reply(
     }
 }
 
+/// Looks up one drain's Idempotency-Keys and answers each caller.
+async fn recall_and_reply(
+    store: &RedisStore,
+    recalls: Vec<(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>)>,
+) {
+    let (keys, replies): (Vec<_>, Vec<_>) = recalls.into_iter().unzip();
+    for (reply, result) in replies.into_iter().zip(store.recall_keys(&keys).await) {
+        let _ = reply.send(result);
+    }
+}
+
 async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
     match call {
         Call::Lease(sale, core) => lease(&store, &shared, &sale, core).await,
@@ -779,7 +842,7 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
-        Call::Reserve(..) | Call::Stop(_) => {}
+        Call::Reserve(..) | Call::Recall(..) | Call::Stop(_) => {}
     }
 }
 

@@ -161,6 +161,26 @@ pub enum Moved {
     Kept(Order),
 }
 
+/// One Idempotency-Key to look up ([`RedisStore::recall_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecall {
+    pub sale_id: String,
+    pub key: String,
+    /// What the request binds the key to ([`crate::Attempt::fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// What [`RedisStore::recall_keys`] found for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recalled {
+    /// No record.
+    Unused,
+    /// The key was used with another fingerprint.
+    KeyReused,
+    /// The key's order, with its current status; now marked acknowledged.
+    Replay(Order),
+}
+
 impl RedisStore {
     /// Connects (one multiplexed connection that reconnects by itself after
     /// a failure). `timeout` bounds the connect and every later call, from
@@ -636,6 +656,71 @@ impl RedisStore {
         moved.map(Abandoned::Released)
     }
 
+    /// Looks Idempotency-Keys up in one pipeline (one `recall.lua` call per
+    /// sale); results in the batch's order. A replay marks its order
+    /// acknowledged, as [`RedisStore::reserve_batch`]'s replay does: the
+    /// caller answers it 200, and [`RedisStore::release`] and
+    /// [`RedisStore::abandon`] keep it ([`Moved::Kept`]).
+    pub async fn recall_keys(&self, keys: &[KeyRecall]) -> Vec<Result<Recalled, StockError>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|g| g.len() < RESERVE_CALL_MAX && keys[g[0]].sale_id == key.sale_id)
+            {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let invocations: Vec<_> = groups
+            .iter()
+            .map(|group| {
+                let k = Keys::new(&keys[group[0]].sale_id);
+                let mut inv = self.scripts.recall.prepare_invoke();
+                inv.key(k.idem()).key(k.orders());
+                for key in group.iter().map(|&i| &keys[i]) {
+                    inv.arg(&key.key).arg(format!("{:016x}", key.fingerprint));
+                }
+                inv
+            })
+            .collect();
+        let mut out: Vec<Result<Recalled, StockError>> = keys
+            .iter()
+            .map(|_| Err(StockError::Undetermined("no reply".into())))
+            .collect();
+        match self
+            .bounded(self.pipeline(&self.scripts.recall, &invocations))
+            .await
+        {
+            Ok(results) => {
+                for (group, result) in groups.iter().zip(results) {
+                    let replies: Result<Vec<Vec<String>>, StockError> = result
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| ::redis::from_redis_value(v).map_err(|e| e.to_string()))
+                        .map_err(|e| StockError::Unavailable(format!("recall failed: {e}")));
+                    match replies {
+                        Ok(replies) => {
+                            for (&i, reply) in group.iter().zip(replies) {
+                                out[i] = parse_recall(&keys[i].sale_id, &reply);
+                            }
+                        }
+                        Err(e) => {
+                            for &i in group {
+                                out[i] = Err(same_error(&e));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for slot in &mut out {
+                    *slot = Err(same_error(&e));
+                }
+            }
+        }
+        out
+    }
+
     /// The order with its current status, if it exists.
     pub async fn order(&self, sale_id: &str, order_id: &str) -> Result<Option<Order>, StockError> {
         let mut cmd = ::redis::cmd("HGET");
@@ -830,6 +915,7 @@ struct Scripts {
     reclaim: Script,
     reserve: Script,
     transition: Script,
+    recall: Script,
 }
 
 impl Scripts {
@@ -843,6 +929,7 @@ impl Scripts {
             reclaim: Script::new(include_str!("scripts/reclaim.lua")),
             reserve: Script::new(include_str!("scripts/reserve.lua")),
             transition: Script::new(include_str!("scripts/transition.lua")),
+            recall: Script::new(include_str!("scripts/recall.lua")),
         }
     }
 }
@@ -947,6 +1034,18 @@ fn parse_reserve(call: &ReserveCall, value: Value) -> Result<ReserveOutcome, Sto
         _ => return Err(unexpected("reserve reply", &format!("{reply:?}"))),
     };
     Ok(outcome)
+}
+
+fn parse_recall(sale_id: &str, reply: &[String]) -> Result<Recalled, StockError> {
+    match reply {
+        [tag] if tag == "unused" => Ok(Recalled::Unused),
+        [tag] if tag == "key_reused" => Ok(Recalled::KeyReused),
+        [tag, order_id, json] if tag == "replay" => {
+            Ok(Recalled::Replay(parse_order(sale_id, order_id, json)?))
+        }
+        [tag, message] if tag == "error" => Err(StockError::Unavailable(message.clone())),
+        _ => Err(unexpected("recall reply", &format!("{reply:?}"))),
+    }
 }
 
 fn parse_order(sale_id: &str, order_id: &str, json: &str) -> Result<Order, StockError> {
