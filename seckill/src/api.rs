@@ -275,9 +275,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     }
 
     /// Answers a replay the shared authority found (the key first used on
-    /// another node, or that node's answer lost). In cluster mode its
-    /// `order_reserved` is logged again first, so no 200 names an order
-    /// the log may lack. Consumers dedupe by order id.
+    /// another node, or that node's answer lost). In cluster mode the order
+    /// is logged again first, as it is now (`order_reserved`, then the
+    /// event of its current status), so no 200 names an order the log may
+    /// lack and no paid or cancelled order reads as reserved again.
+    /// Consumers dedupe by order id.
     async fn replayed_from_authority(
         &self,
         order: &Order,
@@ -287,6 +289,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         if self.node.relog_replays {
             let reserved = reserved_event(order, attempt, &order.sale_id);
             self.node.log.append(&reserved).await?;
+            if let Some(event) = transition_event(order, order.status) {
+                self.node.log.append(&event).await?;
+            }
         }
         self.replayed(order, body)
     }
@@ -336,43 +341,16 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             Transition::Unchanged(order) => return Ok(order),
             Transition::Pending { order, pending } => (order, pending),
         };
-        let fields = (
-            order.order_id.clone(),
-            order.sale_id.clone(),
-            order.user_id.clone(),
-            order.quantity,
-        );
-        let (order_id, sale_id, user_id, quantity) = fields;
-        let kind = match to {
-            OrderStatus::Paid => EventKind::OrderPaid {
-                order_id,
-                sale_id,
-                user_id,
-                quantity,
-            },
-            OrderStatus::Cancelled => EventKind::OrderCancelled {
-                order_id,
-                sale_id,
-                user_id,
-                quantity,
-            },
-            OrderStatus::Expired => EventKind::OrderExpired {
-                order_id,
-                sale_id,
-                user_id,
-                quantity,
-            },
-            OrderStatus::Reserved => {
-                authority.abort_transition(pending);
-                return Err(StockError::InvalidState("an order cannot go back to reserved").into());
-            }
+        let Some(event) = transition_event(&order, to) else {
+            authority.abort_transition(pending);
+            return Err(StockError::InvalidState("an order cannot go back to reserved").into());
         };
         let logged = if self.node.fails_once(Failpoint::TransitionLog) {
             Err(queue::LogError::Unavailable(
                 "failpoint transition_log".into(),
             ))
         } else {
-            self.node.log.append(&Event::new(now_ms(), kind)).await
+            self.node.log.append(&event).await
         };
         if let Err(e) = logged {
             authority.abort_transition(pending);
@@ -512,6 +490,38 @@ fn reserved_event(order: &Order, attempt: &Attempt<'_>, sale_id: &str) -> Event 
                 .map(|_| format!("{:x}", attempt.fingerprint(sale_id))),
         },
     )
+}
+
+/// The event of `order` moving to `to`; none for `Reserved`.
+fn transition_event(order: &Order, to: OrderStatus) -> Option<Event> {
+    let (order_id, sale_id, user_id, quantity) = (
+        order.order_id.clone(),
+        order.sale_id.clone(),
+        order.user_id.clone(),
+        order.quantity,
+    );
+    let kind = match to {
+        OrderStatus::Paid => EventKind::OrderPaid {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        OrderStatus::Cancelled => EventKind::OrderCancelled {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        OrderStatus::Expired => EventKind::OrderExpired {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        OrderStatus::Reserved => return None,
+    };
+    Some(Event::new(now_ms(), kind))
 }
 
 fn write_json<T: Serialize>(body: &mut Vec<u8>, value: &T) {
