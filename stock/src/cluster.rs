@@ -678,7 +678,10 @@ impl StockAuthority for RedisAuthority {
     }
 
     fn abort_transition(&self, pending: AppliedMove) {
-        // Redis applied the move before the log was asked; it stands.
+        // Redis applied the move before the log was asked; it stands. A
+        // repeat of the move finds it `Unchanged`, and the node logs it
+        // then, before answering (`Core::move_order`); the expiry sweep
+        // repeats expiries by itself.
         warn!(
             order_id = pending.0.order_id,
             "a transition applied in Redis could not be logged"
