@@ -130,6 +130,7 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     };
     opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
     opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    opts.key_ttl_s = config.idempotency_ttl_s;
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;

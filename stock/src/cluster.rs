@@ -76,6 +76,9 @@ pub struct ClusterOptions {
     /// settler's reconciliation (a Kafka order log: see
     /// [`RedisStore::tracking_log`]).
     pub track_log: bool,
+    /// How long an Idempotency-Key stands for its order, from the order's
+    /// making (0: for ever), in Redis and in this node's memory.
+    pub key_ttl_s: u64,
 }
 
 impl ClusterOptions {
@@ -89,6 +92,7 @@ impl ClusterOptions {
             poll_interval: Duration::from_millis(200),
             expiry: true,
             track_log: false,
+            key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         }
     }
 }
@@ -117,6 +121,8 @@ enum Call {
     /// What an Idempotency-Key this node does not know stands for in Redis
     /// (batched like reservations: one pipeline per drain).
     Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
+    /// Housekeeping: forget the Idempotency-Key records whose TTL passed.
+    ExpireKeys,
     /// A reservation this node will not acknowledge (its log append
     /// failed, or its reply never came): release it if Redis recorded it,
     /// else tombstone its order id and return its units to the pool.
@@ -204,10 +210,47 @@ struct Shared {
     /// Warnings of compensations waiting for Redis.
     retry_log: LogThrottle,
     /// Orders this node answered with an Idempotency-Key: replays of them
-    /// need no Redis call. Bounded by the stock.
-    keys: Striped<HashMap<Box<str>, (u64, Order)>>,
+    /// need no Redis call. Each is forgotten when its key's TTL passes
+    /// (`maintain`).
+    keys: Striped<HashMap<Box<str>, KnownKey>>,
     /// Reserved orders found due by the poller, per shard.
     due: Box<[Mutex<Vec<String>>]>,
+}
+
+/// An Idempotency-Key this node answered: its fingerprint, its order, and
+/// when the key expires (Unix s).
+struct KnownKey {
+    fingerprint: u64,
+    order: Order,
+    expires_at: u64,
+}
+
+impl Shared {
+    /// When the key of `order` (made in `sale`) expires: `key_ttl_s` after
+    /// the order was made (its payment deadline minus the payment timeout),
+    /// as Redis counts it.
+    fn key_expiry(&self, sale: &Sale, order: &Order) -> u64 {
+        match self.opts.key_ttl_s {
+            0 => u64::MAX,
+            ttl => order
+                .expires_at
+                .saturating_sub(sale.spec().payment_timeout_s)
+                .saturating_add(ttl),
+        }
+    }
+
+    /// Remembers that `key` stands for `order`.
+    fn remember_key(&self, sale: &Sale, key: Box<str>, fingerprint: u64, order: Order) {
+        let expires_at = self.key_expiry(sale, &order);
+        self.keys.get(&key).lock().insert(
+            key,
+            KnownKey {
+                fingerprint,
+                order,
+                expires_at,
+            },
+        );
+    }
 }
 
 /// The Redis stock authority of cluster mode.
@@ -243,6 +286,7 @@ impl RedisAuthority {
         if opts.track_log {
             store = store.tracking_log();
         }
+        store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
             opts,
@@ -382,8 +426,9 @@ impl StockAuthority for RedisAuthority {
                 let fingerprint = attempt.fingerprint(sale.id());
                 match self.shared.keys.get(key).lock().get(key) {
                     None => Ok(KeyLookup::Unused),
-                    Some((fp, _)) if *fp != fingerprint => Err(StockError::KeyReused),
-                    Some((_, order)) => Ok(KeyLookup::Replay(order.clone())),
+                    Some(known) if known.expires_at <= attempt.now => Ok(KeyLookup::Unused),
+                    Some(known) if known.fingerprint != fingerprint => Err(StockError::KeyReused),
+                    Some(known) => Ok(KeyLookup::Replay(known.order.clone())),
                 }
             });
         ready(found)
@@ -414,13 +459,8 @@ impl StockAuthority for RedisAuthority {
                 Recalled::Unused => Ok(KeyLookup::Unused),
                 Recalled::KeyReused => Err(StockError::KeyReused),
                 Recalled::Replay(order) => {
-                    if sale.is_some() {
-                        let key = Box::<str>::from(key);
-                        shared
-                            .keys
-                            .get(&key)
-                            .lock()
-                            .insert(key, (fingerprint, order.clone()));
+                    if let Some(sale) = sale {
+                        shared.remember_key(&sale, key.into(), fingerprint, order.clone());
                     }
                     Ok(KeyLookup::Replay(order))
                 }
@@ -528,11 +568,7 @@ impl StockAuthority for RedisAuthority {
                 Ok(ReserveOutcome::Replay(first)) => {
                     // Redis marked it acknowledged: never released now.
                     if let Some((k, fp)) = key {
-                        self.shared
-                            .keys
-                            .get(&k)
-                            .lock()
-                            .insert(k, (fp, first.clone()));
+                        self.shared.remember_key(sale, k, fp, first.clone());
                     }
                     Ok(Reservation::Replay(first))
                 }
@@ -596,7 +632,7 @@ impl StockAuthority for RedisAuthority {
         sale.add_sold(units.qty());
         units.commit();
         if let Some((k, fp)) = key {
-            self.shared.keys.get(&k).lock().insert(k, (fp, order));
+            self.shared.remember_key(sale, k, fp, order);
         }
     }
 
@@ -697,8 +733,18 @@ impl StockAuthority for RedisAuthority {
         self.shared.due[shard].lock().push(order_id.to_owned());
     }
 
-    fn maintain(&self, _now: u64) -> usize {
-        0
+    fn maintain(&self, now: u64) -> usize {
+        let mut forgotten = 0;
+        for stripe in self.shared.keys.iter() {
+            let mut map = stripe.lock();
+            let before = map.len();
+            map.retain(|_, known| known.expires_at > now);
+            forgotten += before - map.len();
+        }
+        if self.shared.opts.key_ttl_s > 0 {
+            let _ = self.send(Call::ExpireKeys);
+        }
+        forgotten
     }
 
     fn close(&self) {
@@ -821,6 +867,24 @@ async fn recall_and_reply(
     }
 }
 
+/// Forgets every sale's Idempotency-Key records whose TTL passed, in
+/// bounded batches.
+async fn expire_keys(store: &RedisStore, shared: &Shared) {
+    const BATCH: usize = 512;
+    for sale in shared.sales.all() {
+        for _ in 0..16 {
+            match store.expire_keys(sale.id(), BATCH).await {
+                Ok(n) if n == BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    debug!(sale = sale.id(), error = %e, "key expiry failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
     match call {
         Call::Lease(sale, core) => lease(&store, &shared, &sale, core).await,
@@ -845,6 +909,7 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
+        Call::ExpireKeys => expire_keys(&store, &shared).await,
         Call::Reserve(..) | Call::Recall(..) | Call::Stop(_) => {}
     }
 }

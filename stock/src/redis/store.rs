@@ -37,6 +37,9 @@ pub struct RedisStore {
     /// arriving later than that is refused by its age. Far above the
     /// response timeout: [`grace_for`].
     grace_s: u64,
+    /// How long an Idempotency-Key record lives after its order is made
+    /// (0: for ever); see [`RedisStore::with_key_ttl`].
+    key_ttl_s: u64,
 }
 
 /// The tombstone grace for a response `timeout`: at least a minute, and
@@ -173,7 +176,7 @@ pub struct KeyRecall {
 /// What [`RedisStore::recall_keys`] found for one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recalled {
-    /// No record.
+    /// No record (or one past its TTL).
     Unused,
     /// The key was used with another fingerprint.
     KeyReused,
@@ -217,6 +220,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts::new()),
             track: false,
             grace_s: grace_for(timeout),
+            key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         })
     }
 
@@ -229,6 +233,15 @@ impl RedisStore {
     /// written in step with Redis (Kafka).
     pub fn tracking_log(mut self) -> Self {
         self.track = true;
+        self
+    }
+
+    /// The same store, recording new Idempotency-Keys for `ttl_s` seconds
+    /// (Redis time) from their order (0: for ever; the default is
+    /// [`crate::embedded::DEFAULT_KEY_TTL_S`]). An expired record answers
+    /// as absent at once; [`RedisStore::expire_keys`] forgets it.
+    pub fn with_key_ttl(mut self, ttl_s: u64) -> Self {
+        self.key_ttl_s = ttl_s;
         self
     }
 
@@ -677,7 +690,7 @@ impl RedisStore {
             .map(|group| {
                 let k = Keys::new(&keys[group[0]].sale_id);
                 let mut inv = self.scripts.recall.prepare_invoke();
-                inv.key(k.idem()).key(k.orders());
+                inv.key(k.idem()).key(k.idem_due()).key(k.orders());
                 for key in group.iter().map(|&i| &keys[i]) {
                     inv.arg(&key.key).arg(format!("{:016x}", key.fingerprint));
                 }
@@ -719,6 +732,16 @@ impl RedisStore {
             }
         }
         out
+    }
+
+    /// Forgets up to `limit` Idempotency-Key records of the sale whose TTL
+    /// passed (Redis time); returns how many. Call again while it returns
+    /// `limit`.
+    pub async fn expire_keys(&self, sale_id: &str, limit: usize) -> Result<usize, StockError> {
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.expire_keys.prepare_invoke();
+        inv.key(k.idem()).key(k.idem_due()).arg(limit);
+        self.invoke(&inv).await
     }
 
     /// The order with its current status, if it exists.
@@ -828,9 +851,11 @@ impl RedisStore {
             .key(k.orders())
             .key(k.due())
             .key(k.unlogged())
+            .key(k.idem_due())
             .arg(head.node)
             .arg(if self.track { "1" } else { "0" })
-            .arg(self.grace_s);
+            .arg(self.grace_s)
+            .arg(self.key_ttl_s);
         for call in group.iter().map(|&i| &calls[i]) {
             inv.key(k.tombstone(&call.order_id))
                 .arg(&call.order_id)
@@ -916,6 +941,7 @@ struct Scripts {
     reserve: Script,
     transition: Script,
     recall: Script,
+    expire_keys: Script,
 }
 
 impl Scripts {
@@ -930,6 +956,7 @@ impl Scripts {
             reserve: Script::new(include_str!("scripts/reserve.lua")),
             transition: Script::new(include_str!("scripts/transition.lua")),
             recall: Script::new(include_str!("scripts/recall.lua")),
+            expire_keys: Script::new(include_str!("scripts/expire_keys.lua")),
         }
     }
 }
@@ -969,6 +996,9 @@ impl<'a> Keys<'a> {
     }
     fn idem(&self) -> String {
         self.key("idem")
+    }
+    fn idem_due(&self) -> String {
+        self.key("idem_due")
     }
     fn orders(&self) -> String {
         self.key("orders")
