@@ -183,4 +183,17 @@ fn a_move_applied_in_redis_whose_log_append_failed_is_logged_by_its_retry() {
     let paid = assert_ok(&a.client().pay(&order_id));
     assert_eq!(paid["status"], "paid");
     assert_eq!(a.journal().count("order_paid", &order_id), 1);
+
+    // Once logged, the move leaves Redis's not-yet-logged set, and more
+    // repeats append nothing: a client cannot grow the journal by
+    // repeating a move.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis_cli(&redis, &["ZCARD", "sk:{tl}:unlogged"]).trim() != "0" {
+        assert!(Instant::now() < deadline, "the move never left the set");
+        thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        assert_ok(&a.client().pay(&order_id));
+    }
+    assert_eq!(a.journal().count("order_paid", &order_id), 1);
 }
