@@ -338,20 +338,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     pub async fn move_order(&self, order_id: &str, to: OrderStatus) -> Result<Order, ApiError> {
         let authority = &self.node.authority;
         let (order, pending) = match authority.begin_transition(order_id, to, now_s()).await? {
-            Transition::Unchanged(order) => {
-                // Cluster mode: Redis applies a move before it is logged,
-                // and an earlier attempt's append may have failed after
-                // that (503). Whoever sees the move done logs it again
-                // before answering, so an applied move reaches the log
-                // when its pay or cancel is retried (the expiry sweep
-                // retries by itself). Consumers dedupe by order id.
-                if self.node.relog_replays {
-                    if let Some(event) = transition_event(&order, to) {
-                        self.node.log.append(&event).await?;
-                    }
-                }
-                return Ok(order);
-            }
+            Transition::Unchanged(order) => return Ok(order),
             Transition::Pending { order, pending } => (order, pending),
         };
         let Some(event) = transition_event(&order, to) else {

@@ -118,6 +118,9 @@ enum Call {
         String,
         oneshot::Sender<Result<Option<Order>, StockError>>,
     ),
+    /// A move's event is durable in the journal: drop its not-yet-logged
+    /// entry (sale, order, status).
+    Logged(String, String, OrderStatus),
     /// What an Idempotency-Key this node does not know stands for in Redis
     /// (batched like reservations: one pipeline per drain).
     Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
@@ -270,7 +273,12 @@ pub struct PendingOrder<'a> {
 }
 
 /// A transition Redis has applied, waiting for the order log.
-pub struct AppliedMove(Order);
+pub struct AppliedMove {
+    order: Order,
+    /// Applied by this call (`false`: applied earlier, its event maybe
+    /// never logged: only the log is left to do).
+    fresh: bool,
+}
 
 impl RedisAuthority {
     /// Connects to Redis (failing fast if it does not answer) and starts the
@@ -285,6 +293,8 @@ impl RedisAuthority {
         let mut store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
         if opts.track_log {
             store = store.tracking_log();
+        } else {
+            store = store.tracking_moves();
         }
         store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
@@ -682,7 +692,16 @@ impl StockAuthority for RedisAuthority {
             match reply.await? {
                 Moved::Changed(order) => Ok(Transition::Pending {
                     order: order.clone(),
-                    pending: AppliedMove(order),
+                    pending: AppliedMove { order, fresh: true },
+                }),
+                // Applied earlier, and its event may never have reached the
+                // log (that append failed): log it now, before answering.
+                Moved::Unlogged(order) => Ok(Transition::Pending {
+                    order: order.clone(),
+                    pending: AppliedMove {
+                        order,
+                        fresh: false,
+                    },
                 }),
                 Moved::Unchanged(order) => Ok(Transition::Unchanged(order)),
                 Moved::Invalid(status) => Err(StockError::InvalidState(match status {
@@ -701,8 +720,17 @@ impl StockAuthority for RedisAuthority {
     }
 
     fn finish_transition(&self, pending: AppliedMove) -> Order {
-        let order = pending.0;
-        if order.status.releases_stock() {
+        let AppliedMove { order, fresh } = pending;
+        if !self.shared.opts.track_log {
+            // The journal has the event: the move leaves the set (with a
+            // Kafka log, the settler removes what it reads).
+            let _ = self.send(Call::Logged(
+                order.sale_id.clone(),
+                order.order_id.clone(),
+                order.status,
+            ));
+        }
+        if fresh && order.status.releases_stock() {
             if let Some(sale) = self.shared.sales.get(&order.sale_id) {
                 // The poller corrects this from Redis; until then the node's
                 // view moves at once. The unit went back to the pool.
@@ -714,12 +742,12 @@ impl StockAuthority for RedisAuthority {
     }
 
     fn abort_transition(&self, pending: AppliedMove) {
-        // Redis applied the move before the log was asked; it stands. A
-        // repeat of the move finds it `Unchanged`, and the node logs it
-        // then, before answering (`Core::move_order`); the expiry sweep
-        // repeats expiries by itself.
+        // Redis applied the move before the log was asked; it stands, and
+        // stays in the not-yet-logged set: a repeat of the move (the
+        // caller's retry of its 503; the expiry sweep retries by itself)
+        // finds it `Unlogged` and logs it before answering.
         warn!(
-            order_id = pending.0.order_id,
+            order_id = pending.order.order_id,
             "a transition applied in Redis could not be logged"
         );
     }
@@ -906,6 +934,15 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         }
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);
+        }
+        Call::Logged(sale, order, status) => {
+            // Lost: a later repeat of the move logs it once more.
+            if let Err(e) = store
+                .mark_logged(&sale, &[(order.clone(), status.as_str())])
+                .await
+            {
+                debug!(order, error = %e, "move not marked logged");
+            }
         }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,

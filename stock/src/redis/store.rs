@@ -32,6 +32,9 @@ pub struct RedisStore {
     /// Write every order change into the sale's not-yet-logged set (a
     /// Kafka order log; see [`RedisStore::tracking_log`]).
     track: bool,
+    /// Write pay, cancel and expiry (not reservations, not releases) into
+    /// it ([`RedisStore::tracking_moves`]).
+    track_moves: bool,
     /// How long past an order's `expires_at` a late copy of its reserve is
     /// still refused by its tombstone ([`RedisStore::abandon`]); a copy
     /// arriving later than that is refused by its age. Far above the
@@ -151,6 +154,11 @@ pub enum Moved {
     Changed(Order),
     /// The order already was in that status.
     Unchanged(Order),
+    /// The order already was in that status, and the move is still in the
+    /// not-yet-logged set (tracked moves only: [`RedisStore::tracking_log`],
+    /// [`RedisStore::tracking_moves`]): its event may never have reached
+    /// the order log. The caller logs it, then marks it logged.
+    Unlogged(Order),
     /// The move is not allowed; the status the order is in, except for two
     /// time-based refusals of a reserved order: paying at or after
     /// `expires_at` answers `Invalid(Expired)`, expiring before it answers
@@ -219,6 +227,7 @@ impl RedisStore {
             timeout,
             scripts: Arc::new(Scripts::new()),
             track: false,
+            track_moves: false,
             grace_s: grace_for(timeout),
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         })
@@ -233,6 +242,17 @@ impl RedisStore {
     /// written in step with Redis (Kafka).
     pub fn tracking_log(mut self) -> Self {
         self.track = true;
+        self
+    }
+
+    /// The same store, writing pay, cancel and expiry (only) into the
+    /// sale's not-yet-logged set, for an order log written by the node
+    /// right after the move (the journal): the node removes the entry once
+    /// the move's event is durable ([`RedisStore::mark_logged`]), and a
+    /// repeat of a move whose entry is still there answers
+    /// [`Moved::Unlogged`], so the move's event is logged by the repeat.
+    pub fn tracking_moves(mut self) -> Self {
+        self.track_moves = true;
         self
     }
 
@@ -628,6 +648,7 @@ impl RedisStore {
         abandon: Option<(u32, u32, u64)>,
     ) -> Result<Abandoned, StockError> {
         let k = Keys::new(sale_id);
+        let track = self.track || (self.track_moves && to != "released");
         let mut inv = self.scripts.transition.prepare_invoke();
         inv.key(k.pool())
             .key(k.sold())
@@ -641,7 +662,7 @@ impl RedisStore {
             .arg(order_id)
             .arg(to)
             .arg(0)
-            .arg(if self.track { "1" } else { "0" });
+            .arg(if track { "1" } else { "0" });
         match abandon {
             Some((node, quantity, expires_at)) => inv
                 .arg(node)
@@ -662,6 +683,7 @@ impl RedisStore {
             [tag] if tag == "not_found" => Ok(Moved::NotFound),
             [tag, json] if tag == "changed" => Ok(Moved::Changed(order(json)?)),
             [tag, json] if tag == "unchanged" => Ok(Moved::Unchanged(order(json)?)),
+            [tag, json] if tag == "unlogged" => Ok(Moved::Unlogged(order(json)?)),
             [tag, json] if tag == "kept" => Ok(Moved::Kept(order(json)?)),
             [tag, status] if tag == "invalid" => Ok(Moved::Invalid(parse_status(status)?)),
             _ => Err(unexpected("transition reply", &format!("{reply:?}"))),

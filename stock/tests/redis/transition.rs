@@ -351,3 +351,38 @@ async fn moves_are_judged_by_redis_time_not_the_callers_clock() {
     assert_eq!(early, Moved::Invalid(OrderStatus::Reserved));
     assert_eq!(counts(&store, "s1").await, (15, 3, 2));
 }
+
+#[tokio::test]
+async fn a_tracked_move_repeats_as_unlogged_until_it_is_marked_logged() {
+    let (_server, store) = setup().await;
+    let store = store.tracking_moves();
+    one_order(&store).await;
+    let paid = store
+        .transition("s1", "o1", OrderStatus::Paid, 0)
+        .await
+        .unwrap();
+    assert!(matches!(paid, Moved::Changed(_)), "{paid:?}");
+    // The log append after it failed: a repeat is told to log it.
+    let again = store
+        .transition("s1", "o1", OrderStatus::Paid, 0)
+        .await
+        .unwrap();
+    assert!(matches!(again, Moved::Unlogged(ref o) if o.status == OrderStatus::Paid));
+    store
+        .mark_logged("s1", &[("o1".to_owned(), "paid")])
+        .await
+        .unwrap();
+    let logged = store
+        .transition("s1", "o1", OrderStatus::Paid, 0)
+        .await
+        .unwrap();
+    assert!(matches!(logged, Moved::Unchanged(_)), "{logged:?}");
+    // Reservations and releases are not tracked (the journal node logs
+    // or compensates them itself).
+    assert!(store.unlogged("s1", u64::MAX, 10).await.unwrap().is_empty());
+    store.reserve_batch(&[call("s1", 1, "o2", "bob")]).await[0]
+        .as_ref()
+        .unwrap();
+    store.release("s1", "o2").await.unwrap();
+    assert!(store.unlogged("s1", u64::MAX, 10).await.unwrap().is_empty());
+}

@@ -17,7 +17,10 @@
 --   order_json} and nothing changes; it lives on as any reserved order
 --   (paid, cancelled by its buyer, or expired).
 -- Repeating the move that already happened is 'unchanged' (released: the
--- order is cancelled); any other move from a non-reserved order is
+-- order is cancelled) or, with track = 1, 'unlogged' while the move's
+-- entry is still in the not-yet-logged set (its event may never have
+-- reached the log: the caller logs it); any other move from a non-reserved
+-- order is
 -- 'invalid' with the current status. Time is Redis's clock (TIME), never
 -- the caller's.
 --   released of an order id Redis never recorded, with ARGV[5] = node (the
@@ -49,7 +52,7 @@
 -- (Unix s), ARGV[8] grace_s (with ARGV[5] only)
 --
 -- Returns {'not_found'}, {'unchanged', order_json}, {'invalid', status},
--- {'changed', order_json}, {'kept', order_json} or
+-- {'unlogged', order_json}, {'changed', order_json}, {'kept', order_json} or
 -- {'gone', units_returned_to_the_pool}.
 local order_id, to = ARGV[1], ARGV[2]
 local time = redis.call('TIME')
@@ -85,6 +88,10 @@ end
 local order = cjson.decode(raw)
 
 if order.status == status then
+  if to ~= 'released' and ARGV[4] == '1'
+      and redis.call('ZSCORE', KEYS[7], order_id .. '|' .. to) then
+    return {'unlogged', raw}
+  end
   return {'unchanged', raw}
 end
 if order.status ~= 'reserved' then
