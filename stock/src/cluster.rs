@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,6 +218,8 @@ struct Shared {
     keys: Striped<HashMap<Box<str>, KnownKey>>,
     /// Reserved orders found due by the poller, per shard.
     due: Box<[Mutex<Vec<String>>]>,
+    /// Key lookups (`recall_key`) waiting for Redis.
+    recalls: AtomicUsize,
 }
 
 /// An Idempotency-Key this node answered: its fingerprint, its order, and
@@ -253,6 +255,21 @@ impl Shared {
                 expires_at,
             },
         );
+    }
+}
+
+/// Most key lookups (`recall_key`) a node has waiting for Redis; more are
+/// answered 503 at once, so that keyed requests refused by the gate cannot
+/// pile unbounded work (memory, Redis) behind the backend.
+const RECALLS_IN_FLIGHT: usize = 4096;
+
+/// One key lookup counted in `Shared::recalls`, until dropped (answered, or
+/// its request gone).
+struct RecallSlot(Arc<Shared>);
+
+impl Drop for RecallSlot {
+    fn drop(&mut self) {
+        self.0.recalls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -303,6 +320,7 @@ impl RedisAuthority {
             sales: Registry::default(),
             retry_log: LogThrottle::new(),
             keys: Striped::new(),
+            recalls: AtomicUsize::new(0),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -449,7 +467,11 @@ impl StockAuthority for RedisAuthority {
         sale: &Sale,
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>> {
-        let asked = attempt.idempotency_key.map(|key| {
+        // Keyed requests on a sold-out sale each cost a lookup: bound what
+        // waits for Redis, and answer the rest 503 (retry) at once.
+        let admitted = self.shared.recalls.fetch_add(1, Ordering::AcqRel) < RECALLS_IN_FLIGHT;
+        let slot = RecallSlot(self.shared.clone());
+        let asked = attempt.idempotency_key.filter(|_| admitted).map(|key| {
             let fingerprint = attempt.fingerprint(sale.id());
             let (tx, rx) = oneshot::channel();
             let call = KeyRecall {
@@ -461,8 +483,15 @@ impl StockAuthority for RedisAuthority {
         });
         let shared = self.shared.clone();
         let sale = shared.sales.get(sale.id());
+        let keyed = attempt.idempotency_key.is_some();
         async move {
+            let _slot = slot;
             let Some((key, fingerprint, reply)) = asked else {
+                if keyed {
+                    return Err(StockError::Unavailable(
+                        "too many Idempotency-Key lookups waiting for Redis; retry".into(),
+                    ));
+                }
                 return Ok(KeyLookup::Unused);
             };
             match reply.await? {
