@@ -130,7 +130,9 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     };
     opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
     opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
-    opts.key_ttl_s = config.idempotency_ttl_s;
+    // As in embedded mode, 0 forgets a key at once (to the cluster
+    // authority 0 means for ever).
+    opts.key_ttl_s = config.idempotency_ttl_s.max(1);
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;
