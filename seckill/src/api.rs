@@ -7,7 +7,11 @@
 //! to the order log → confirm → answer. Banned on it: blocking I/O, locks
 //! held across `.await`, logging at info level or above, allocation on the
 //! sold-out and rejection paths beyond the response (the response buffers
-//! are the connection's own and are reused).
+//! are the connection's own and are reused). One exception, by contract: a
+//! request with an Idempotency-Key its node does not know, about to be
+//! refused (sold out, not open), first asks the stock authority what the
+//! key stands for (`recall_key`: in cluster mode a batched Redis lookup,
+//! bounded per node), so a retry gets its order on any node.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
