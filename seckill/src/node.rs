@@ -33,6 +33,8 @@ pub struct Node<A, L> {
     /// Consumers dedupe by order id.
     pub relog_replays: bool,
     failpoint: Option<Failpoint>,
+    /// A fail-once failpoint has fired.
+    failed: AtomicBool,
 }
 
 /// A place where the node can be made to die on purpose, for the tests of
@@ -42,6 +44,9 @@ pub enum Failpoint {
     /// Abort the process after a reservation is recorded by the stock
     /// authority and before its event is appended to the order log.
     AfterReserve,
+    /// Fail (once) the order log append of the first order transition
+    /// (pay, cancel, expiry), after the authority applied the move.
+    TransitionLog,
 }
 
 /// What the journal replay found.
@@ -125,6 +130,9 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     };
     opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
     opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    // As in embedded mode, 0 forgets a key at once (to the cluster
+    // authority 0 means for ever).
+    opts.key_ttl_s = config.idempotency_ttl_s.max(1);
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;
@@ -150,6 +158,7 @@ impl<A: StockAuthority, L: OrderLog> Node<A, L> {
     pub fn new(config: Config, authority: A, log: L, admin_token: String) -> Self {
         let failpoint = match std::env::var("SECKILL_FAILPOINT").as_deref() {
             Ok("after_reserve") => Some(Failpoint::AfterReserve),
+            Ok("transition_log") => Some(Failpoint::TransitionLog),
             _ => None,
         };
         Node {
@@ -162,7 +171,14 @@ impl<A: StockAuthority, L: OrderLog> Node<A, L> {
             shutdown: AtomicBool::new(false),
             driver: OnceLock::new(),
             failpoint,
+            failed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the fail-once failpoint `at` fires now (the first time it is
+    /// reached only; tests of recovery only).
+    pub fn fails_once(&self, at: Failpoint) -> bool {
+        self.failpoint == Some(at) && !self.failed.swap(true, Ordering::Relaxed)
     }
 
     /// Dies here if the failpoint `at` is set (tests of recovery only).

@@ -15,6 +15,9 @@
 //!   pipelining and keep-alive.
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `replay`: idempotency across cluster nodes: replays after sell-out,
+//!   pause, close and restart; replays log the current state; key TTL;
+//!   a move whose log append failed.
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
 //! - `rebalance`: no false sold-out in cluster mode: units leased by one
@@ -41,5 +44,7 @@ mod kafka;
 mod lifecycle;
 #[path = "node/rebalance.rs"]
 mod rebalance;
+#[path = "node/replay.rs"]
+mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
