@@ -13,6 +13,9 @@
 //! - `admin`: the admin token, the sale gate and switches, sale validation.
 //! - `bad_input`: malformed and oversized requests, slow clients,
 //!   pipelining and keep-alive.
+//! - `replay`: property test, in process, of the journal order that
+//!   purchases, moves and switches racing at every await point leave, and
+//!   of its replay (no real process: the order log is scripted).
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
@@ -37,5 +40,7 @@ mod idempotency;
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/replay.rs"]
+mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
