@@ -17,6 +17,8 @@
 //!   purchases, moves and switches racing at every await point leave, and
 //!   of its replay (no real process: the order log is scripted).
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
+//! - `switch_crash`: pause/resume/close racing with purchases, then
+//!   SIGKILL: the restart shows the same sales and orders.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
@@ -44,3 +46,5 @@ mod lifecycle;
 mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
+#[path = "node/switch_crash.rs"]
+mod switch_crash;
