@@ -33,6 +33,12 @@ pub struct Node<A, L> {
     /// Consumers dedupe by order id.
     pub relog_replays: bool,
     failpoint: Option<Failpoint>,
+    /// Serialises the node's sale definitions and switches, from their
+    /// check to their application, so that the order they reach the log
+    /// in is the order they are applied in (a replay then rebuilds the
+    /// same switch). An async lock: it is held across the log append; the
+    /// admin path only, never a purchase.
+    admin: tokio::sync::Mutex<()>,
 }
 
 /// A place where the node can be made to die on purpose, for the tests of
@@ -162,7 +168,14 @@ impl<A: StockAuthority, L: OrderLog> Node<A, L> {
             shutdown: AtomicBool::new(false),
             driver: OnceLock::new(),
             failpoint,
+            admin: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Waits for this node's turn to change a sale's definition or switch;
+    /// hold the guard until the change is applied.
+    pub async fn admin_change(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.admin.lock().await
     }
 
     /// Dies here if the failpoint `at` is set (tests of recovery only).
@@ -392,6 +405,7 @@ pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result
         };
         result.map_err(|e| anyhow::anyhow!("journal record {i} cannot be replayed: {e}"))?;
     }
+    authority.finish_restore();
     Ok(out)
 }
 

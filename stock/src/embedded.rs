@@ -212,12 +212,29 @@ impl EmbeddedAuthority {
     }
 
     /// Replays a `sale_switched` record.
+    ///
+    /// A close does not drain the sale's stock here but at
+    /// [`EmbeddedAuthority::finish_restore`]: purchases that passed the
+    /// authority's check before the close was applied are valid, and they
+    /// may be logged after the close (their append raced with it).
+    /// A pause or resume after a close was refused when it was made (an
+    /// older node logged it before it was refused): it changes nothing.
     pub fn restore_switch(&self, sale_id: &str, switch: Switch) -> Result<(), StockError> {
         let sale = self.sale(sale_id).ok_or(StockError::SaleNotFound)?;
-        if switch == Switch::Close {
-            sale.stock.drain();
+        if sale.is_closed() {
+            return Ok(());
         }
         sale.apply_switch(switch)
+    }
+
+    /// Ends a replay: the stock left in closed sales is drained, as the
+    /// close did when it was applied.
+    pub fn finish_restore(&self) {
+        for sale in self.sales.all() {
+            if sale.is_closed() {
+                sale.stock.drain();
+            }
+        }
     }
 
     /// Replays an `order_reserved` record made at `at` (Unix seconds).
@@ -360,6 +377,13 @@ impl StockAuthority for EmbeddedAuthority {
         units: Units<'a>,
     ) -> impl Future<Output = Result<Reservation<PendingOrder<'a>>, StockError>> {
         let result = (|| {
+            // The gate was passed before the request waited for its turn; a
+            // switch applied since then wins. Any reservation that passes
+            // here was decided before the pause or close was applied, so it
+            // is valid even when its record lands after the switch's.
+            if sale.is_closed() || sale.is_paused() {
+                return Err(StockError::SaleNotOpen);
+            }
             let key = match attempt.idempotency_key {
                 Some(key) => {
                     self.claim_key(key, attempt.fingerprint(sale.id()), attempt.now)?;
@@ -845,6 +869,80 @@ mod tests {
         assert!(auth
             .restore_order(order("7-2", "y"), None, now_s())
             .is_err());
+    }
+
+    #[test]
+    fn no_reservation_after_a_switch_is_applied_and_replay_honours_earlier_ones() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 3, 3))).unwrap();
+        // Units taken before the pause: the reservation is refused after it.
+        let units = sale.stock.take(0, 1).unwrap();
+        now(auth.switch("s", Switch::Pause)).unwrap();
+        assert!(matches!(
+            now(auth.reserve(&sale, &attempt("u", 1, None), units)),
+            Err(StockError::SaleNotOpen)
+        ));
+        now(auth.switch("s", Switch::Resume)).unwrap();
+        let units = sale.stock.take(0, 1).unwrap();
+        now(auth.switch("s", Switch::Close)).unwrap();
+        assert!(matches!(
+            now(auth.reserve(&sale, &attempt("u", 1, None), units)),
+            Err(StockError::SaleNotOpen)
+        ));
+        assert_eq!(sale.sold(), 0);
+
+        // Replay: an order logged after the close (decided before it) is
+        // kept; a resume after the close changes nothing; the rest of the
+        // stock is drained at the end.
+        let back = authority();
+        back.restore_sale(spec("s", 3, 3)).unwrap();
+        back.restore_switch("s", Switch::Close).unwrap();
+        let order = Order {
+            order_id: "7-9".into(),
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            quantity: 1,
+            status: OrderStatus::Reserved,
+            expires_at: u64::MAX,
+            shard: 0,
+        };
+        back.restore_order(order.clone(), None, now_s()).unwrap();
+        back.restore_switch("s", Switch::Resume).unwrap();
+        // Units an expiry logged after the close gave back (before the
+        // close was applied) may be sold again by orders logged after it.
+        back.restore_transition("7-9", OrderStatus::Expired)
+            .unwrap();
+        back.restore_order(
+            Order {
+                order_id: "7-10".into(),
+                ..order.clone()
+            },
+            None,
+            now_s(),
+        )
+        .unwrap();
+        back.restore_order(
+            Order {
+                order_id: "7-11".into(),
+                ..order.clone()
+            },
+            None,
+            now_s(),
+        )
+        .unwrap();
+        back.restore_order(
+            Order {
+                order_id: "7-12".into(),
+                ..order
+            },
+            None,
+            now_s(),
+        )
+        .unwrap();
+        back.finish_restore();
+        let sale = back.sale("s").unwrap();
+        assert!(sale.is_closed());
+        assert_eq!((sale.sold(), sale.stock.available()), (3, 0));
     }
 
     #[test]
