@@ -13,6 +13,8 @@
 //! - `admin`: the admin token, the sale gate and switches, sale validation.
 //! - `bad_input`: malformed and oversized requests, slow clients,
 //!   pipelining and keep-alive.
+//! - `memory`: finished orders and idempotency records are forgotten;
+//!   a long buy/cancel loop keeps the node's RSS flat.
 //! - `replay`: property test, in process, of the journal order that
 //!   purchases, moves and switches racing at every await point leave, and
 //!   of its replay (no real process: the order log is scripted).
@@ -42,6 +44,8 @@ mod idempotency;
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/memory.rs"]
+mod memory;
 #[path = "node/replay.rs"]
 mod replay;
 #[path = "node/runtime.rs"]

@@ -147,6 +147,18 @@ impl Node {
         self.addr = addr;
     }
 
+    /// The running node's resident set size (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the node is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// The last few KiB of every run's stderr, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
