@@ -144,6 +144,11 @@ pub struct Config {
     pub admission_queue: usize,
     /// How long an idempotency record is kept. Default 86,400 s (24 h).
     pub idempotency_ttl_s: u64,
+    /// Embedded mode: how long a finished order (paid, cancelled, expired)
+    /// stays in memory; after it `GET /orders/{id}` is 404. Never before
+    /// its Idempotency-Key is forgotten. Default 3,600 s; each order held
+    /// costs ~250 bytes.
+    pub order_retention_s: u64,
     /// Purchase requests per second one user id may send to one core
     /// (429 `rate_limited` above it); 0 turns it off. Default 0 (off): the
     /// per-user limit already bounds what a user can buy; turn this on to
@@ -188,6 +193,7 @@ impl Default for Config {
             admission_tokens: 1024,
             admission_queue: 4096,
             idempotency_ttl_s: stock::embedded::DEFAULT_KEY_TTL_S,
+            order_retention_s: stock::embedded::DEFAULT_ORDER_RETENTION_S,
             rate_limit_user_per_s: 0.0,
             rate_limit_user_burst: 10,
             rate_limit_ip_per_s: 0.0,

@@ -74,7 +74,8 @@ impl EmbeddedNode {
             config.cores,
             config.idempotency_ttl_s,
             now_micros(),
-        );
+        )
+        .with_order_retention(config.order_retention_s);
         let replayed = replay(&authority, &events)?;
         Ok((
             Arc::new(Node::new(config, authority, journal, admin_token)),
@@ -391,16 +392,16 @@ pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result
                 authority.restore_order(order, key, at_s)
             }
             EventKind::OrderPaid { order_id, .. } => {
-                authority.restore_transition(order_id, OrderStatus::Paid)
+                authority.restore_transition(order_id, OrderStatus::Paid, at_s)
             }
             // The embedded node never writes `stock_released`; were one in
             // a journal, it would mean the same as a cancel.
             EventKind::OrderCancelled { order_id, .. }
             | EventKind::StockReleased { order_id, .. } => {
-                authority.restore_transition(order_id, OrderStatus::Cancelled)
+                authority.restore_transition(order_id, OrderStatus::Cancelled, at_s)
             }
             EventKind::OrderExpired { order_id, .. } => {
-                authority.restore_transition(order_id, OrderStatus::Expired)
+                authority.restore_transition(order_id, OrderStatus::Expired, at_s)
             }
         };
         result.map_err(|e| anyhow::anyhow!("journal record {i} cannot be replayed: {e}"))?;

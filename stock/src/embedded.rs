@@ -30,6 +30,9 @@ use crate::Units;
 
 /// How long an idempotency record is kept by default: 24 hours.
 pub const DEFAULT_KEY_TTL_S: u64 = 24 * 3600;
+/// How long a finished order (paid, cancelled, expired) stays in memory by
+/// default: 1 hour.
+pub const DEFAULT_ORDER_RETENTION_S: u64 = 3600;
 
 struct KeyRecord {
     fingerprint: u64,
@@ -39,13 +42,19 @@ struct KeyRecord {
     expires_at: u64,
 }
 
-/// Reserved orders by expiry time (Unix seconds), soonest first.
+/// Order ids by a time (Unix seconds), soonest first: reserved orders by
+/// expiry, finished orders by when they are forgotten.
 type ExpiryQueue = BinaryHeap<Reverse<(u64, Box<str>)>>;
 
 struct OrderEntry {
     order: Order,
     /// A transition has begun and waits for its event to be durable.
     moving: bool,
+    /// The order's Idempotency-Key, if it had one.
+    key: Option<Box<str>>,
+    /// A finished order: when it is forgotten (Unix seconds); 0 while
+    /// reserved.
+    forget_at: u64,
 }
 
 /// The in-process stock authority of the embedded mode.
@@ -58,6 +67,10 @@ pub struct EmbeddedAuthority {
     orders: Striped<HashMap<Box<str>, OrderEntry>>,
     /// Reserved orders by expiry time, one queue per shard.
     expiries: Box<[Mutex<ExpiryQueue>]>,
+    /// How long a finished order stays in memory.
+    retention_s: u64,
+    /// Finished orders by the time they are forgotten, one queue per shard.
+    retained: Box<[Mutex<ExpiryQueue>]>,
     next_seq: AtomicU64,
 }
 
@@ -90,8 +103,20 @@ impl EmbeddedAuthority {
             expiries: (0..shards.max(1))
                 .map(|_| Mutex::new(BinaryHeap::new()))
                 .collect(),
+            retention_s: DEFAULT_ORDER_RETENTION_S,
+            retained: (0..shards.max(1))
+                .map(|_| Mutex::new(BinaryHeap::new()))
+                .collect(),
             next_seq: AtomicU64::new(now_micros),
         }
+    }
+
+    /// Sets how long a finished order stays in memory (and so answers
+    /// `GET /orders/{id}`). It stays at least as long as its Idempotency-Key
+    /// is remembered, so a retry always finds its order.
+    pub fn with_order_retention(mut self, retention_s: u64) -> Self {
+        self.retention_s = retention_s;
+        self
     }
 
     pub fn shards(&self) -> usize {
@@ -169,16 +194,17 @@ impl EmbeddedAuthority {
     }
 
     fn record(&self, order: Order, key: Option<(Box<str>, u64)>, at: u64) {
-        if let Some((key, fingerprint)) = key {
+        let key = key.map(|(key, fingerprint)| {
             self.keys.get(&key).lock().insert(
-                key,
+                key.clone(),
                 KeyRecord {
                     fingerprint,
                     order_id: Some(order.order_id.as_str().into()),
                     expires_at: at.saturating_add(self.key_ttl_s),
                 },
             );
-        }
+            key
+        });
         if order.status == OrderStatus::Reserved {
             let shard = fnv_shard(&order.order_id, self.shards);
             self.expiries[shard]
@@ -190,8 +216,50 @@ impl EmbeddedAuthority {
             OrderEntry {
                 order,
                 moving: false,
+                key,
+                forget_at: 0,
             },
         );
+    }
+
+    /// An order just finished at `now`: queues it to be forgotten after the
+    /// retention, and not before its Idempotency-Key is.
+    fn retain(&self, entry: &mut OrderEntry, now: u64) {
+        let key_expiry = entry.key.as_deref().map_or(0, |k| {
+            self.keys.get(k).lock().get(k).map_or(0, |r| r.expires_at)
+        });
+        entry.forget_at = now.saturating_add(self.retention_s).max(key_expiry);
+        let id = entry.order.order_id.as_str();
+        self.retained[fnv_shard(id, self.shards)]
+            .lock()
+            .push(Reverse((entry.forget_at, id.into())));
+    }
+
+    /// Forgets the finished orders whose retention passed by `now`.
+    fn forget_finished(&self, now: u64) -> usize {
+        let mut forgotten = 0;
+        let mut due = Vec::new();
+        for queue in self.retained.iter() {
+            // Taken out first: a finishing order holds its stripe while it
+            // queues itself, so the two locks are never held the other way.
+            {
+                let mut heap = queue.lock();
+                while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                    due.extend(heap.pop().map(|Reverse((_, id))| id));
+                }
+            }
+            for id in due.drain(..) {
+                let mut stripe = self.orders.get(&id).lock();
+                if stripe
+                    .get(&*id)
+                    .is_some_and(|e| e.order.status != OrderStatus::Reserved)
+                {
+                    stripe.remove(&*id);
+                    forgotten += 1;
+                }
+            }
+        }
+        forgotten
     }
 
     /// Gives back what a released order held: its units to stock, its count
@@ -273,8 +341,13 @@ impl EmbeddedAuthority {
         Ok(())
     }
 
-    /// Replays a transition record.
-    pub fn restore_transition(&self, order_id: &str, to: OrderStatus) -> Result<(), StockError> {
+    /// Replays a transition record made at `at` (Unix seconds).
+    pub fn restore_transition(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        at: u64,
+    ) -> Result<(), StockError> {
         let released = {
             let mut stripe = self.orders.get(order_id).lock();
             let entry = stripe.get_mut(order_id).ok_or(StockError::OrderNotFound)?;
@@ -282,6 +355,7 @@ impl EmbeddedAuthority {
                 return Ok(());
             }
             entry.order.status = to;
+            self.retain(entry, at);
             to.releases_stock().then(|| entry.order.clone())
         };
         if let Some(order) = released {
@@ -508,6 +582,7 @@ impl StockAuthority for EmbeddedAuthority {
                 .expect("a moving order stays in the map");
             entry.moving = false;
             entry.order.status = pending.to;
+            self.retain(entry, now_s());
             entry.order.clone()
         };
         if pending.to.releases_stock() {
@@ -516,7 +591,8 @@ impl StockAuthority for EmbeddedAuthority {
         order
     }
 
-    /// Forgets idempotency records whose TTL passed (their orders stay).
+    /// Forgets idempotency records whose TTL passed, then finished orders
+    /// whose retention passed.
     fn maintain(&self, now: u64) -> usize {
         let mut removed = 0;
         for stripe in self.keys.iter() {
@@ -525,7 +601,7 @@ impl StockAuthority for EmbeddedAuthority {
             map.retain(|_, r| r.order_id.is_none() || r.expires_at > now);
             removed += before - map.len();
         }
-        removed
+        removed + self.forget_finished(now)
     }
 
     /// Reserved orders of `shard` whose payment timeout passed by `now`.
@@ -749,6 +825,37 @@ mod tests {
     }
 
     #[test]
+    fn finished_orders_are_forgotten_after_the_retention_but_not_before_their_key() {
+        let auth = EmbeddedAuthority::new(1, 2, 100, 0).with_order_retention(10);
+        let sale = now(auth.create_sale(spec("s", 5, 5))).unwrap();
+        let plain = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        let keyed = buy(&auth, &sale, &attempt("u", 1, Some("k")), false).unwrap();
+        let live = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        for id in [&plain.order_id, &keyed.order_id] {
+            let Transition::Pending { pending, .. } =
+                now(auth.begin_transition(id, OrderStatus::Cancelled, 1_001)).unwrap()
+            else {
+                panic!("expected a pending move");
+            };
+            auth.finish_transition(pending);
+        }
+        let t = now_s();
+        assert_eq!(auth.maintain(t + 5), 0);
+        assert_eq!(auth.maintain(t + 11), 1);
+        assert!(matches!(
+            now(auth.order(&plain.order_id)),
+            Err(StockError::OrderNotFound)
+        ));
+        // The keyed order stays while its key does (TTL 100 s), and the
+        // live one for good.
+        assert!(now(auth.order(&keyed.order_id)).is_ok());
+        assert_eq!(auth.maintain(t + 101), 2);
+        assert!(now(auth.order(&keyed.order_id)).is_err());
+        assert!(now(auth.order(&live.order_id)).is_ok());
+        assert_eq!((sale.sold(), sale.held_by("u")), (1, 1));
+    }
+
+    #[test]
     fn cancel_and_expiry_return_units_exactly_once() {
         let auth = authority();
         let sale = now(auth.create_sale(spec("s", 1, 1))).unwrap();
@@ -848,10 +955,10 @@ mod tests {
             .unwrap();
         auth.restore_order(order("7-5000001", "v"), None, now_s())
             .unwrap();
-        auth.restore_transition("7-5000001", OrderStatus::Cancelled)
+        auth.restore_transition("7-5000001", OrderStatus::Cancelled, now_s())
             .unwrap();
         // A repeated transition record is harmless.
-        auth.restore_transition("7-5000001", OrderStatus::Cancelled)
+        auth.restore_transition("7-5000001", OrderStatus::Cancelled, now_s())
             .unwrap();
         assert_eq!((sale.sold(), sale.stock.available()), (1, 2));
         assert_eq!(sale.held_by("u"), 1);
@@ -910,7 +1017,7 @@ mod tests {
         back.restore_switch("s", Switch::Resume).unwrap();
         // Units an expiry logged after the close gave back (before the
         // close was applied) may be sold again by orders logged after it.
-        back.restore_transition("7-9", OrderStatus::Expired)
+        back.restore_transition("7-9", OrderStatus::Expired, now_s())
             .unwrap();
         back.restore_order(
             Order {

@@ -85,11 +85,13 @@ fn a_long_buy_cancel_loop_keeps_memory_flat() {
     const GROWTH_LIMIT_KIB: u64 = 1_536;
     let node = short_memory_node("");
     let mut c = node.client();
-    // Stock for every client at once; orders expire only long after their
-    // cancel (no expiry races a cancel).
+    // Stock for every client at once. A cancelled order stays in its
+    // core's expiry queue until its payment timeout (then the sweep drops
+    // it): 3 s keeps that queue short and still leaves the cancel, sent
+    // right after the purchase, well ahead of the expiry.
     c.create_sale(
         "loop",
-        &json!({ "stock": THREADS, "per_user_limit": 1, "payment_timeout_s": 30 }),
+        &json!({ "stock": THREADS, "per_user_limit": 1, "payment_timeout_s": 3 }),
     );
     let cycles = |from: usize, to: usize| {
         std::thread::scope(|s| {
@@ -115,11 +117,12 @@ fn a_long_buy_cancel_loop_keeps_memory_flat() {
         });
     };
     cycles(0, WARM_UP);
-    // Let the warm-up's orders and keys be forgotten, as the rest will be.
-    std::thread::sleep(Duration::from_millis(2_500));
+    // Let the warm-up's orders, keys and expiry entries go, as the rest
+    // will.
+    std::thread::sleep(Duration::from_millis(4_500));
     let warm_rss = node.rss_kib();
     cycles(WARM_UP, CYCLES);
-    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::sleep(Duration::from_millis(4_500));
     let end_rss = node.rss_kib();
     eprintln!(
         "memory: RSS {warm_rss} KiB after {WARM_UP} buy+cancel cycles, {end_rss} KiB after {CYCLES}"
