@@ -8,6 +8,8 @@
 //!   acknowledged order is in the journal exactly once.
 //! - `idempotency`: replays, reused keys, concurrent duplicates, replays
 //!   across restarts and after sell-out.
+//! - `compaction`: the journal folded into a snapshot stays small; a crash
+//!   at each step of a compaction restarts to the same state.
 //! - `crash`: SIGKILL mid-sale loses nothing acknowledged and resells nothing.
 //! - `lifecycle`: pay, cancel, expiry, and their survival over restarts.
 //! - `admin`: the admin token, the sale gate and switches, sale validation.
@@ -34,6 +36,8 @@ mod admin;
 mod bad_input;
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/compaction.rs"]
+mod compaction;
 #[path = "node/contention.rs"]
 mod contention;
 #[path = "node/crash.rs"]
