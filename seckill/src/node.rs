@@ -183,12 +183,13 @@ pub fn compact(config: &Config) -> anyhow::Result<usize> {
     let Some(&(covers, _)) = sealed.last() else {
         return Ok(0);
     };
-    let mut events = Vec::new();
-    for (_, path) in &sealed {
-        events.extend(journal::read_segment(path)?);
-    }
     let authority = embedded_authority(config);
-    restore(&authority, old.as_ref(), &events)?;
+    restore(&authority, old.as_ref(), &[])?;
+    // One segment's events in memory at a time.
+    for (_, path) in &sealed {
+        replay_events(&authority, &journal::read_segment(path)?)?;
+    }
+    authority.finish_restore();
     authority.maintain(now_s());
     let state = serde_json::to_vec(&authority.save())?;
     snapshot::write_temp(dir, covers, &state)?;
@@ -478,6 +479,13 @@ impl Drop for InFlight<'_> {
 
 /// Rebuilds the embedded authority from the journal's events, in order.
 pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result<Replayed> {
+    let out = replay_events(authority, events)?;
+    authority.finish_restore();
+    Ok(out)
+}
+
+/// Applies `events` in order, without ending the replay (more may follow).
+fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result<Replayed> {
     let mut out = Replayed {
         events: events.len(),
         ..Replayed::default()
@@ -559,7 +567,6 @@ pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result
         };
         result.map_err(|e| anyhow::anyhow!("journal record {i} cannot be replayed: {e}"))?;
     }
-    authority.finish_restore();
     Ok(out)
 }
 
