@@ -11,7 +11,8 @@
 //! no reservation is logged after a close was applied; and once everything
 //! in flight has finished, the replay rebuilds exactly the live state
 //! (sold count, switch, per-user holdings, orders and their statuses,
-//! idempotency keys), also through a real journal file.
+//! idempotency keys), also through a real journal file and from a snapshot
+//! taken part way (what compaction folds) plus the events after it.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,7 +25,7 @@ use proptest::prelude::*;
 use queue::{Event, EventKind, Journal, JournalOptions, LogError, OrderLog};
 use seckill::config::Config;
 use seckill::http::{Method, Request};
-use seckill::node::{now_micros, replay, Core, Node};
+use seckill::node::{now_micros, replay, restore, Core, Node};
 use serde_json::Value;
 use stock::{Attempt, EmbeddedAuthority, KeyLookup, OrderStatus, StockAuthority};
 
@@ -498,6 +499,26 @@ fn run(ops: Vec<Op>, admission_tokens: usize) {
         panic!("replay failed: {e:#}\n{}", dump(&events));
     }
     world.check_same_state(&restored);
+
+    // The same from a snapshot taken at a few points of the log (what a
+    // compaction folds), then the events after it.
+    for cut in [events.len() / 3, events.len() / 2, events.len() * 2 / 3] {
+        let folded = fresh_authority();
+        replay(&folded, &events[..cut]).expect("replay of the folded part");
+        let saved = serde_json::to_vec(&folded.save()).expect("encode");
+        let snapshot = queue::snapshot::Snapshot {
+            covers: 1,
+            state: saved,
+        };
+        let from_snapshot = fresh_authority();
+        if let Err(e) = restore(&from_snapshot, Some(&snapshot), &events[cut..]) {
+            panic!(
+                "restore from a snapshot at {cut} failed: {e:#}\n{}",
+                dump(&events)
+            );
+        }
+        world.check_same_state(&from_snapshot);
+    }
 
     // The same through a real journal file: written, reopened, replayed.
     let dir = tempfile::tempdir().expect("temp dir");
