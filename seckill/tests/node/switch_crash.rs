@@ -239,6 +239,9 @@ fn buy_until(addr: SocketAddr, sale: &str, who: &str, acked: &Acked, stop: &Atom
             200 => {}
             // Paused or closed.
             403 if resp.error_code() == "sale_not_open" => continue,
+            // Past the gate just before a close, then the close drained the
+            // shards: nothing left to take (the stock is never sold out).
+            410 if resp.error_code() == "sold_out" => continue,
             _ => panic!("purchase: {resp}"),
         }
         let id = resp.str("order_id");
