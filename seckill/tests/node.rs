@@ -17,7 +17,7 @@
 //!   pipelining and keep-alive.
 //! - `memory`: finished orders and idempotency records are forgotten;
 //!   a long buy/cancel loop keeps the node's RSS flat.
-//! - `replay`: property test, in process, of the journal order that
+//! - `journal_replay`: property test, in process, of the journal order that
 //!   purchases, moves and switches racing at every await point leave, and
 //!   of its replay (no real process: the order log is scripted).
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
@@ -49,6 +49,8 @@ mod contention;
 mod crash;
 #[path = "node/idempotency.rs"]
 mod idempotency;
+#[path = "node/journal_replay.rs"]
+mod journal_replay;
 #[path = "node/kafka.rs"]
 mod kafka;
 #[path = "node/lifecycle.rs"]
