@@ -340,7 +340,7 @@ impl fmt::Debug for Response {
     }
 }
 
-/// Asserts an error answer of DESIGN.md's shape: the status, a JSON body
+/// Asserts an error answer of docs/api.md's shape: the status, a JSON body
 /// `{"error": code, "message": "..."}`, JSON content type.
 #[track_caller]
 pub fn assert_error(resp: &Response, status: u16, code: &str) {
