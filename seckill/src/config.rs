@@ -78,6 +78,11 @@ pub struct Flags {
     /// one-Lua-call-per-request design, kept as a benchmark baseline).
     #[arg(long, env = "SECKILL_STOCK_MODE", value_enum)]
     pub stock_mode: Option<StockModeSetting>,
+    /// Seconds one write of a connection's queued answers may take before
+    /// the connection is closed (a client that reads nothing, or too
+    /// little). Default 10.
+    #[arg(long, env = "SECKILL_WRITE_TIMEOUT_S")]
+    pub write_timeout_s: Option<u64>,
     /// Pre-load a demo sale and print the admin token and a curl line.
     #[arg(long, env = "SECKILL_DEMO")]
     pub demo: bool,
@@ -130,13 +135,20 @@ pub struct Config {
     /// is undetermined and reconciled. Default 500 ms.
     pub redis_timeout_ms: u64,
     /// Open connections per node; more are answered 503 and closed. Each
-    /// costs two buffers (4 KiB to 25 KiB). Default 10,000.
+    /// costs its buffers: 5 KiB at first, at most about 100 KiB (a 32 KiB
+    /// read buffer, 64 KiB of queued answers). Default 10,000.
     pub max_connections: usize,
     /// A keep-alive connection idle this long is closed. Default 60 s.
     pub idle_timeout_s: u64,
     /// A request must arrive whole within this long of its first byte
     /// (slow-client limit). Default 10 s.
     pub request_timeout_s: u64,
+    /// Each write of a connection's queued answers (at most 64 KiB: past
+    /// that the node stops reading its requests) must end within this
+    /// long, else the connection is closed; progress does not extend it. A
+    /// client that reads nothing, or a byte a second, holds its buffers and
+    /// its connection slot this long at most. Default 10 s.
+    pub write_timeout_s: u64,
     /// Purchases in flight per core (waiting on the order log). Default 1,024.
     pub admission_tokens: usize,
     /// Purchases queued per core for a token; more get 503 `overloaded`.
@@ -144,6 +156,18 @@ pub struct Config {
     pub admission_queue: usize,
     /// How long an idempotency record is kept. Default 86,400 s (24 h).
     pub idempotency_ttl_s: u64,
+    /// Embedded mode: how long a finished order (paid, cancelled, expired)
+    /// stays in memory; after it `GET /orders/{id}` is 404. Never before
+    /// its Idempotency-Key is forgotten. Default 3,600 s; each order held
+    /// costs ~250 bytes.
+    pub order_retention_s: u64,
+    /// Embedded mode: the journal is sealed as a segment at this size and
+    /// folded into the snapshot (compaction), so restarts replay the
+    /// snapshot and at most about one segment; 0 never compacts. Default
+    /// 64 MiB (about 250,000 events). A compaction reads the segments and
+    /// rebuilds the state in a second authority on its own thread: it
+    /// costs as much memory as the node's live orders, while it runs.
+    pub journal_segment_bytes: u64,
     /// Purchase requests per second one user id may send to one core
     /// (429 `rate_limited` above it); 0 turns it off. Default 0 (off): the
     /// per-user limit already bounds what a user can buy; turn this on to
@@ -185,9 +209,12 @@ impl Default for Config {
             max_connections: 10_000,
             idle_timeout_s: 60,
             request_timeout_s: 10,
+            write_timeout_s: 10,
             admission_tokens: 1024,
             admission_queue: 4096,
             idempotency_ttl_s: stock::embedded::DEFAULT_KEY_TTL_S,
+            order_retention_s: stock::embedded::DEFAULT_ORDER_RETENTION_S,
+            journal_segment_bytes: 64 * 1024 * 1024,
             rate_limit_user_per_s: 0.0,
             rate_limit_user_burst: 10,
             rate_limit_ip_per_s: 0.0,
@@ -260,6 +287,9 @@ impl Config {
         if let Some(v) = flags.stock_mode {
             config.stock_mode = v;
         }
+        if let Some(v) = flags.write_timeout_s {
+            config.write_timeout_s = v;
+        }
         config.demo |= flags.demo;
         config.validate()?;
         Ok(config)
@@ -290,6 +320,14 @@ impl Config {
         anyhow::ensure!(
             self.request_timeout_s >= 1,
             "request_timeout_s must be at least 1"
+        );
+        anyhow::ensure!(
+            self.write_timeout_s >= 1,
+            "write_timeout_s must be at least 1"
+        );
+        anyhow::ensure!(
+            self.journal_segment_bytes == 0 || self.journal_segment_bytes >= 4096,
+            "journal_segment_bytes must be 0 (never compact) or at least 4096"
         );
         if let Some(token) = &self.admin_token {
             anyhow::ensure!(
@@ -401,5 +439,11 @@ mod tests {
             ..Flags::default()
         };
         assert!(Config::from_flags(flags).is_err());
+        let flags = Flags {
+            write_timeout_s: Some(0),
+            ..Flags::default()
+        };
+        let err = Config::from_flags(flags).unwrap_err().to_string();
+        assert!(err.contains("write_timeout_s"), "{err}");
     }
 }

@@ -1,10 +1,17 @@
 //! Every error the API answers, and the one place where domain errors
-//! become HTTP statuses and the stable codes of DESIGN.md.
+//! become HTTP statuses and the stable codes of docs/api.md.
+//!
+//! A backend's own words (Redis and Kafka errors: hosts, ports, replies)
+//! never reach a client: those errors answer a stable message, and their
+//! detail goes to the log, at most one line a second per core.
 
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::time::{Duration, Instant};
 
 use queue::LogError;
 use stock::StockError;
+use tracing::warn;
 
 use crate::http::{HttpError, Response};
 
@@ -74,7 +81,7 @@ impl ApiError {
         }
     }
 
-    /// The stable code of DESIGN.md's error table.
+    /// The stable code of the error table in docs/api.md.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_)
@@ -101,6 +108,18 @@ impl ApiError {
         }
     }
 
+    /// The message answered instead of the error's own text, for backend
+    /// errors whose text is for the operator, not the client.
+    fn stable_message(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Stock(StockError::Unavailable(_) | StockError::Undetermined(_)) => {
+                Some("the stock service is unavailable; retry")
+            }
+            ApiError::Log(_) => Some("the order log is unavailable; retry"),
+            _ => None,
+        }
+    }
+
     /// Writes `{"error": CODE, "message": "..."}` into `body` and returns the
     /// response that carries it.
     pub fn render<'b>(&self, body: &'b mut Vec<u8>) -> Response<'b> {
@@ -108,13 +127,41 @@ impl ApiError {
         body.extend_from_slice(b"{\"error\":\"");
         body.extend_from_slice(self.code().as_bytes());
         body.extend_from_slice(b"\",\"message\":\"");
-        // Display writes straight into the buffer, escaped: no String.
-        let _ = write!(JsonEscaped(body), "{self}");
+        match self.stable_message() {
+            Some(message) => {
+                log_detail(self);
+                body.extend_from_slice(message.as_bytes());
+            }
+            // Display writes straight into the buffer, escaped: no String.
+            None => {
+                let _ = write!(JsonEscaped(body), "{self}");
+            }
+        }
         body.extend_from_slice(b"\"}");
         let mut resp = Response::json(self.status(), body);
         resp.retry_after = self.retry_after();
         resp
     }
+}
+
+/// Logs the detail of a backend error answered with a stable message: at
+/// most one line a second per thread (per core), counting the ones left
+/// out since the last.
+fn log_detail(err: &ApiError) {
+    thread_local! {
+        /// When a line was last logged, and how many were left out since.
+        static LAST: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
+    }
+    LAST.with(|last| {
+        let (at, left_out) = last.get();
+        let now = Instant::now();
+        if at.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            last.set((at, left_out + 1));
+            return;
+        }
+        last.set((Some(now), 0));
+        warn!(error = %err, left_out, "a backend error answered 503");
+    });
 }
 
 /// Escapes what is written into a JSON string body.
@@ -164,6 +211,28 @@ mod tests {
         for (err, status, code) in cases {
             assert_eq!(err.status(), status, "{err:?}");
             assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn backend_errors_answer_a_stable_message_without_their_detail() {
+        const STOCK: &str = "the stock service is unavailable; retry";
+        const LOG: &str = "the order log is unavailable; retry";
+        let detail = "connect redis://10.0.0.7:6379: Connection refused (os error 111)";
+        let cases: Vec<(ApiError, &str)> = vec![
+            (StockError::Unavailable(detail.into()).into(), STOCK),
+            (StockError::Undetermined(detail.into()).into(), STOCK),
+            (LogError::Unavailable(detail.into()).into(), LOG),
+            (LogError::Undetermined(detail.into()).into(), LOG),
+        ];
+        let mut body = Vec::new();
+        for (err, message) in cases {
+            let resp = err.render(&mut body);
+            assert_eq!(resp.status, 503, "{err:?}");
+            assert_eq!(resp.retry_after, Some(1), "{err:?}");
+            let v: serde_json::Value = serde_json::from_slice(resp.body).unwrap();
+            assert_eq!(v["error"], "unavailable", "{err:?}");
+            assert_eq!(v["message"], message, "{err:?}");
         }
     }
 

@@ -29,6 +29,15 @@ use crate::node::{now_s, Core, Node};
 const TICK: Duration = Duration::from_millis(100);
 /// How long a stopping core waits for its requests in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// Answers a connection may have queued before the node stops parsing its
+/// requests and writes them out: what a client that does not read its
+/// answers can make the node hold (plus one answer).
+const PENDING_OUTPUT_LIMIT: usize = 64 * 1024;
+/// SO_SNDBUF of every listener, inherited by its connections: fixed, so the
+/// kernel does not grow a connection's send buffer up to tcp_wmem's max
+/// (4 MiB by default) for a client that reads nothing. The kernel doubles
+/// it for its bookkeeping: one batch of answers fits, with room to spare.
+const SEND_BUFFER: usize = PENDING_OUTPUT_LIMIT;
 
 /// Something a core runs once, inside its runtime, before it accepts
 /// (the demo sale, in `main`).
@@ -145,7 +154,8 @@ async fn core_main<A, L>(
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
-        .backlog(4096);
+        .backlog(4096)
+        .send_buf_size(SEND_BUFFER);
     let listener = match TcpListener::bind_with_config(addr, &opts) {
         Ok(l) => l,
         Err(e) => {
@@ -203,6 +213,16 @@ async fn serve<A: StockAuthority, L: OrderLog>(
 
 /// Reads requests, answers them in order (pipelining), and closes the
 /// connection on a protocol error, a timeout, `Connection: close` or stop.
+///
+/// Output is bounded: requests are parsed while the answers queued for the
+/// connection stay under [`PENDING_OUTPUT_LIMIT`]; past it they are written
+/// before anything more is parsed or read, so a client that does not read
+/// is not read either. Each write of queued answers (at most the bound plus
+/// one answer) must end within `write_timeout_s` of its start, else the
+/// connection is closed. Progress does not extend the deadline: once the
+/// socket buffers are full, the client must read a whole batch in that
+/// time, so one that reads nothing, or a byte a second, is closed, while
+/// one that reads its answers as they come is nowhere near it.
 pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
     core: &Core<A, L>,
     stream: &mut TcpStream,
@@ -210,6 +230,7 @@ pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
 ) {
     let idle = Duration::from_secs(core.node.config.idle_timeout_s);
     let slow = Duration::from_secs(core.node.config.request_timeout_s);
+    let write_limit = Duration::from_secs(core.node.config.write_timeout_s);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut body: Vec<u8> = Vec::with_capacity(1024);
@@ -220,7 +241,7 @@ pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
         let mut consumed = 0;
         let mut keep_alive = true;
         let mut wants_continue = false;
-        loop {
+        while out.len() < PENDING_OUTPUT_LIMIT {
             match http::parse(&buf[consumed..]) {
                 Parsed::Complete(req, len) => {
                     keep_alive = core.handle(&req, peer, &mut out, &mut body).await;
@@ -243,6 +264,8 @@ pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
                 }
             }
         }
+        // Stopped at the bound: requests may be left whole in `buf`.
+        let backlog = out.len() >= PENDING_OUTPUT_LIMIT;
         if consumed > 0 {
             buf.drain(..consumed);
             request_started = None;
@@ -252,15 +275,20 @@ pub async fn serve_connection<A: StockAuthority, L: OrderLog>(
             continue_sent = true;
         }
         if !out.is_empty() {
-            let (written, returned) = stream.write_all(out).await;
-            out = returned;
-            out.clear();
-            if written.is_err() {
-                return;
+            match monoio::time::timeout(write_limit, stream.write_all(out)).await {
+                Ok((Ok(_), returned)) => {
+                    out = returned;
+                    out.clear();
+                }
+                // A write error, or answers not taken within the limit.
+                _ => return,
             }
         }
         if !keep_alive || (buf.is_empty() && core.node.is_shutting_down()) {
             return;
+        }
+        if backlog {
+            continue;
         }
         // Wait for more bytes: an idle connection gets the idle timeout, a
         // half-sent request what is left of the slow-client limit.

@@ -13,13 +13,17 @@
 //! Redis work is bounded by the stock, not by the traffic:
 //! - a request that finds a unit in its core's shard costs one EVALSHA
 //!   (`reserve`), batched with others;
-//! - a request that finds no unit asks for a lease only while the pool was
-//!   last seen non-empty, and concurrent askers share one lease call;
-//! - a request on a sale whose shards are dry and whose pool is empty is
-//!   answered 410 from the node's memory.
+//! - a request that finds no unit asks for a lease only while the pool or
+//!   other nodes' leases were last seen holding units, and concurrent
+//!   askers share one lease call; with the pool empty, that call posts a
+//!   want and the node holds its buyers (bounded) until a holder gives
+//!   units back (`rebalance`);
+//! - a request on a sale whose shards are dry, whose pool is empty and
+//!   whose other leases are empty is answered 410 from the node's memory.
 //!
 //! Background work on the backend: a poller (sales created or switched on
-//! other nodes, cluster-wide sold count, pool, due orders, top-up leases),
+//! other nodes, cluster-wide sold count, pool, other nodes' leases and
+//! wants, due orders, units given back, top-up leases where buyers are),
 //! heartbeats for held leases, reclaiming dead nodes' leases, and
 //! reconciling reservations whose outcome is undetermined. With the
 //! heartbeats, the backend refreshes this process's claim on its node id
@@ -28,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,13 +45,15 @@ use crate::authority::{
     Switch, Transition,
 };
 use crate::redis::{
-    Abandoned, ClaimOutcome, Created, LeaseGrant, Moved, NodeClaim, RedisStore, ReserveCall,
-    ReserveOutcome, SaleSwitchState,
+    Abandoned, ClaimOutcome, Created, KeyRecall, Moved, NodeClaim, Recalled, RedisStore,
+    ReserveCall, ReserveOutcome, SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
 use crate::striped::{fnv, Striped};
 use crate::Units;
+
+mod rebalance;
 
 /// How the cluster authority takes units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +88,9 @@ pub struct ClusterOptions {
     /// The node's Kafka delivery timeout, published in its id claim for
     /// the settler (0: no Kafka order log).
     pub kafka_timeout_ms: u64,
+    /// How long an Idempotency-Key stands for its order, from the order's
+    /// making (0: for ever), in Redis and in this node's memory.
+    pub key_ttl_s: u64,
 }
 
 impl ClusterOptions {
@@ -96,6 +105,7 @@ impl ClusterOptions {
             expiry: true,
             track_log: false,
             kafka_timeout_ms: 0,
+            key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         }
     }
 }
@@ -121,6 +131,14 @@ enum Call {
         String,
         oneshot::Sender<Result<Option<Order>, StockError>>,
     ),
+    /// A move's event is durable in the journal: drop its not-yet-logged
+    /// entry (sale, order, status).
+    Logged(String, String, OrderStatus),
+    /// What an Idempotency-Key this node does not know stands for in Redis
+    /// (batched like reservations: one pipeline per drain).
+    Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
+    /// Housekeeping: forget the Idempotency-Key records whose TTL passed.
+    ExpireKeys,
     /// A reservation this node will not acknowledge (its log append
     /// failed, or its reply never came): release it if Redis recorded it,
     /// else tombstone its order id and return its units to the pool.
@@ -149,6 +167,15 @@ struct LeaseSlot {
     /// A reset after `no_lease` is queued and has not started yet.
     reset_queued: AtomicBool,
     done: Notify,
+    /// A buyer found the shards dry since the poller last looked: this
+    /// node may lease ahead of demand (`top_up`).
+    demand: AtomicBool,
+    /// Another node's want stood at the last poll: this node gives the
+    /// units in its shards back and does not lease ahead of demand.
+    wanted: AtomicBool,
+    /// Units left the shards to be given back (not to buyers) since
+    /// `top_up` last looked.
+    gave_back: AtomicBool,
 }
 
 /// The sale's lease slot, made on first use.
@@ -208,14 +235,68 @@ struct Shared {
     /// Warnings of compensations waiting for Redis.
     retry_log: LogThrottle,
     /// Orders this node answered with an Idempotency-Key: replays of them
-    /// need no Redis call. Bounded by the stock.
-    keys: Striped<HashMap<Box<str>, (u64, Order)>>,
+    /// need no Redis call. Each is forgotten when its key's TTL passes
+    /// (`maintain`).
+    keys: Striped<HashMap<Box<str>, KnownKey>>,
     /// Reserved orders found due by the poller, per shard.
     due: Box<[Mutex<Vec<String>>]>,
     /// This process's claim on its node id (refreshed with the heartbeats).
     claim: NodeClaim,
     /// Another process took the node id: this one sells nothing more.
     id_lost: AtomicBool,
+    /// Key lookups (`recall_key`) waiting for Redis.
+    recalls: AtomicUsize,
+}
+
+/// An Idempotency-Key this node answered: its fingerprint, its order, and
+/// when the key expires (Unix s).
+struct KnownKey {
+    fingerprint: u64,
+    order: Order,
+    expires_at: u64,
+}
+
+impl Shared {
+    /// When the key of `order` (made in `sale`) expires: `key_ttl_s` after
+    /// the order was made (its payment deadline minus the payment timeout),
+    /// as Redis counts it.
+    fn key_expiry(&self, sale: &Sale, order: &Order) -> u64 {
+        match self.opts.key_ttl_s {
+            0 => u64::MAX,
+            ttl => order
+                .expires_at
+                .saturating_sub(sale.spec().payment_timeout_s)
+                .saturating_add(ttl),
+        }
+    }
+
+    /// Remembers that `key` stands for `order`.
+    fn remember_key(&self, sale: &Sale, key: Box<str>, fingerprint: u64, order: Order) {
+        let expires_at = self.key_expiry(sale, &order);
+        self.keys.get(&key).lock().insert(
+            key,
+            KnownKey {
+                fingerprint,
+                order,
+                expires_at,
+            },
+        );
+    }
+}
+
+/// Most key lookups (`recall_key`) a node has waiting for Redis; more are
+/// answered 503 at once, so that keyed requests refused by the gate cannot
+/// pile unbounded work (memory, Redis) behind the backend.
+const RECALLS_IN_FLIGHT: usize = 4096;
+
+/// One key lookup counted in `Shared::recalls`, until dropped (answered, or
+/// its request gone).
+struct RecallSlot(Arc<Shared>);
+
+impl Drop for RecallSlot {
+    fn drop(&mut self) {
+        self.0.recalls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The Redis stock authority of cluster mode.
@@ -235,7 +316,12 @@ pub struct PendingOrder<'a> {
 }
 
 /// A transition Redis has applied, waiting for the order log.
-pub struct AppliedMove(Order);
+pub struct AppliedMove {
+    order: Order,
+    /// Applied by this call (`false`: applied earlier, its event maybe
+    /// never logged: only the log is left to do).
+    fresh: bool,
+}
 
 impl RedisAuthority {
     /// Connects to Redis (failing fast if it does not answer) and starts the
@@ -250,6 +336,8 @@ impl RedisAuthority {
         let mut store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
         if opts.track_log {
             store = store.tracking_log();
+        } else {
+            store = store.tracking_moves();
         }
         runtime.block_on(store.persistence()).warn_if_at_risk();
         // One live process per node id: two would share a lease.
@@ -264,6 +352,7 @@ impl RedisAuthority {
                 opts.lease_ttl
             )));
         }
+        store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
             opts,
@@ -272,6 +361,7 @@ impl RedisAuthority {
             keys: Striped::new(),
             claim,
             id_lost: AtomicBool::new(false),
+            recalls: AtomicUsize::new(0),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -402,18 +492,65 @@ impl StockAuthority for RedisAuthority {
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>> {
         // Keys this node answered replay from memory; a key first used on
-        // another node is checked by the reserve script itself.
+        // another node (or before a restart) is checked by the reserve
+        // script itself, or by `recall_key` before a refusal.
         let found = attempt
             .idempotency_key
             .map_or(Ok(KeyLookup::Unused), |key| {
                 let fingerprint = attempt.fingerprint(sale.id());
                 match self.shared.keys.get(key).lock().get(key) {
                     None => Ok(KeyLookup::Unused),
-                    Some((fp, _)) if *fp != fingerprint => Err(StockError::KeyReused),
-                    Some((_, order)) => Ok(KeyLookup::Replay(order.clone())),
+                    Some(known) if known.expires_at <= attempt.now => Ok(KeyLookup::Unused),
+                    Some(known) if known.fingerprint != fingerprint => Err(StockError::KeyReused),
+                    Some(known) => Ok(KeyLookup::Replay(known.order.clone())),
                 }
             });
         ready(found)
+    }
+
+    fn recall_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        // Keyed requests on a sold-out sale each cost a lookup: bound what
+        // waits for Redis, and answer the rest 503 (retry) at once.
+        let admitted = self.shared.recalls.fetch_add(1, Ordering::AcqRel) < RECALLS_IN_FLIGHT;
+        let slot = RecallSlot(self.shared.clone());
+        let asked = attempt.idempotency_key.filter(|_| admitted).map(|key| {
+            let fingerprint = attempt.fingerprint(sale.id());
+            let (tx, rx) = oneshot::channel();
+            let call = KeyRecall {
+                sale_id: sale.id().to_owned(),
+                key: key.to_owned(),
+                fingerprint,
+            };
+            (key, fingerprint, self.ask(Call::Recall(call, tx), rx))
+        });
+        let shared = self.shared.clone();
+        let sale = shared.sales.get(sale.id());
+        let keyed = attempt.idempotency_key.is_some();
+        async move {
+            let _slot = slot;
+            let Some((key, fingerprint, reply)) = asked else {
+                if keyed {
+                    return Err(StockError::Unavailable(
+                        "too many Idempotency-Key lookups waiting for Redis; retry".into(),
+                    ));
+                }
+                return Ok(KeyLookup::Unused);
+            };
+            match reply.await? {
+                Recalled::Unused => Ok(KeyLookup::Unused),
+                Recalled::KeyReused => Err(StockError::KeyReused),
+                Recalled::Replay(order) => {
+                    if let Some(sale) = sale {
+                        shared.remember_key(&sale, key.into(), fingerprint, order.clone());
+                    }
+                    Ok(KeyLookup::Replay(order))
+                }
+            }
+        }
     }
 
     async fn refill<'a>(
@@ -426,8 +563,11 @@ impl StockAuthority for RedisAuthority {
             return Err(StockError::SoldOut);
         }
         let slot = lease_slot(sale);
+        // A buyer found the shards dry: this node has demand (see `top_up`).
+        slot.demand.store(true, Ordering::Relaxed);
+        let started = Instant::now();
         for _ in 0..4 {
-            if sale.pool_hint() == 0 || sale.is_closed() {
+            if sale.is_closed() || sale.nothing_elsewhere() {
                 return Err(StockError::SoldOut);
             }
             if slot.failed.load(Ordering::Acquire) && slot.in_flight.load(Ordering::Acquire) {
@@ -450,6 +590,8 @@ impl StockAuthority for RedisAuthority {
                     return Err(e);
                 }
             }
+            // A lease, or (the pool empty, units in other nodes' leases) a
+            // bounded wait for one of them to come back: see `lease`.
             done.await;
             if let Some(units) = sale.stock.take(core, qty) {
                 return Ok(units);
@@ -459,9 +601,16 @@ impl StockAuthority for RedisAuthority {
                     "cannot lease stock from Redis".into(),
                 ));
             }
+            if started.elapsed() >= rebalance::wait(&self.shared.opts) {
+                break;
+            }
         }
-        // Units keep going to other buyers first: say so, and let the
-        // buyer retry rather than guess sold out.
+        if sale.nothing_elsewhere() {
+            return Err(StockError::SoldOut);
+        }
+        // Units remain, in other nodes' leases or going to other buyers
+        // first: say so, and let the buyer retry rather than guess sold
+        // out.
         Err(StockError::Unavailable(
             "stock is being moved between nodes; retry".into(),
         ))
@@ -514,12 +663,9 @@ impl StockAuthority for RedisAuthority {
                     },
                 }),
                 Ok(ReserveOutcome::Replay(first)) => {
+                    // Redis marked it acknowledged: never released now.
                     if let Some((k, fp)) = key {
-                        self.shared
-                            .keys
-                            .get(&k)
-                            .lock()
-                            .insert(k, (fp, first.clone()));
+                        self.shared.remember_key(sale, k, fp, first.clone());
                     }
                     Ok(Reservation::Replay(first))
                 }
@@ -583,7 +729,7 @@ impl StockAuthority for RedisAuthority {
         sale.add_sold(units.qty());
         units.commit();
         if let Some((k, fp)) = key {
-            self.shared.keys.get(&k).lock().insert(k, (fp, order));
+            self.shared.remember_key(sale, k, fp, order);
         }
     }
 
@@ -633,7 +779,16 @@ impl StockAuthority for RedisAuthority {
             match reply.await? {
                 Moved::Changed(order) => Ok(Transition::Pending {
                     order: order.clone(),
-                    pending: AppliedMove(order),
+                    pending: AppliedMove { order, fresh: true },
+                }),
+                // Applied earlier, and its event may never have reached the
+                // log (that append failed): log it now, before answering.
+                Moved::Unlogged(order) => Ok(Transition::Pending {
+                    order: order.clone(),
+                    pending: AppliedMove {
+                        order,
+                        fresh: false,
+                    },
                 }),
                 Moved::Unchanged(order) => Ok(Transition::Unchanged(order)),
                 Moved::Invalid(status) => Err(StockError::InvalidState(match status {
@@ -643,13 +798,26 @@ impl StockAuthority for RedisAuthority {
                     OrderStatus::Reserved => "the order is still reserved",
                 })),
                 Moved::NotFound => Err(StockError::OrderNotFound),
+                // Only a release answers this.
+                Moved::Kept(_) => Err(StockError::Unavailable(
+                    "unexpected answer to a transition".into(),
+                )),
             }
         }
     }
 
     fn finish_transition(&self, pending: AppliedMove) -> Order {
-        let order = pending.0;
-        if order.status.releases_stock() {
+        let AppliedMove { order, fresh } = pending;
+        if !self.shared.opts.track_log {
+            // The journal has the event: the move leaves the set (with a
+            // Kafka log, the settler removes what it reads).
+            let _ = self.send(Call::Logged(
+                order.sale_id.clone(),
+                order.order_id.clone(),
+                order.status,
+            ));
+        }
+        if fresh && order.status.releases_stock() {
             if let Some(sale) = self.shared.sales.get(&order.sale_id) {
                 // The poller corrects this from Redis; until then the node's
                 // view moves at once. The unit went back to the pool.
@@ -661,9 +829,12 @@ impl StockAuthority for RedisAuthority {
     }
 
     fn abort_transition(&self, pending: AppliedMove) {
-        // Redis applied the move before the log was asked; it stands.
+        // Redis applied the move before the log was asked; it stands, and
+        // stays in the not-yet-logged set: a repeat of the move (the
+        // caller's retry of its 503; the expiry sweep retries by itself)
+        // finds it `Unlogged` and logs it before answering.
         warn!(
-            order_id = pending.0.order_id,
+            order_id = pending.order.order_id,
             "a transition applied in Redis could not be logged"
         );
     }
@@ -677,8 +848,18 @@ impl StockAuthority for RedisAuthority {
         self.shared.due[shard].lock().push(order_id.to_owned());
     }
 
-    fn maintain(&self, _now: u64) -> usize {
-        0
+    fn maintain(&self, now: u64) -> usize {
+        let mut forgotten = 0;
+        for stripe in self.shared.keys.iter() {
+            let mut map = stripe.lock();
+            let before = map.len();
+            map.retain(|_, known| known.expires_at > now);
+            forgotten += before - map.len();
+        }
+        if self.shared.opts.key_ttl_s > 0 {
+            let _ = self.send(Call::ExpireKeys);
+        }
+        forgotten
     }
 
     fn close(&self) {
@@ -714,6 +895,7 @@ async fn backend_main(
     let mut calls = Vec::with_capacity(512);
     let mut batch = Vec::new();
     let mut replies = Vec::new();
+    let mut recalls = Vec::new();
     let mut reserving = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -740,6 +922,7 @@ async fn backend_main(
                     batch.push(c);
                     replies.push(reply);
                 }
+                Call::Recall(c, reply) => recalls.push((c, reply)),
                 Call::Stop(done) => {
                     background.abort();
                     // Purchases in flight finish first: the batches out,
@@ -759,6 +942,12 @@ async fn backend_main(
                     tokio::spawn(handle(store.clone(), shared.clone(), other));
                 }
             }
+        }
+        if !recalls.is_empty() {
+            // One pipeline for the key lookups of this drain.
+            let store = store.clone();
+            let recalls = std::mem::take(&mut recalls);
+            tokio::spawn(async move { recall_and_reply(&store, recalls).await });
         }
         if !batch.is_empty() && reserving.len() < RESERVE_BATCHES_IN_FLIGHT {
             // One pipeline for every reservation gathered since the last.
@@ -788,9 +977,38 @@ async fn reserve_and_reply(
     }
 }
 
+/// Looks up one drain's Idempotency-Keys and answers each caller.
+async fn recall_and_reply(
+    store: &RedisStore,
+    recalls: Vec<(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>)>,
+) {
+    let (keys, replies): (Vec<_>, Vec<_>) = recalls.into_iter().unzip();
+    for (reply, result) in replies.into_iter().zip(store.recall_keys(&keys).await) {
+        let _ = reply.send(result);
+    }
+}
+
+/// Forgets every sale's Idempotency-Key records whose TTL passed, in
+/// bounded batches.
+async fn expire_keys(store: &RedisStore, shared: &Shared) {
+    const BATCH: usize = 512;
+    for sale in shared.sales.all() {
+        for _ in 0..16 {
+            match store.expire_keys(sale.id(), BATCH).await {
+                Ok(n) if n == BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    debug!(sale = sale.id(), error = %e, "key expiry failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
     match call {
-        Call::Lease(sale, core) => lease(&store, &shared, &sale, core).await,
+        Call::Lease(sale, core) => lease(&store, &shared, &sale, core, true).await,
         Call::Create(spec, reply) => {
             let _ = reply.send(store.create_sale(&spec).await);
         }
@@ -810,9 +1028,19 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);
         }
+        Call::Logged(sale, order, status) => {
+            // Lost: a later repeat of the move logs it once more.
+            if let Err(e) = store
+                .mark_logged(&sale, &[(order.clone(), status.as_str())])
+                .await
+            {
+                debug!(order, error = %e, "move not marked logged");
+            }
+        }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
-        Call::Reserve(..) | Call::Stop(_) => {}
+        Call::ExpireKeys => expire_keys(&store, &shared).await,
+        Call::Reserve(..) | Call::Recall(..) | Call::Stop(_) => {}
     }
 }
 
@@ -897,24 +1125,20 @@ fn lease_want(spec: &SaleSpec) -> u64 {
     (spec.stock / 32).clamp(1, 256)
 }
 
-async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize) {
+/// Leases units into `core`'s shard. For a buyer whose core found the
+/// shards dry (`for_buyer`): with the pool empty while other nodes hold
+/// leased units, posts this node's want and waits (bounded) for a holder
+/// to give units back ([`rebalance`]). Ahead of demand (`top_up`): a plain
+/// lease.
+async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize, for_buyer: bool) {
     let slot = lease_slot(sale);
-    let result = store
-        .lease(
-            sale.id(),
-            shared.opts.node_id,
-            lease_want(sale.spec()),
-            shared.opts.lease_ttl,
-        )
-        .await;
-    match result {
-        Ok(LeaseGrant { granted, pool_left }) => {
-            if granted > 0 {
-                sale.stock.put_back(core, granted);
-            }
-            sale.set_pool_hint(pool_left);
-            slot.failed.store(false, Ordering::Release);
-        }
+    let leased = if for_buyer {
+        rebalance::lease_or_wait(store, shared, sale, core).await
+    } else {
+        rebalance::lease_ahead(store, shared, sale, core).await
+    };
+    match leased {
+        Ok(()) => slot.failed.store(false, Ordering::Release),
         Err(e) => {
             warn!(sale = sale.id(), error = %e, "lease failed; returning this node's lease");
             slot.failed.store(true, Ordering::Release);
@@ -970,10 +1194,12 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
     let heartbeat_every = (shared.opts.lease_ttl / 3).max(shared.opts.poll_interval);
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut idle = IdleLeases::default();
+    let mut top_up = TopUp::default();
     loop {
         tick.tick().await;
         poll_once(&store, &shared).await;
-        idle.return_unused(&store, &shared).await;
+        rebalance::give_back_wanted(&store, &shared, &tx).await;
+        idle.return_unused(&store, &shared, &tx).await;
         if last_heartbeat.elapsed() >= heartbeat_every {
             last_heartbeat = tokio::time::Instant::now();
             let ids: Vec<String> = shared
@@ -996,7 +1222,7 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
             }
         }
         if !shared.id_lost.load(Ordering::Relaxed) {
-            top_up(&shared, &tx);
+            top_up.run(&store, &shared);
         }
     }
 }
@@ -1080,6 +1306,7 @@ async fn poll_once(store: &RedisStore, shared: &Shared) {
         sale.set_sold(status.sold);
         if mode == StockMode::Leased {
             sale.set_pool_hint(status.pool);
+            rebalance::read_tail(store, shared, &sale, &status).await;
         }
         if !shared.opts.expiry {
             continue;
@@ -1105,7 +1332,12 @@ struct IdleLeases {
 const IDLE_LEASE: Duration = Duration::from_secs(1);
 
 impl IdleLeases {
-    async fn return_unused(&mut self, store: &RedisStore, shared: &Shared) {
+    async fn return_unused(
+        &mut self,
+        store: &RedisStore,
+        shared: &Shared,
+        tx: &mpsc::UnboundedSender<Call>,
+    ) {
         if shared.opts.mode != StockMode::Leased {
             return;
         }
@@ -1126,13 +1358,23 @@ impl IdleLeases {
             }
             if now.duration_since(entry.1) >= IDLE_LEASE {
                 self.seen.remove(sale.id());
+                // The units in the shards only: units in flight in a
+                // reservation stay charged to the lease.
+                lease_slot(&sale).gave_back.store(true, Ordering::Relaxed);
                 let drained = sale.stock.drain();
-                match store.return_lease(sale.id(), shared.opts.node_id).await {
+                sale.set_pool_hint(drained);
+                match store
+                    .give_back(sale.id(), shared.opts.node_id, drained)
+                    .await
+                {
                     Ok(returned) => {
                         debug!(sale = sale.id(), drained, returned, "idle lease returned");
                         sale.set_pool_hint(returned);
                     }
-                    Err(e) => warn!(sale = sale.id(), error = %e, "idle lease not returned"),
+                    Err(e) => {
+                        warn!(sale = sale.id(), error = %e, "idle lease not returned");
+                        rebalance::after_failed_give_back(tx, &sale, drained, &e);
+                    }
                 }
             }
         }
@@ -1140,24 +1382,47 @@ impl IdleLeases {
 }
 
 /// Leases ahead of demand: a sale whose shards ran low while the pool has
-/// units gets a lease before a buyer has to wait for one.
-fn top_up(shared: &Shared, tx: &mpsc::UnboundedSender<Call>) {
-    if shared.opts.mode != StockMode::Leased {
-        return;
-    }
-    let now = now_s();
-    for sale in shared.sales.all() {
-        let low = lease_want(sale.spec()) / 4;
-        if sale.pool_hint() == 0
-            || sale.is_closed()
-            || sale.is_paused()
-            || now < sale.spec().starts_at
-            || sale.stock.available() > low
-        {
-            continue;
+/// units gets a lease before a buyer has to wait for one; only where
+/// buyers took units since the last look (a node does not hoard units it
+/// has no buyer for, which matters for small sales) and no other node
+/// wants units.
+#[derive(Default)]
+struct TopUp {
+    /// Per sale: the units in the shards at the last look.
+    seen: HashMap<String, u64>,
+}
+
+impl TopUp {
+    fn run(&mut self, store: &RedisStore, shared: &Arc<Shared>) {
+        if shared.opts.mode != StockMode::Leased {
+            return;
         }
-        if !lease_slot(&sale).in_flight.swap(true, Ordering::AcqRel) {
-            let _ = tx.send(Call::Lease(sale, 0));
+        let now = now_s();
+        for sale in shared.sales.all() {
+            let units = sale.stock.available();
+            let before = match self.seen.get_mut(sale.id()) {
+                Some(seen) => Some(std::mem::replace(seen, units)),
+                None => self.seen.insert(sale.id().to_owned(), units),
+            };
+            let slot = lease_slot(&sale);
+            let gave_back = slot.gave_back.swap(false, Ordering::Relaxed);
+            let demand = slot.demand.swap(false, Ordering::Relaxed)
+                || (!gave_back && before.is_some_and(|before| units < before));
+            let low = lease_want(sale.spec()) / 4;
+            if !demand
+                || slot.wanted.load(Ordering::Relaxed)
+                || sale.pool_hint() == 0
+                || sale.is_closed()
+                || sale.is_paused()
+                || now < sale.spec().starts_at
+                || units > low
+            {
+                continue;
+            }
+            if !slot.in_flight.swap(true, Ordering::AcqRel) {
+                let (store, shared) = (store.clone(), shared.clone());
+                tokio::spawn(async move { lease(&store, &shared, &sale, 0, false).await });
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - `sale`: create (same / other spec), switches, status, the sales set.
-//! - `lease`: chunk sizes, leasing to exhaustion, return, reclaim, heartbeat.
+//! - `lease`: chunk sizes, leasing to exhaustion, return, reclaim, heartbeat,
+//!   wants and units given back between nodes.
 //! - `reserve`: limits across nodes, keys, leases, retries, classic mode.
 //! - `transition`: pay, cancel, expire exactly once (also concurrently), due.
 //! - `faults`: SCRIPT FLUSH, Redis down and back, commands per reservation.
@@ -12,6 +13,8 @@
 //!   the published delivery timeouts, Redis persistence from its config.
 //! - `abandon`: reconciling a reservation whose reply never came:
 //!   released, or tombstoned with its unit returned; the late reserve race.
+//! - `recall`: the cluster authority's key lookups across nodes (Redis and
+//!   memory), kept orders, the bound on lookups in flight.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +30,8 @@ mod faults;
 mod lease;
 #[path = "redis/node.rs"]
 mod node;
+#[path = "redis/recall.rs"]
+mod recall;
 #[path = "redis/reserve.rs"]
 mod reserve;
 #[path = "redis/sale.rs"]

@@ -245,6 +245,59 @@ fn a_sale_definition_is_validated_and_fixed_once_made() {
     );
 }
 
+/// A sale's numbers reach Redis's Lua, whose numbers are doubles: above
+/// 2^53 they are no longer exact, so they are refused with 400.
+#[test]
+fn sale_numbers_lua_cannot_hold_exactly_are_400() {
+    const EXACT: u64 = 1 << 53;
+    let node = Node::start();
+    let mut c = node.client();
+    let now = now_s();
+    let cases = [
+        ("stock", json!({ "stock": EXACT + 1, "per_user_limit": 1 })),
+        ("stock", json!({ "stock": u64::MAX, "per_user_limit": 1 })),
+        (
+            "per_user_limit",
+            json!({ "stock": 5, "per_user_limit": EXACT + 1 }),
+        ),
+        (
+            "payment_timeout_s",
+            json!({ "stock": 5, "per_user_limit": 1, "payment_timeout_s": EXACT + 1 }),
+        ),
+        (
+            "payment_timeout_s",
+            json!({ "stock": 5, "per_user_limit": 1, "payment_timeout_s": u64::MAX }),
+        ),
+        // Milliseconds by size: u64::MAX ms is still 1.8e16 s.
+        (
+            "starts_at",
+            json!({ "stock": 5, "per_user_limit": 1, "starts_at": u64::MAX }),
+        ),
+        (
+            "ends_at",
+            json!({ "stock": 5, "per_user_limit": 1, "starts_at": now, "ends_at": u64::MAX }),
+        ),
+        (
+            "ends_at",
+            json!({ "stock": 5, "per_user_limit": 1, "ends_at": 1e300 }),
+        ),
+    ];
+    for (i, (field, spec)) in cases.iter().enumerate() {
+        let resp = c.put_sale(&format!("big-{i}"), spec);
+        assert_eq!(resp.status, 400, "{spec}: {resp}");
+        assert_error(&resp, 400, "bad_request");
+        assert!(resp.str("message").contains(field), "{spec}: {resp}");
+    }
+    // Exactly 2^53 units is exact, and accepted.
+    let view = c.create_sale("exact", &json!({ "stock": EXACT, "per_user_limit": 1 }));
+    assert_eq!(view["stock"], EXACT);
+    assert_eq!(
+        node.journal().of_type("sale_created").count(),
+        1,
+        "only the exact sale was logged"
+    );
+}
+
 /// An operator retrying `PUT` with the very same body (no `starts_at`)
 /// must get 200, not 409, even a second later.
 #[test]

@@ -1,14 +1,16 @@
 //! Hostile and broken clients: malformed requests, garbage bytes, bad
-//! bodies and headers, oversized input, slow clients; and the good side of
-//! HTTP/1.1: pipelining and keep-alive. The node answers each with the
+//! bodies and headers, oversized input, slow clients, clients that do not
+//! read their answers; and the good side of HTTP/1.1: pipelining and
+//! keep-alive. The node answers each with the
 //! right JSON error and keeps serving everyone else.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{assert_error, assert_ok, encode, Client, Node};
+use crate::support::{assert_error, assert_ok, encode, eventually, Client, Node};
 
 /// How soon a node must close a connection it rejected.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
@@ -363,4 +365,251 @@ fn a_dripping_client_is_cut_off() {
     let took = started.elapsed();
     assert!(cut_off, "still connected after {took:?} of dripping");
     assert_eq!(node.client().get("/healthz").status, 200);
+}
+
+/// `GET /metrics` pipelined `n` times: about 2.5 KiB of answer each.
+fn pipelined_metrics(node: &Node, n: usize) -> Vec<u8> {
+    encode(node.addr(), "GET", "/metrics", &[], None).repeat(n)
+}
+
+/// Sends `bytes` on `client`'s connection from a thread of its own (the
+/// send blocks while the node does not read, and fails once it closes).
+fn send_in_background(client: &Client, bytes: Vec<u8>) -> thread::JoinHandle<()> {
+    let mut writer = client.writer();
+    thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    })
+}
+
+/// The node's `seckill_connections_open` gauge.
+fn open_connections(c: &mut Client) -> u64 {
+    metric(c, "seckill_connections_open")
+}
+
+/// One value of the node's `GET /metrics`, by its name and labels.
+fn metric(c: &mut Client, name: &str) -> u64 {
+    let resp = c.get("/metrics");
+    assert_eq!(resp.status, 200, "{resp}");
+    resp.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {resp}"))
+}
+
+/// A node with a 2 s write timeout.
+fn node_with_write_timeout_2s() -> Node {
+    let root = tempfile::Builder::new()
+        .prefix("seckill-it-")
+        .tempdir()
+        .expect("temp dir");
+    Node::start_in_env(root, &[], &[("SECKILL_WRITE_TIMEOUT_S", "2")])
+}
+
+/// Clients that pipeline requests with large answers and never read them
+/// cost the node a bounded amount each: it stops reading a connection
+/// while the answers it owes it are over the bound. Each client first
+/// sends one 16 KiB request (so that its read buffer is as large as it
+/// gets), then 1,500 pipelined `GET /metrics` (about 4 MiB of answers).
+#[test]
+fn unread_pipelined_answers_do_not_grow_the_node() {
+    const HOGS: usize = 100;
+    let node = Node::start();
+    let mut c = node.client();
+    assert_eq!(c.get("/metrics").status, 200);
+    let before = node.rss_kib();
+
+    let mut big = br#"{"user_id":"hog"}"#.to_vec();
+    big.resize(16 * 1024, b' ');
+    let requests = pipelined_metrics(&node, 1500);
+    let mut hogs = Vec::with_capacity(HOGS);
+    let mut senders = Vec::with_capacity(HOGS);
+    for _ in 0..HOGS {
+        let mut hog = node.client();
+        let resp = hog.try_purchase_raw("none", &big, None).expect("an answer");
+        assert_error(&resp, 404, "not_found");
+        senders.push(send_in_background(&hog, requests.clone()));
+        hogs.push(hog);
+    }
+    // The node answers what it will (the count of 200s stops moving, but
+    // for this client's own `GET /metrics`), then its memory stays put.
+    let mut peak = node.rss_kib();
+    let mut answered = metric(&mut c, "seckill_responses_total{status=\"200\"}");
+    let started = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(500));
+        peak = peak.max(node.rss_kib());
+        let now = metric(&mut c, "seckill_responses_total{status=\"200\"}");
+        let settled = now <= answered + 1;
+        answered = now;
+        if (settled && started.elapsed() > Duration::from_secs(2))
+            || started.elapsed() > Duration::from_secs(15)
+        {
+            break;
+        }
+    }
+    peak = peak.max(node.rss_kib());
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("{HOGS} clients that read nothing: RSS {before} KiB -> {peak} KiB");
+    assert!(
+        grown_mib < 24,
+        "{HOGS} clients that read nothing grew the node by {grown_mib} MiB"
+    );
+    // Everyone else is served meanwhile.
+    assert_eq!(c.get("/healthz").status, 200);
+    // The senders end once the node is gone.
+    drop(node);
+    drop(hogs);
+    for s in senders {
+        s.join().expect("sender thread");
+    }
+}
+
+/// Bytes the kernel holds unacknowledged in the send queue of the node's
+/// end of the connection from `client` (`tx_queue` in /proc/net/tcp).
+fn node_send_queue(node: &Node, client: &Client) -> u64 {
+    let (node_port, client_port) = (node.addr().port(), client.local_addr().port());
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+            if port(local)? != node_port || port(remote)? != client_port {
+                return None;
+            }
+            u64::from_str_radix(queues.split(':').next()?, 16).ok()
+        })
+        .unwrap_or_else(|| panic!("no socket {node_port} -> {client_port} in /proc/net/tcp"))
+}
+
+/// What a client that reads nothing makes the kernel hold for the node is
+/// bounded too: the node's send buffer is fixed, not grown by the kernel's
+/// autotuning (up to 4 MiB a connection with Linux's defaults).
+#[test]
+fn unread_answers_queued_in_the_kernel_are_bounded() {
+    let node = Node::start();
+    let hog = node.client();
+    let sender = send_in_background(&hog, pipelined_metrics(&node, 4000));
+    // The node writes until its send queue is full, then waits: the queue
+    // reaches its size within a second or two.
+    let mut queued = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(250));
+        queued = queued.max(node_send_queue(&node, &hog));
+    }
+    eprintln!("the node's send queue to a client that reads nothing: {queued} bytes");
+    assert!(queued > 0, "the node wrote nothing");
+    assert!(
+        queued <= 256 * 1024,
+        "the kernel holds {} KiB of answers for one client that reads nothing",
+        queued / 1024
+    );
+    drop(node);
+    drop(hog);
+    sender.join().expect("sender thread");
+}
+
+/// A client that pipelines requests and reads none of the answers is
+/// closed once its answers have waited `write_timeout_s` unsent.
+#[test]
+fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
+    let node = node_with_write_timeout_2s();
+    let mut watcher = node.client();
+    let hog = node.client();
+    let sender = send_in_background(&hog, pipelined_metrics(&node, 4000));
+    let started = Instant::now();
+    eventually(Duration::from_secs(5), "the hog is connected", || {
+        (open_connections(&mut watcher) == 2).then_some(())
+    });
+    eventually(
+        Duration::from_secs(15),
+        "the node closes the connection that reads nothing",
+        || (open_connections(&mut watcher) == 1).then_some(()),
+    );
+    eprintln!("closed after {:?}", started.elapsed());
+    sender.join().expect("sender thread");
+    assert_eq!(watcher.get("/healthz").status, 200);
+}
+
+/// Reading a byte a second is not reading: the answers still wait unsent
+/// past `write_timeout_s`, and the connection is closed.
+#[test]
+fn a_client_reading_a_byte_a_second_is_closed() {
+    let node = node_with_write_timeout_2s();
+    let mut watcher = node.client();
+    let mut slow = node.client();
+    let sender = send_in_background(&slow, pipelined_metrics(&node, 4000));
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the slow reader is connected",
+        || (open_connections(&mut watcher) == 2).then_some(()),
+    );
+    let mut bytes_read = 0;
+    loop {
+        // One byte (or the end of the stream), then a second's pause.
+        if !slow.closed_by_peer(Duration::from_secs(1)) {
+            bytes_read += 1;
+        }
+        if open_connections(&mut watcher) == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still connected after {bytes_read} bytes read in {:?}",
+            started.elapsed()
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "closed after {bytes_read} bytes read in {:?}",
+        started.elapsed()
+    );
+    sender.join().expect("sender thread");
+}
+
+/// A client that pipelines far more than the bound and reads as it goes
+/// gets every answer, in order, on the same connection.
+#[test]
+fn a_reading_client_gets_every_pipelined_answer_in_order() {
+    const REQUESTS: usize = 3000;
+    let node = Node::start();
+    let mut c = node.client();
+    for i in 0..10 {
+        c.create_sale(
+            &format!("o{i}"),
+            &json!({ "stock": 10 + i, "per_user_limit": 1 }),
+        );
+    }
+    let mut batch = Vec::new();
+    for i in 0..REQUESTS {
+        let path = if i % 2 == 0 {
+            "/metrics".to_owned()
+        } else {
+            format!("/sales/o{}", i % 10)
+        };
+        batch.extend(encode(node.addr(), "GET", &path, &[], None));
+    }
+    let sender = send_in_background(&c, batch);
+    for i in 0..REQUESTS {
+        let resp = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        if i % 2 == 0 {
+            assert_eq!(resp.status, 200, "answer {i}: {resp}");
+            assert!(
+                resp.text().contains("seckill_connections_open"),
+                "answer {i} is not the metrics: {resp}"
+            );
+        } else {
+            let view = assert_ok(&resp);
+            assert_eq!(view["sale_id"], format!("o{}", i % 10), "answer {i}");
+        }
+    }
+    sender.join().expect("sender thread");
+    assert_eq!(c.get("/healthz").status, 200, "the connection goes on");
 }

@@ -72,7 +72,7 @@ pub(crate) fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
 }
 
 /// `calls` of one command in INFO commandstats.
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+pub(crate) fn command_calls(redis: &RedisServer, command: &str) -> u64 {
     let stats = redis_cli(redis, &["INFO", "commandstats"]);
     let prefix = format!("cmdstat_{command}:calls=");
     stats
@@ -402,6 +402,35 @@ fn redis_unresponsive_mid_sale_fails_closed_and_the_sale_resumes() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A 503 says that the stock service is unavailable, in words that stay
+/// the same, never the backend's own (hosts, ports, server replies): the
+/// detail goes to the node's log.
+#[test]
+fn redis_down_answers_a_stable_message_and_logs_the_detail() {
+    const STABLE: &str = "the stock service is unavailable; retry";
+    let mut redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("msg", &json!({"stock": 100, "per_user_limit": 1}));
+    assert_ok(&c.purchase("msg", "before"));
+
+    // Hung (no reply within redis_timeout_ms), then gone (refused).
+    redis.freeze();
+    let hung = c.purchase("msg", "while-hung");
+    redis.thaw();
+    redis.stop();
+    let gone = c.purchase("msg", "while-gone");
+    for r in [hung, gone] {
+        assert_error(&r, 503, "unavailable");
+        assert_eq!(r.json()["message"], STABLE, "{r}");
+    }
+    let log = node.log_tail();
+    assert!(
+        log.contains("answered 503"),
+        "the detail is not in the log:\n{log}"
+    );
 }
 
 #[test]

@@ -86,6 +86,18 @@ impl Node {
         self.addr
     }
 
+    /// The running process's resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the node is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    }
+
     /// The node's `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
@@ -145,6 +157,27 @@ impl Node {
         self.starts += 1;
         self.child = Some(child);
         self.addr = addr;
+    }
+
+    /// Replaces the environment variables set on every later start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
+    /// Waits for the node to exit by itself (a failpoint), within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the node is running");
+        match wait_with_limit(&mut child, limit) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node did not exit within {limit:?}");
+            }
+        }
     }
 
     /// The last few KiB of every run's stderr, for failure messages.
@@ -307,7 +340,7 @@ impl fmt::Debug for Response {
     }
 }
 
-/// Asserts an error answer of DESIGN.md's shape: the status, a JSON body
+/// Asserts an error answer of docs/api.md's shape: the status, a JSON body
 /// `{"error": code, "message": "..."}`, JSON content type.
 #[track_caller]
 pub fn assert_error(resp: &Response, status: u16, code: &str) {
@@ -358,6 +391,12 @@ impl Client {
             addr,
             buf: Vec::with_capacity(4096),
         })
+    }
+
+    /// A second handle on the connection, to send from another thread
+    /// while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the connection")
     }
 
     pub fn local_addr(&self) -> SocketAddr {
