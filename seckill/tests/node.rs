@@ -24,6 +24,9 @@
 //! - `switch_crash`: pause/resume/close racing with purchases, then
 //!   SIGKILL: the restart shows the same sales and orders.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `hygiene`: one live node per node id; the settler stops at an
+//!   unreadable event and keeps its grace above the nodes' delivery
+//!   timeouts; start-up warnings about persistence and replication.
 //! - `replay`: idempotency across cluster nodes: replays after sell-out,
 //!   pause, close and restart; replays log the current state; key TTL;
 //!   a move whose log append failed.
@@ -47,6 +50,8 @@ mod compaction;
 mod contention;
 #[path = "node/crash.rs"]
 mod crash;
+#[path = "node/hygiene.rs"]
+mod hygiene;
 #[path = "node/idempotency.rs"]
 mod idempotency;
 #[path = "node/journal_replay.rs"]
