@@ -55,15 +55,17 @@ impl OrderIds {
     /// Characters of the random part.
     pub const RANDOM_LEN: usize = 16;
 
-    /// Panics if the kernel gives no randomness (a node must not start
-    /// without it: its order ids would be guessable).
-    pub fn new(node_id: u32) -> Self {
+    /// The counter starts at `start` (the clock, by habit: neither
+    /// uniqueness nor secrecy depends on it). Panics if the kernel gives no
+    /// randomness (a node must not start without it: its order ids would be
+    /// guessable).
+    pub fn new(node_id: u32, start: u64) -> Self {
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret).expect("the kernel's random source");
         OrderIds {
             node_id,
             secret,
-            next: AtomicU64::new(0),
+            next: AtomicU64::new(start),
         }
     }
 
@@ -199,7 +201,7 @@ pub enum KeyLookup {
 }
 
 /// Errors of the stock authority; each carries the stable code of
-/// DESIGN.md's error table.
+/// the error table of docs/api.md.
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
     #[error("no such sale")]
@@ -315,6 +317,21 @@ pub trait StockAuthority: Send + Sync + 'static {
         sale: &Sale,
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>>;
+    /// A keyed request is about to be refused (sold out, not open) and
+    /// [`StockAuthority::lookup_key`] did not know its key: asks the record
+    /// of every node (Redis) what the key stands for, so that a retry gets
+    /// its order on any node, before or after sell-out, pause, close or a
+    /// restart. A replay found here is never compensated away. An authority
+    /// whose `lookup_key` already knows every key answers `Unused` (the
+    /// default).
+    fn recall_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        let _ = (sale, attempt);
+        std::future::ready(Ok(KeyLookup::Unused))
+    }
     /// Called when the core's shard and its siblings are dry: brings more
     /// units from wherever the authority keeps them (a lease from the
     /// cluster pool) and takes `qty` of them for `core`. Answers `SoldOut`

@@ -3,13 +3,14 @@
 //! binary): every acknowledged order is in the topic exactly once across
 //! nodes; the settler expires orders without the node that took them,
 //! survives being killed, and reconciles a node that died between reserve
-//! and produce; a broker outage fails closed and loses nothing acknowledged.
+//! and produce; a broker outage fails closed and loses nothing acknowledged;
+//! an order a replay acknowledged is logged by the settler, never released.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,15 +26,31 @@ use stock::redis::fixture::RedisServer;
 use crate::cluster::{buy_the_rest, load, redis_cli, redis_int, wait_for_sale};
 use crate::support::{assert_error, assert_ok, Client, Node};
 
-const TOPIC: &str = "seckill.orders";
+pub(crate) const TOPIC: &str = "seckill.orders";
 /// The nodes' delivery timeout in these tests (`kafka_timeout_ms`).
-const PRODUCE_TIMEOUT_MS: u64 = 2_000;
+pub(crate) const PRODUCE_TIMEOUT_MS: u64 = 2_000;
 /// The settler's reconciliation grace in these tests: longer than the
 /// delivery timeout, as it must be.
-const GRACE_MS: u64 = 4_000;
+pub(crate) const GRACE_MS: u64 = 4_000;
 
 /// A node on `redis` and `broker` with node id `id`.
-fn kafka_node(redis: &RedisServer, broker: &Broker, id: u32, env: &[(&str, &str)]) -> Node {
+pub(crate) fn kafka_node(
+    redis: &RedisServer,
+    broker: &Broker,
+    id: u32,
+    env: &[(&str, &str)],
+) -> Node {
+    kafka_node_timeout(redis, broker, id, env, PRODUCE_TIMEOUT_MS)
+}
+
+/// [`kafka_node`] with its delivery timeout (`kafka_timeout_ms`) given.
+pub(crate) fn kafka_node_timeout(
+    redis: &RedisServer,
+    broker: &Broker,
+    id: u32,
+    env: &[(&str, &str)],
+    produce_timeout_ms: u64,
+) -> Node {
     let root = tempfile::Builder::new()
         .prefix("seckill-kafka-")
         .tempdir()
@@ -41,7 +58,7 @@ fn kafka_node(redis: &RedisServer, broker: &Broker, id: u32, env: &[(&str, &str)
     std::fs::write(
         root.path().join("seckill.toml"),
         format!(
-            "lease_ttl_s = 2\nredis_timeout_ms = 300\nkafka_timeout_ms = {PRODUCE_TIMEOUT_MS}\n"
+            "lease_ttl_s = 2\nredis_timeout_ms = 300\nkafka_timeout_ms = {produce_timeout_ms}\n"
         ),
     )
     .expect("write config");
@@ -60,7 +77,7 @@ fn kafka_node(redis: &RedisServer, broker: &Broker, id: u32, env: &[(&str, &str)
 }
 
 /// A `seckill settle` process. Killed on drop.
-struct Settler {
+pub(crate) struct Settler {
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -68,7 +85,17 @@ struct Settler {
 }
 
 impl Settler {
-    fn start(redis: &RedisServer, broker: &Broker) -> Settler {
+    pub(crate) fn start(redis: &RedisServer, broker: &Broker) -> Settler {
+        Settler::start_with(redis, broker, GRACE_MS, PRODUCE_TIMEOUT_MS)
+    }
+
+    /// A settler with the given grace and its own delivery timeout.
+    pub(crate) fn start_with(
+        redis: &RedisServer,
+        broker: &Broker,
+        grace_ms: u64,
+        kafka_timeout_ms: u64,
+    ) -> Settler {
         let args = vec![
             "settle".to_owned(),
             "--redis".to_owned(),
@@ -76,9 +103,9 @@ impl Settler {
             "--kafka".to_owned(),
             broker.bootstrap(),
             "--grace-ms".to_owned(),
-            GRACE_MS.to_string(),
+            grace_ms.to_string(),
             "--kafka-timeout-ms".to_owned(),
-            PRODUCE_TIMEOUT_MS.to_string(),
+            kafka_timeout_ms.to_string(),
             "--interval-ms".to_owned(),
             "200".to_owned(),
         ];
@@ -127,9 +154,29 @@ impl Settler {
         }
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// How the settler exited, if it did within `limit`.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("the settler was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the settler") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The whole stderr of run `n` (0 is the first).
+    pub(crate) fn log_text(&self, n: usize) -> String {
+        std::fs::read_to_string(self.log(n)).unwrap_or_default()
     }
 
     fn log_tail(&self) -> String {
@@ -215,7 +262,7 @@ fn count_by_type(events: &[Event]) -> HashMap<&'static str, HashMap<String, usiz
 }
 
 /// Waits until `check` holds, or panics with `what`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
@@ -223,7 +270,7 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn sold(redis: &RedisServer, sale: &str) -> u64 {
+pub(crate) fn sold(redis: &RedisServer, sale: &str) -> u64 {
     redis_int(redis, &format!("sk:{{{sale}}}:sold"))
 }
 
@@ -467,4 +514,60 @@ fn broker_down_mid_sale_fails_closed_and_loses_no_acknowledged_order() {
                 == refused.len()
         },
     );
+}
+
+#[test]
+fn a_replayed_order_whose_reservation_never_reached_the_log_is_logged_not_released() {
+    let redis = RedisServer::start();
+    let mut broker = Broker::start();
+    let healthy = kafka_node(&redis, &broker, 1, &[]);
+    healthy
+        .client()
+        .create_sale("kp", &json!({"stock": 10, "per_user_limit": 1}));
+    let mut doomed = kafka_node(
+        &redis,
+        &broker,
+        2,
+        &[("SECKILL_FAILPOINT", "after_reserve")],
+    );
+    wait_for_sale(&[&healthy, &doomed], "kp");
+
+    // Node 2 records the order and dies before logging it.
+    let body = br#"{"user_id": "victim", "quantity": 1}"#;
+    let answer = doomed.client().try_purchase_raw("kp", body, Some("kv"));
+    assert!(answer.is_err(), "the node should have died: {answer:?}");
+    doomed.kill();
+    let orders = redis_cli(&redis, &["HKEYS", "sk:{kp}:orders"]);
+    let order_id = orders.trim().to_owned();
+    assert!(!order_id.is_empty() && !order_id.contains('\n'), "{orders}");
+
+    // The buyer retries on node 1 while the broker is down: node 1 replays
+    // the order from Redis but cannot log it, so it answers 503.
+    broker.stop();
+    let retry = healthy.client().purchase_with_key("kp", "victim", 1, "kv");
+    assert_error(&retry, 503, "unavailable");
+    broker.start_again();
+
+    // The replay may have reached the buyer as a 200 (a 503 can follow a
+    // delivery that landed): the settler logs the order instead of
+    // releasing it.
+    let _settler = Settler::start(&redis, &broker);
+    eventually(Duration::from_secs(40), "order_reserved logged", || {
+        count_by_type(&read_topic(&broker))
+            .get("order_reserved")
+            .is_some_and(|m| m.contains_key(&order_id))
+    });
+    let by_type = count_by_type(&read_topic(&broker));
+    assert!(
+        !by_type
+            .get("stock_released")
+            .is_some_and(|m| m.contains_key(&order_id)),
+        "a replayed order was released"
+    );
+    assert_eq!(sold(&redis, "kp"), 1);
+    let order = healthy.client().get(&format!("/orders/{order_id}"));
+    assert_eq!(assert_ok(&order)["status"], "reserved");
+    let again = healthy.client().purchase_with_key("kp", "victim", 1, "kv");
+    assert_eq!(assert_ok(&again)["order_id"], order_id.as_str());
+    assert!(again.is_replayed(), "{again}");
 }
