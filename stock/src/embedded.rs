@@ -922,6 +922,23 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_keeps_the_ticket_requirement() {
+        let auth = authority();
+        let ticketed = SaleSpec {
+            ticket_required: true,
+            ..spec("t", 3, 1)
+        };
+        auth.restore_sale(ticketed.clone()).unwrap();
+        auth.restore_sale(spec("p", 3, 1)).unwrap();
+        let bytes = serde_json::to_vec(&auth.save()).unwrap();
+        let back = authority();
+        back.restore_saved(serde_json::from_slice(&bytes).unwrap())
+            .unwrap();
+        assert_eq!(back.sale("t").unwrap().spec(), &ticketed);
+        assert!(!back.sale("p").unwrap().spec().ticket_required);
+    }
+
+    #[test]
     fn ten_thousand_order_ids_are_no_sequence() {
         let auth = authority();
         let sale = now(auth.create_sale(spec("s", 10_000, 10_000))).unwrap();
