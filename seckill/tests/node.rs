@@ -63,5 +63,7 @@ mod rebalance;
 mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
+#[path = "node/stats.rs"]
+mod stats;
 #[path = "node/switch_crash.rs"]
 mod switch_crash;
