@@ -95,7 +95,14 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         let method = req.method;
         if let Some(rest) = path.strip_prefix("/sales/") {
             return match (method, rest.split_once('/')) {
-                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, peer, body).await,
+                (Method::Post, Some((id, "purchase"))) => {
+                    let answer = self.purchase(id, req, peer, body).await;
+                    let m = self.metrics();
+                    m.purchase(answer.as_ref().map_or_else(ApiError::status, |r| r.status));
+                    let a = &self.admission;
+                    m.admission(a.tokens() - a.available(), a.waiting());
+                    answer
+                }
                 (Method::Get, None) => self.get_sale(rest, body),
                 (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
                 _ => Err(ApiError::NotFound("no such route")),
@@ -148,7 +155,14 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     ..Reply::json()
                 })
             }
-            (_, "/healthz" | "/metrics") => Err(ApiError::MethodNotAllowed),
+            (Method::Get, "/admin/stats") => {
+                if !self.node.is_admin(req.authorization) {
+                    return Err(ApiError::Unauthorized);
+                }
+                crate::stats::render(&self.node, body);
+                Ok(Reply::json())
+            }
+            (_, "/healthz" | "/metrics" | "/admin/stats") => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound("no such route")),
         }
     }

@@ -29,4 +29,5 @@ pub mod node;
 pub mod ratelimit;
 pub mod server;
 pub mod settle;
+pub mod stats;
 pub mod timefmt;

@@ -235,6 +235,8 @@ struct Shared {
     due: Box<[Mutex<Vec<String>>]>,
     /// Key lookups (`recall_key`) waiting for Redis.
     recalls: AtomicUsize,
+    /// This node's stats record and the other nodes' (`redis::stats`).
+    stats: Arc<crate::redis::stats::StatsBoard>,
 }
 
 /// An Idempotency-Key this node answered: its fingerprint, its order, and
@@ -336,6 +338,7 @@ impl RedisAuthority {
             retry_log: LogThrottle::new(),
             keys: Striped::new(),
             recalls: AtomicUsize::new(0),
+            stats: Arc::default(),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -354,6 +357,11 @@ impl RedisAuthority {
             next_seq: AtomicU64::new(now_micros),
             backend: Mutex::new(Some(backend)),
         })
+    }
+
+    /// The node's stats record and the other nodes', as last exchanged.
+    pub fn stats_board(&self) -> Arc<crate::redis::stats::StatsBoard> {
+        self.shared.stats.clone()
     }
 
     fn send(&self, call: Call) -> Result<(), StockError> {
@@ -1184,6 +1192,7 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
             }
         }
         top_up.run(&store, &shared);
+        crate::redis::stats::exchange(&store, &shared.stats, shared.opts.node_id).await;
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `scripts/*.lua`: one script per change (create, switch, lease,
 //!   heartbeat, return_lease, reclaim, reserve, transition), each opening
 //!   with its KEYS/ARGV/return contract; loaded with `include_str!`.
+//! - `stats`: each node's stats record (`sk:{stats}:node:<id>`, TTL) and
+//!   the read-back of every live node's, for the operator's view.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
 //!
@@ -52,6 +54,7 @@
 //! repeating it or reading the order.
 
 pub mod fixture;
+pub mod stats;
 mod store;
 
 pub use store::{

@@ -918,7 +918,7 @@ impl RedisStore {
     }
 
     /// One script call (EVALSHA, loading the script on NOSCRIPT).
-    async fn invoke<T: ::redis::FromRedisValue>(
+    pub(super) async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StockError> {
