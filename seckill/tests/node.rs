@@ -47,6 +47,8 @@ mod compaction;
 mod contention;
 #[path = "node/crash.rs"]
 mod crash;
+#[path = "node/dashboard.rs"]
+mod dashboard;
 #[path = "node/idempotency.rs"]
 mod idempotency;
 #[path = "node/journal_replay.rs"]

@@ -1,0 +1,309 @@
+//! The operator's dashboard: `GET /dashboard` is one small self-contained
+//! page (no CDN, no token in it), and in a real headless Chromium, driven
+//! over the DevTools protocol, it logs in with the admin token, shows the
+//! sold count and the progress moving as purchases are made, and pauses
+//! the sale with its button.
+//!
+//! Chromium is Debian's package (`scripts/chromium.sh` installs it); a
+//! machine without it fails the test with a message naming that script.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+use crate::support::{assert_error, assert_ok, eventually, Node, TOKEN};
+
+#[test]
+fn the_dashboard_page_is_small_self_contained_and_holds_no_token() {
+    let node = Node::start();
+    let mut c = node.client();
+    let page = c.get("/dashboard");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.text();
+    assert!(html.len() < 48 * 1024, "the page is {} bytes", html.len());
+    // Everything inline: no script, style or image fetched from elsewhere.
+    for outside in ["http://", "https://", "src=\"", "<link"] {
+        assert!(!html.contains(outside), "the page refers to {outside}");
+    }
+    assert!(!html.contains(TOKEN), "the page holds the token");
+    // The token is asked for once, kept in sessionStorage and sent as a
+    // header on every call: never in a URL.
+    assert!(html.contains("id=\"login\""), "no login form");
+    assert!(html.contains("sessionStorage"), "the token is not kept");
+    assert!(html.contains("Authorization"), "the token is not sent");
+    assert!(
+        html.contains("/admin/stats"),
+        "the page does not poll the stats"
+    );
+    assert_error(
+        &c.request("POST", "/dashboard", &[], None),
+        405,
+        "method_not_allowed",
+    );
+}
+
+#[test]
+fn in_chromium_the_dashboard_follows_the_sale_and_pauses_it() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("show", &json!({ "stock": 10, "per_user_limit": 1 }));
+    let mut browser = Browser::open(&format!("http://{}/dashboard", node.addr()));
+
+    browser.wait_for(
+        "the login form",
+        "document.querySelector('#login') !== null",
+    );
+    browser.eval(&format!(
+        "document.querySelector('#token').value = '{TOKEN}';
+         document.querySelector('#login').requestSubmit(); true"
+    ));
+    let row = "document.querySelector('tr[data-sale=\"show\"]')";
+    browser.wait_for(
+        "the sale's row, nothing sold",
+        &format!("{row} && {row}.querySelector('.sold').textContent === '0'"),
+    );
+    for user in ["u1", "u2", "u3"] {
+        assert_ok(&c.purchase("show", user));
+    }
+    browser.wait_for(
+        "3 sold, 30% on the progress bar",
+        &format!(
+            "{row}.querySelector('.sold').textContent === '3'
+             && {row}.querySelector('.remaining').textContent === '7'
+             && {row}.querySelector('.bar').dataset.progress === '30'"
+        ),
+    );
+    browser.wait_for(
+        "three 200s counted",
+        "document.querySelector('#count-200').textContent === '3'",
+    );
+    let href = browser.eval("location.href");
+    assert!(
+        !href.as_str().unwrap_or_default().contains(TOKEN),
+        "the token is in the URL: {href}"
+    );
+
+    browser.eval(&format!(
+        "{row}.querySelector('button[data-action=\"pause\"]').click(); true"
+    ));
+    eventually(Duration::from_secs(10), "the sale paused", || {
+        (c.sale("show")["state"] == "paused").then_some(())
+    });
+    browser.wait_for(
+        "the row showing paused",
+        &format!("{row}.querySelector('.state').textContent === 'paused'"),
+    );
+    assert_error(&c.purchase("show", "u4"), 403, "sale_not_open");
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let out = target_dir().join("dashboard.png");
+    std::fs::write(&out, &png).expect("write the screenshot");
+}
+
+/// The workspace's target dir (where the screenshot goes).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// Debian's Chromium (or `$SECKILL_CHROMIUM`); fails clearly when absent.
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("SECKILL_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser"] {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "Chromium is not installed: run scripts/chromium.sh (Debian's chromium \
+         package) or set SECKILL_CHROMIUM to its path"
+    );
+}
+
+/// A headless Chromium on one page, driven over the DevTools protocol.
+struct Browser {
+    child: Child,
+    ws: WebSocket<TcpStream>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = tempfile::Builder::new()
+            .prefix("seckill-chromium-")
+            .tempdir()
+            .expect("temp dir");
+        let mut child = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,1000",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chromium");
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("DevTools listening on ws://") {
+                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let host = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chromium did not open its DevTools port");
+        let ws_url = eventually(Duration::from_secs(30), "chromium's page target", || {
+            let list: Value = serde_json::from_str(&http_get(&host, "/json/list")?).ok()?;
+            list.as_array()?
+                .iter()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+                .map(str::to_owned)
+        });
+        let stream = TcpStream::connect(&host).expect("connect to DevTools");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let (ws, _) = tungstenite::client(ws_url.as_str(), stream).expect("DevTools handshake");
+        Browser {
+            child,
+            ws,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one DevTools command and returns its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.ws.send(Message::text(msg)).expect("send to DevTools");
+        loop {
+            let msg = self.ws.read().expect("read from DevTools");
+            let Message::Text(text) = msg else { continue };
+            let v: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page; its value.
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expr, "returnByValue": true }),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Waits (up to 15 s) until `expr` is true in the page.
+    fn wait_for(&mut self, what: &str, expr: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let guarded =
+            format!("(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()");
+        while self.eval(&guarded) != Value::Bool(true) {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard never showed {what}; page: {}",
+                self.eval("document.body ? document.body.innerText : ''")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&mut self) -> Vec<u8> {
+        let r = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        base64_decode(r["data"].as_str().expect("screenshot data"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One plain HTTP GET on `host` (DevTools' JSON endpoints); the body.
+fn http_get(host: &str, path: &str) -> Option<String> {
+    let s = TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(&s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut r = BufReader::new(s);
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                len = value.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    String::from_utf8(body).ok()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | value(c) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
