@@ -162,7 +162,10 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 crate::stats::render(&self.node, body);
                 Ok(Reply::json())
             }
-            (_, "/healthz" | "/metrics" | "/admin/stats") => Err(ApiError::MethodNotAllowed),
+            (Method::Get, "/dashboard") => Ok(crate::dashboard::page(body)),
+            (_, "/healthz" | "/metrics" | "/admin/stats" | "/dashboard") => {
+                Err(ApiError::MethodNotAllowed)
+            }
             _ => Err(ApiError::NotFound("no such route")),
         }
     }

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod metrics;
