@@ -13,9 +13,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use serde_json::{json, Value};
+use stock::redis::fixture::RedisServer;
 use tungstenite::{Message, WebSocket};
 
+use crate::cluster::{cluster_node, wait_for_sale};
 use crate::support::{assert_error, assert_ok, eventually, Node, TOKEN};
 
 #[test]
@@ -112,6 +117,67 @@ fn in_chromium_the_dashboard_follows_the_sale_and_pauses_it() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let out = target_dir().join("dashboard.png");
     std::fs::write(&out, &png).expect("write the screenshot");
+}
+
+#[test]
+fn in_chromium_a_cluster_dashboard_lists_every_node_under_load() {
+    let redis = RedisServer::start();
+    let a = cluster_node(&redis, 1, &[]);
+    let b = cluster_node(&redis, 2, &[]);
+    let mut c = a.client();
+    c.create_sale("launch", &json!({ "stock": 400, "per_user_limit": 1 }));
+    c.create_sale("encore", &json!({ "stock": 1000, "per_user_limit": 1 }));
+    wait_for_sale(&[&a, &b], "launch");
+    wait_for_sale(&[&a, &b], "encore");
+    let mut browser = Browser::open(&format!("http://{}/dashboard", b.addr()));
+    browser.wait_for(
+        "the login form",
+        "document.querySelector('#login') !== null",
+    );
+    browser.eval(&format!(
+        "document.querySelector('#token').value = '{TOKEN}';
+         document.querySelector('#login').requestSubmit(); true"
+    ));
+
+    // A crowd on both nodes for a few seconds: "launch" sells out, then
+    // its buyers are told 410; "encore" keeps selling.
+    let stop = Arc::new(AtomicBool::new(false));
+    let crowd: Vec<_> = [a.addr(), b.addr()]
+        .into_iter()
+        .enumerate()
+        .map(|(n, addr)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = crate::support::Client::connect(addr);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let sale = if i % 3 == 0 { "encore" } else { "launch" };
+                    let _ = c.try_purchase(sale, &format!("n{n}-u{i}"));
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+            })
+        })
+        .collect();
+    browser.wait_for(
+        "both nodes in the table, Redis health shown",
+        "document.querySelector('tr[data-node=\"1\"]') !== null
+         && document.querySelector('tr[data-node=\"2\"]') !== null
+         && !document.querySelector('#redis').classList.contains('hidden')",
+    );
+    browser.wait_for(
+        "launch sold out on the page",
+        "document.querySelector('tr[data-sale=\"launch\"] .bar').dataset.progress === '100'
+         && Number(document.querySelector('#count-410').textContent) > 0",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for t in crowd {
+        t.join().expect("crowd thread");
+    }
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::write(target_dir().join("dashboard-cluster.png"), &png).expect("write the screenshot");
 }
 
 /// The workspace's target dir (where the screenshot goes).
