@@ -49,6 +49,8 @@ mod contention;
 mod crash;
 #[path = "node/dashboard.rs"]
 mod dashboard;
+#[path = "node/deploy.rs"]
+mod deploy;
 #[path = "node/idempotency.rs"]
 mod idempotency;
 #[path = "node/journal_replay.rs"]
