@@ -222,7 +222,20 @@ impl Metrics {
         for (outcome, n) in OUTCOMES.iter().zip(self.purchases()) {
             let _ = writeln!(out, "seckill_purchases_total{{outcome=\"{outcome}\"}} {n}");
         }
-        let gauges: [(&str, &str, &str, u64); 5] = [
+        let (in_flight, waiting) = self.admission();
+        let gauges: [(&str, &str, &str, u64); 7] = [
+            (
+                "seckill_admission_in_flight",
+                "gauge",
+                "Admission tokens held, all cores (each as of its last purchase).",
+                in_flight,
+            ),
+            (
+                "seckill_admission_waiting",
+                "gauge",
+                "Purchases waiting for an admission token, all cores (each as of its last purchase).",
+                waiting,
+            ),
             (
                 "seckill_connections_open",
                 "gauge",
@@ -258,6 +271,24 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        if let Some(board) = self.board.get() {
+            let h = board.health();
+            let _ = writeln!(
+                out,
+                "# HELP seckill_redis_stats_exchanges_total Stats records exchanged with Redis.\n\
+                 # TYPE seckill_redis_stats_exchanges_total counter\n\
+                 seckill_redis_stats_exchanges_total {}\n\
+                 # HELP seckill_redis_stats_errors_total Stats exchanges with Redis that failed.\n\
+                 # TYPE seckill_redis_stats_errors_total counter\n\
+                 seckill_redis_stats_errors_total {}\n\
+                 # HELP seckill_redis_last_call_seconds Round trip of the last stats exchange with Redis.\n\
+                 # TYPE seckill_redis_last_call_seconds gauge\n\
+                 seckill_redis_last_call_seconds {}",
+                h.publishes,
+                h.errors,
+                h.last_latency_us as f64 / 1e6
             );
         }
         let name = "seckill_purchase_seconds";
