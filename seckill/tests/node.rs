@@ -59,6 +59,8 @@ mod journal_replay;
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/logs.rs"]
+mod logs;
 #[path = "node/memory.rs"]
 mod memory;
 #[path = "node/rebalance.rs"]
