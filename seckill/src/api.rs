@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md: routing and one handler per endpoint.
+//! The HTTP API (docs/api.md): routing and one handler per endpoint.
 //!
 //! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
 //! one call each, returning early: parse → sale lookup (per-core cache) →

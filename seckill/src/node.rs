@@ -301,6 +301,7 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;
+        opts.kafka_timeout_ms = config.kafka_timeout_ms;
     }
     RedisAuthority::connect(&url, opts, now_micros())
         .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))
