@@ -138,3 +138,32 @@ fn cluster_stats_show_every_live_node_and_the_totals() {
         (nodes.len() == 1 && nodes[0]["node_id"] == 2).then_some(())
     });
 }
+
+#[test]
+fn cluster_stats_count_reservations_redis_did_not_answer() {
+    let mut redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("hung", &json!({ "stock": 100, "per_user_limit": 1 }));
+    assert_ok(&c.purchase("hung", "before"));
+
+    // Hung: the reservation's reply times out (undetermined, abandoned by
+    // order id); then gone: refused (nothing applied).
+    redis.freeze();
+    assert_error(&c.purchase("hung", "while-hung"), 503, "unavailable");
+    redis.thaw();
+    redis.stop();
+    assert_error(&c.purchase("hung", "while-gone"), 503, "unavailable");
+
+    let s = stats(&mut c);
+    assert_eq!(
+        outcomes(&s),
+        json!({ "200": 1, "410": 0, "409": 0, "429": 0, "503": 2, "other": 0 }),
+        "{s:#}"
+    );
+    assert_eq!(
+        s["backend"],
+        json!({ "stock_unavailable": 1, "undetermined": 1, "log_failed": 0 }),
+        "{s:#}"
+    );
+}
