@@ -97,10 +97,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             return match (method, rest.split_once('/')) {
                 (Method::Post, Some((id, "purchase"))) => {
                     let answer = self.purchase(id, req, peer, body).await;
-                    let m = self.metrics();
-                    m.purchase(answer.as_ref().map_or_else(ApiError::status, |r| r.status));
-                    let a = &self.admission;
-                    m.admission(a.tokens() - a.available(), a.waiting());
+                    crate::stats::count_purchase(self, &answer);
                     answer
                 }
                 (Method::Get, None) => self.get_sale(rest, body),

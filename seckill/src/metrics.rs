@@ -19,6 +19,12 @@ const STATUSES: [u16; 15] = [
 /// Purchase outcomes counted by `seckill_purchases_total{outcome}` and
 /// shown by `/admin/stats`: the statuses an operator watches, then the rest.
 pub const OUTCOMES: [&str; 6] = ["200", "410", "409", "429", "503", "other"];
+/// Purchases failed by a backend, counted by
+/// `seckill_purchase_backend_errors_total{kind}`: the stock authority
+/// refused or could not be reached (nothing applied), its answer never came
+/// (undetermined: the reservation is abandoned by order id), the order log
+/// failed the append (Kafka: a failed or timed-out delivery).
+pub const BACKEND_ERRORS: [&str; 3] = ["stock_unavailable", "undetermined", "log_failed"];
 /// Upper bounds (seconds) of the purchase latency histogram.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -41,6 +47,8 @@ pub struct CoreMetrics {
     /// Gauges of the core's admission queue as of its last purchase.
     admission_in_use: AtomicU64,
     admission_waiting: AtomicU64,
+    /// Purchases failed by a backend, by [`BACKEND_ERRORS`].
+    backend_errors: [AtomicU64; BACKEND_ERRORS.len()],
 }
 
 fn bump(c: &AtomicU64, by: u64) {
@@ -102,6 +110,11 @@ impl CoreMetrics {
         bump(&self.purchases[i], 1);
     }
 
+    /// A purchase failed by a backend: `kind` indexes [`BACKEND_ERRORS`].
+    pub fn backend_error(&self, kind: usize) {
+        bump(&self.backend_errors[kind], 1);
+    }
+
     /// The core's admission tokens in use and requests waiting for one.
     pub fn admission(&self, in_use: usize, waiting: usize) {
         self.admission_in_use
@@ -144,6 +157,11 @@ impl Metrics {
     /// Purchases answered, by [`OUTCOMES`], all cores.
     pub fn purchases(&self) -> [u64; OUTCOMES.len()] {
         std::array::from_fn(|i| self.sum(|c| &c.purchases[i]))
+    }
+
+    /// Purchases failed by a backend, by [`BACKEND_ERRORS`], all cores.
+    pub fn backend_errors(&self) -> [u64; BACKEND_ERRORS.len()] {
+        std::array::from_fn(|i| self.sum(|c| &c.backend_errors[i]))
     }
 
     /// Purchases a second by [`OUTCOMES`], over the last sampled second.
@@ -221,6 +239,16 @@ impl Metrics {
         );
         for (outcome, n) in OUTCOMES.iter().zip(self.purchases()) {
             let _ = writeln!(out, "seckill_purchases_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP seckill_purchase_backend_errors_total Purchases failed by a backend, by kind.\n# TYPE seckill_purchase_backend_errors_total counter"
+        );
+        for (kind, n) in BACKEND_ERRORS.iter().zip(self.backend_errors()) {
+            let _ = writeln!(
+                out,
+                "seckill_purchase_backend_errors_total{{kind=\"{kind}\"}} {n}"
+            );
         }
         let (in_flight, waiting) = self.admission();
         let gauges: [(&str, &str, &str, u64); 7] = [
@@ -353,6 +381,10 @@ mod tests {
         assert!((p50 - 1.5).abs() < 1e-9, "{p50}");
         let (p99, _) = m.latency_quantile_ms(0.99);
         assert!(p99 > 1.9 && p99 <= 2.0, "{p99}");
+        m.core(0).backend_error(1);
+        m.core(1).backend_error(1);
+        m.core(1).backend_error(2);
+        assert_eq!(m.backend_errors(), [0, 2, 1]);
         m.core(0).admission(3, 2);
         m.core(1).admission(1, 0);
         assert_eq!(m.admission(), (4, 2));

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use stock::redis::stats::StatsBoard;
 use stock::StockAuthority;
 
+use crate::error::ApiError;
 use crate::metrics::OUTCOMES;
-use crate::node::{now_ms, now_s, Node};
+use crate::node::{now_ms, now_s, Core, Node};
 
 /// Counts or rates by purchase outcome (the keys of [`OUTCOMES`]).
 #[derive(Serialize, Deserialize, Clone, Copy, Default, Debug, PartialEq)]
@@ -73,8 +74,21 @@ pub struct NodeRecord {
     pub rates: Outcomes<f64>,
     pub latency_ms: Latency,
     pub admission: AdmissionStats,
+    /// Purchases failed by a backend.
+    pub backend: BackendErrors,
     /// Cluster mode: the node's stats exchange with Redis.
     pub redis: Option<RedisHealth>,
+}
+
+/// Purchases failed by a backend (`metrics::BACKEND_ERRORS`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default)]
+pub struct BackendErrors {
+    /// The stock authority refused or could not be reached.
+    pub stock_unavailable: u64,
+    /// The stock authority's answer never came: abandoned by order id.
+    pub undetermined: u64,
+    /// The order log failed the append (Kafka: a failed delivery).
+    pub log_failed: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
@@ -124,6 +138,25 @@ struct Document<'a> {
     totals: Totals,
 }
 
+/// Counts one purchase's answer on its core: its outcome, a backend's
+/// failure, the core's admission gauges. Plain stores on the core's own
+/// metrics slot: no lock, no allocation.
+pub fn count_purchase<A: StockAuthority, L: OrderLog>(
+    core: &Core<A, L>,
+    answer: &Result<crate::api::Reply, ApiError>,
+) {
+    let m = core.metrics();
+    m.purchase(answer.as_ref().map_or_else(ApiError::status, |r| r.status));
+    match answer {
+        Err(ApiError::Stock(stock::StockError::Unavailable(_))) => m.backend_error(0),
+        Err(ApiError::Stock(stock::StockError::Undetermined(_))) => m.backend_error(1),
+        Err(ApiError::Log(_)) => m.backend_error(2),
+        _ => {}
+    }
+    let a = &core.admission;
+    m.admission(a.tokens() - a.available(), a.waiting());
+}
+
 /// This node's record, as of now.
 pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
     let m = &node.metrics;
@@ -150,6 +183,14 @@ pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
         purchases: Outcomes::from_array(m.purchases()),
         rates: Outcomes::from_array(m.purchase_rates()),
         latency_ms: Latency { p50, p99, count },
+        backend: {
+            let [stock_unavailable, undetermined, log_failed] = m.backend_errors();
+            BackendErrors {
+                stock_unavailable,
+                undetermined,
+                log_failed,
+            }
+        },
         admission: AdmissionStats {
             tokens: (node.config.admission_tokens * node.config.cores) as u64,
             in_flight,

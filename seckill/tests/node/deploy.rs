@@ -87,6 +87,8 @@ fn dashboard_and_alerts_name_only_metrics_a_node_exposes() {
         "SeckillUnavailableRatio",
         "SeckillPurchaseP99OverSlo",
         "SeckillRedisStatsErrors",
+        "SeckillRedisUndetermined",
+        "SeckillOrderLogFailures",
         "SeckillNodeDown",
     ] {
         assert!(alerts.contains(&wanted), "no alert {wanted}: {alerts:?}");

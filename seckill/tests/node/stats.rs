@@ -74,6 +74,11 @@ fn stats_count_the_purchases_made_by_outcome() {
     assert_eq!(s["admission"]["waiting"], 0, "{s:#}");
     assert!(s["admission"]["tokens"].as_u64().unwrap() > 0, "{s:#}");
     assert_eq!(s["mode"], "embedded", "{s:#}");
+    assert_eq!(
+        s["backend"],
+        json!({ "stock_unavailable": 0, "undetermined": 0, "log_failed": 0 }),
+        "{s:#}"
+    );
     assert!(s["rates"].is_object(), "{s:#}");
 }
 
@@ -148,7 +153,7 @@ fn cluster_stats_count_reservations_redis_did_not_answer() {
     assert_ok(&c.purchase("hung", "before"));
 
     // Hung: the reservation's reply times out (undetermined, abandoned by
-    // order id); then gone: refused (nothing applied).
+    // order id); then gone.
     redis.freeze();
     assert_error(&c.purchase("hung", "while-hung"), 503, "unavailable");
     redis.thaw();
@@ -161,9 +166,12 @@ fn cluster_stats_count_reservations_redis_did_not_answer() {
         json!({ "200": 1, "410": 0, "409": 0, "429": 0, "503": 2, "other": 0 }),
         "{s:#}"
     );
-    assert_eq!(
-        s["backend"],
-        json!({ "stock_unavailable": 1, "undetermined": 1, "log_failed": 0 }),
-        "{s:#}"
-    );
+    // The hung call is undetermined; the killed server's may be either
+    // (refused, or the connection broke after the send).
+    let backend = &s["backend"];
+    let undetermined = backend["undetermined"].as_u64().expect("undetermined");
+    let unavailable = backend["stock_unavailable"].as_u64().expect("unavailable");
+    assert!(undetermined >= 1, "{s:#}");
+    assert_eq!(undetermined + unavailable, 2, "{s:#}");
+    assert_eq!(backend["log_failed"], 0, "{s:#}");
 }
