@@ -36,6 +36,13 @@
 //!   real `redis-server` and a real broker (tansu).
 //! - `rebalance`: no false sold-out in cluster mode: units leased by one
 //!   node reach a buyer on another; sold-out answers cost Redis nothing.
+//! - `stats`: `/admin/stats` counts exactly the purchases made, per node
+//!   and across the live nodes of a cluster, and Redis failures.
+//! - `dashboard`: `/dashboard` in headless Chromium (DevTools protocol):
+//!   login, sold count and progress moving, the pause button, a cluster.
+//! - `deploy`: the alert rules pass promtool; the Grafana dashboard and the
+//!   rules name only metrics a node exposes.
+//! - `logs`: no colour codes in a log file; `--log-format json`.
 
 #[path = "node/support.rs"]
 mod support;
