@@ -164,7 +164,10 @@ impl Metrics {
         std::array::from_fn(|i| self.sum(|c| &c.backend_errors[i]))
     }
 
-    /// Purchases a second by [`OUTCOMES`], over the last sampled second.
+    /// Purchases a second by [`OUTCOMES`] between the last two samples. A
+    /// sample is taken when the stats are read or published, at most once
+    /// a second (each second in cluster mode, and while a dashboard polls;
+    /// otherwise the first read averages over the time since the last).
     pub fn purchase_rates(&self) -> [f64; OUTCOMES.len()] {
         let now = self.purchases();
         let mut s = self.sampler.lock();

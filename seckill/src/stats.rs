@@ -70,7 +70,8 @@ pub struct NodeRecord {
     pub mode: String,
     pub at_ms: u64,
     pub purchases: Outcomes<u64>,
-    /// Purchases a second over the last sampled second.
+    /// Purchases a second between the last two samples
+    /// (`Metrics::purchase_rates`).
     pub rates: Outcomes<f64>,
     pub latency_ms: Latency,
     pub admission: AdmissionStats,

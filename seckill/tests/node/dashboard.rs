@@ -208,7 +208,7 @@ fn chromium() -> PathBuf {
 
 /// A headless Chromium on one page, driven over the DevTools protocol.
 struct Browser {
-    child: Child,
+    _chromium: Chromium,
     ws: WebSocket<TcpStream>,
     next_id: u64,
     _profile: tempfile::TempDir,
@@ -220,29 +220,32 @@ impl Browser {
             .prefix("seckill-chromium-")
             .tempdir()
             .expect("temp dir");
-        let mut child = Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--window-size=1280,1000",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chromium");
+        // Killed on drop from here on, also when a step below panics.
+        let mut chromium = Chromium(
+            Command::new(chromium())
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1280,1000",
+                    "--remote-debugging-address=127.0.0.1",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start chromium"),
+        );
         // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = chromium.0.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -268,7 +271,7 @@ impl Browser {
             .expect("timeout");
         let (ws, _) = tungstenite::client(ws_url.as_str(), stream).expect("DevTools handshake");
         Browser {
-            child,
+            _chromium: chromium,
             ws,
             next_id: 0,
             _profile: profile,
@@ -323,10 +326,15 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+/// The Chromium process, killed (and reaped) on drop. Debian's
+/// `/usr/bin/chromium` is a shell script that execs the browser, so this is
+/// the browser's own process; its helpers exit with it.
+struct Chromium(Child);
+
+impl Drop for Chromium {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
