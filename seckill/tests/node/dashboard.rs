@@ -305,9 +305,9 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Waits (up to 15 s) until `expr` is true in the page.
+    /// Waits (up to 30 s) until `expr` is true in the page.
     fn wait_for(&mut self, what: &str, expr: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let guarded =
             format!("(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()");
         while self.eval(&guarded) != Value::Bool(true) {
