@@ -96,7 +96,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         let method = req.method;
         if let Some(rest) = path.strip_prefix("/sales/") {
             return match (method, rest.split_once('/')) {
-                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, peer, body).await,
+                (Method::Post, Some((id, "purchase"))) => {
+                    let answer = self.purchase(id, req, peer, body).await;
+                    crate::stats::count_purchase(self, &answer);
+                    answer
+                }
                 (Method::Get, None) => self.get_sale(rest, body),
                 (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
                 _ => Err(ApiError::NotFound("no such route")),
@@ -150,7 +154,17 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     ..Reply::json()
                 })
             }
-            (_, "/healthz" | "/metrics") => Err(ApiError::MethodNotAllowed),
+            (Method::Get, "/admin/stats") => {
+                if !self.node.is_admin(req.authorization) {
+                    return Err(ApiError::Unauthorized);
+                }
+                crate::stats::render(&self.node, body);
+                Ok(Reply::json())
+            }
+            (Method::Get, "/dashboard") => Ok(crate::dashboard::page(body)),
+            (_, "/healthz" | "/metrics" | "/admin/stats" | "/dashboard") => {
+                Err(ApiError::MethodNotAllowed)
+            }
             _ => Err(ApiError::NotFound("no such route")),
         }
     }
