@@ -910,16 +910,25 @@ fn a_move_whose_append_failed_and_nobody_repeats_reaches_a_journal() {
     assert_eq!(logged, 1, "logged once");
 }
 
+/// In journal mode no node can read another's journal, so a reservation
+/// its node never logged may still have been answered 200 (the node died
+/// after its append, before Redis heard of it): it is logged, never
+/// released, and lives on as any reserved order (its buyer's retry gets it;
+/// unpaid, it expires and its unit comes back).
 #[test]
-fn a_reservation_whose_node_died_before_its_append_is_released() {
+fn a_reservation_whose_node_died_before_its_append_is_logged_and_expires() {
     let redis = RedisServer::start();
     let healthy = journal_node(&redis, 1, &[]);
-    healthy
-        .client()
-        .create_sale("dr", &json!({"stock": 1, "per_user_limit": 1}));
+    healthy.client().create_sale(
+        "dr",
+        &json!({"stock": 1, "per_user_limit": 1, "payment_timeout_s": 4}),
+    );
     let mut doomed = journal_node(&redis, 2, &[("SECKILL_FAILPOINT", "after_reserve")]);
     wait_for_sale(&[&healthy, &doomed], "dr");
-    let answer = doomed.client().try_purchase("dr", "victim");
+    let body = json!({"user_id": "victim", "quantity": 1}).to_string();
+    let answer = doomed
+        .client()
+        .try_purchase_raw("dr", body.as_bytes(), Some("victim-k1"));
     assert!(answer.is_err(), "the node should have died: {answer:?}");
     doomed.kill();
     let orders = redis_cli(&redis, &["HKEYS", "sk:{dr}:orders"]);
@@ -931,15 +940,34 @@ fn a_reservation_whose_node_died_before_its_append_is_released() {
         "reserved, never logged"
     );
 
-    crate::support::eventually(Duration::from_secs(20), "the reservation released", || {
-        (redis_int(&redis, "sk:{dr}:sold") == 0).then_some(())
+    let reserved = crate::support::eventually(
+        Duration::from_secs(20),
+        "order_reserved logged by the healthy node",
+        || {
+            let journal = healthy.journal();
+            let found = journal
+                .of_type("order_reserved")
+                .find(|e| e["order_id"] == order_id.as_str())
+                .cloned();
+            found
+        },
+    );
+    assert_eq!(reserved["user_id"], "victim", "{reserved}");
+    assert_eq!(reserved["idempotency_key"], "victim-k1", "{reserved}");
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the not-yet-logged set empties",
+        || (redis_cli(&redis, &["ZCARD", "sk:{dr}:unlogged"]).trim() == "0").then_some(()),
+    );
+    assert_eq!(healthy.journal().count("order_reserved", &order_id), 1);
+    // Never released: the buyer's retry gets the order.
+    let replay = healthy
+        .client()
+        .purchase_with_key("dr", "victim", 1, "victim-k1");
+    assert_eq!(assert_ok(&replay)["order_id"], order_id.as_str());
+    // Unpaid, it expires (logged), and its unit is sellable again.
+    crate::support::eventually(Duration::from_secs(20), "the order expired", || {
+        (healthy.journal().count("order_expired", &order_id) == 1).then_some(())
     });
-    let order = healthy.client().get(&format!("/orders/{order_id}"));
-    assert_eq!(assert_ok(&order)["status"], "cancelled");
-    crate::support::eventually(Duration::from_secs(10), "stock_released logged", || {
-        (healthy.journal().count("stock_released", &order_id) == 1).then_some(())
-    });
-    assert_eq!(healthy.journal().count("order_reserved", &order_id), 0);
-    // The unit is sellable again, and the victim is free to buy it.
-    assert_ok(&healthy.client().purchase("dr", "victim"));
+    assert_eq!(redis_int(&redis, "sk:{dr}:sold"), 0);
 }
