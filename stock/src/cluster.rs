@@ -24,8 +24,9 @@
 //! Background work on the backend: a poller (sales created or switched on
 //! other nodes, cluster-wide sold count, pool, other nodes' leases and
 //! wants, due orders, units given back, top-up leases where buyers are),
-//! heartbeats for held leases, reclaiming dead nodes' leases, and
-//! reconciling reservations whose outcome is undetermined.
+//! heartbeats for held leases, reclaiming dead nodes' leases,
+//! reconciling reservations whose outcome is undetermined, and (journal
+//! mode) logging changes no node logged (`reconcile`).
 
 use std::collections::HashMap;
 use std::future::{ready, Future};
@@ -51,6 +52,9 @@ use crate::striped::{fnv, Striped};
 use crate::Units;
 
 mod rebalance;
+mod reconcile;
+
+pub use reconcile::{Change, ChangeLog, Relog};
 
 /// How the cluster authority takes units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,12 @@ pub struct ClusterOptions {
     /// How long an Idempotency-Key stands for its order, from the order's
     /// making (0: for ever), in Redis and in this node's memory.
     pub key_ttl_s: u64,
+    /// Journal mode (`track_log` false): a change Redis made that no node
+    /// logged this long after is logged by some node's reconciler
+    /// ([`RedisAuthority::reconcile_into`]). Must be well above a journal
+    /// append's worst time: a reservation still being appended when it
+    /// passes would be released under its node.
+    pub journal_grace: Duration,
 }
 
 impl ClusterOptions {
@@ -99,6 +109,7 @@ impl ClusterOptions {
             expiry: true,
             track_log: false,
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
+            journal_grace: Duration::from_secs(30),
         }
     }
 }
@@ -139,6 +150,8 @@ enum Call {
     /// Redis answered `no_lease`: this node's view of its lease and Redis's
     /// disagree; drain the shards and return whatever the lease still holds.
     ResetLease(Arc<Sale>),
+    /// Journal mode: start the reconciler, logging into this log.
+    Reconcile(Arc<dyn ChangeLog>),
     Stop(std::sync::mpsc::Sender<()>),
 }
 
@@ -354,6 +367,17 @@ impl RedisAuthority {
             next_seq: AtomicU64::new(now_micros),
             backend: Mutex::new(Some(backend)),
         })
+    }
+
+    /// Journal mode: runs the reconciler on the backend, logging changes
+    /// no node logged within `journal_grace` into `log` (this node's
+    /// journal); see [`reconcile`]. A no-op with a Kafka log (the settler
+    /// reconciles).
+    pub fn reconcile_into(&self, log: Arc<dyn ChangeLog>) -> Result<(), StockError> {
+        if self.shared.opts.track_log {
+            return Ok(());
+        }
+        self.send(Call::Reconcile(log))
     }
 
     fn send(&self, call: Call) -> Result<(), StockError> {
@@ -697,6 +721,14 @@ impl StockAuthority for RedisAuthority {
         } = pending;
         sale.add_sold(units.qty());
         units.commit();
+        if !self.shared.opts.track_log {
+            // The journal has it: the reservation leaves the set.
+            let _ = self.send(Call::Logged(
+                order.sale_id.clone(),
+                order.order_id.clone(),
+                OrderStatus::Reserved,
+            ));
+        }
         if let Some((k, fp)) = key {
             self.shared.remember_key(sale, k, fp, order);
         }
@@ -864,6 +896,8 @@ async fn backend_main(
     let mut batch = Vec::new();
     let mut replies = Vec::new();
     let mut recalls = Vec::new();
+    let mut logged: HashMap<String, Vec<(String, &'static str)>> = HashMap::new();
+    let mut reconciler = None;
     let mut reserving = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -891,8 +925,30 @@ async fn backend_main(
                     replies.push(reply);
                 }
                 Call::Recall(c, reply) => recalls.push((c, reply)),
+                Call::Logged(sale, order, status) => {
+                    logged
+                        .entry(sale)
+                        .or_default()
+                        .push((order, status.as_str()));
+                }
+                Call::Reconcile(log) => {
+                    if reconciler.is_none() {
+                        let task = reconcile::run(
+                            store.clone(),
+                            shared.clone(),
+                            log,
+                            shared.opts.journal_grace,
+                        );
+                        reconciler = Some(tokio::spawn(task));
+                    }
+                }
                 Call::Stop(done) => {
                     background.abort();
+                    if let Some(reconciler) = reconciler.take() {
+                        // Its claims come due again after the grace.
+                        reconciler.abort();
+                    }
+                    mark_logged(&store, std::mem::take(&mut logged)).await;
                     // Purchases in flight finish first: the batches out,
                     // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
@@ -905,6 +961,12 @@ async fn backend_main(
                     tokio::spawn(handle(store.clone(), shared.clone(), other));
                 }
             }
+        }
+        if !logged.is_empty() {
+            // One ZREM per sale for the events this drain saw logged.
+            let store = store.clone();
+            let logged = std::mem::take(&mut logged);
+            tokio::spawn(async move { mark_logged(&store, logged).await });
         }
         if !recalls.is_empty() {
             // One pipeline for the key lookups of this drain.
@@ -937,6 +999,17 @@ async fn reserve_and_reply(
     let results = store.reserve_batch(&calls).await;
     for (reply, result) in replies.into_iter().zip(results) {
         let _ = reply.send(result);
+    }
+}
+
+/// Removes the not-yet-logged entries of events now in the journal, one
+/// command per sale. Lost: a repeat of the move, or the reconciler after
+/// its grace, logs the event once more (consumers dedupe).
+async fn mark_logged(store: &RedisStore, logged: HashMap<String, Vec<(String, &'static str)>>) {
+    for (sale, entries) in logged {
+        if let Err(e) = store.mark_logged(&sale, &entries).await {
+            debug!(sale, error = %e, "changes not marked logged");
+        }
     }
 }
 
@@ -991,19 +1064,14 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);
         }
-        Call::Logged(sale, order, status) => {
-            // Lost: a later repeat of the move logs it once more.
-            if let Err(e) = store
-                .mark_logged(&sale, &[(order.clone(), status.as_str())])
-                .await
-            {
-                debug!(order, error = %e, "move not marked logged");
-            }
-        }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
         Call::ExpireKeys => expire_keys(&store, &shared).await,
-        Call::Reserve(..) | Call::Recall(..) | Call::Stop(_) => {}
+        Call::Reserve(..)
+        | Call::Recall(..)
+        | Call::Logged(..)
+        | Call::Reconcile(_)
+        | Call::Stop(_) => {}
     }
 }
 
@@ -1039,6 +1107,12 @@ async fn release_until_known(store: &RedisStore, shared: &Shared, call: &Abandon
             }
             Ok(Abandoned::Released(outcome)) => {
                 debug!(order, ?outcome, "compensated");
+                if !shared.opts.track_log {
+                    // Released (or kept: a replay logged it): nothing is
+                    // left for the reconciler to do.
+                    let entry = [(call.order_id.clone(), "reserved")];
+                    let _ = store.mark_logged(&call.sale_id, &entry).await;
+                }
                 return;
             }
             Err(e) => {
