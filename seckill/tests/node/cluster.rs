@@ -954,6 +954,7 @@ fn a_reservation_whose_node_died_before_its_append_is_logged_and_expires() {
     );
     assert_eq!(reserved["user_id"], "victim", "{reserved}");
     assert_eq!(reserved["idempotency_key"], "victim-k1", "{reserved}");
+    assert!(reserved["fingerprint"].is_string(), "{reserved}");
     crate::support::eventually(
         Duration::from_secs(10),
         "the not-yet-logged set empties",

@@ -851,7 +851,9 @@ impl RedisStore {
     }
 
     /// The Idempotency-Key an order was made with, if any, with its
-    /// fingerprint (16 hex digits) when the record holds one.
+    /// fingerprint when the record holds one (records written before
+    /// fingerprints were stored do not), as the nodes log it in
+    /// `order_reserved`: lower-case hex without leading zeros.
     pub async fn order_key(
         &self,
         sale_id: &str,
@@ -865,7 +867,11 @@ impl RedisStore {
         };
         let record: KeyRecord = serde_json::from_str(&json)
             .map_err(|e| StockError::Unavailable(format!("bad order record {order_id}: {e}")))?;
-        Ok(record.key.map(|key| (key, record.fp)))
+        let fingerprint = record
+            .fp
+            .and_then(|fp| u64::from_str_radix(&fp, 16).ok())
+            .map(|fp| format!("{fp:x}"));
+        Ok(record.key.map(|key| (key, fingerprint)))
     }
 
     /// Removes `(order_id, change)` entries from the sale's not-yet-logged

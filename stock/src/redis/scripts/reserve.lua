@@ -149,7 +149,9 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
   local order = '{"user_id":' .. json_string(user_id) .. ',"quantity":' .. qty_arg ..
     ',"status":"reserved","expires_at":' .. expires_at .. ',"node":' .. node
   if key ~= '' then
-    order = order .. ',"key":' .. json_string(key)
+    -- The fingerprint too, so that an order_reserved logged from this
+    -- record (the settler's, a reconciler's) carries both.
+    order = order .. ',"key":' .. json_string(key) .. ',"fp":"' .. fp .. '"'
   end
   redis.call('HSET', KEYS[7], order_id, order .. '}')
   redis.call('HINCRBY', KEYS[5], user_id, qty_arg)
