@@ -248,6 +248,32 @@ struct Shared {
     due: Box<[Mutex<Vec<String>>]>,
     /// Key lookups (`recall_key`) waiting for Redis.
     recalls: AtomicUsize,
+    /// The node is stopping: no lease call starts, and buyers who would
+    /// wait for one are answered 503 (`Call::Stop`).
+    stopping: AtomicBool,
+    /// Lease calls running ([`LeaseRunning`]); the stop returns the leases
+    /// only once they are done, so none leases after the return.
+    leasing: AtomicUsize,
+    leases_done: Notify,
+}
+
+/// A lease call counted in `Shared::leasing` until dropped.
+struct LeaseRunning<'a>(&'a Shared);
+
+impl<'a> LeaseRunning<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        // SeqCst, with `stopping`: either the stop sees this call running
+        // and waits for it, or this call sees the stop and leases nothing.
+        shared.leasing.fetch_add(1, Ordering::SeqCst);
+        LeaseRunning(shared)
+    }
+}
+
+impl Drop for LeaseRunning<'_> {
+    fn drop(&mut self) {
+        self.0.leasing.fetch_sub(1, Ordering::SeqCst);
+        self.0.leases_done.notify_waiters();
+    }
 }
 
 /// An Idempotency-Key this node answered: its fingerprint, its order, and
@@ -349,6 +375,9 @@ impl RedisAuthority {
             retry_log: LogThrottle::new(),
             keys: Striped::new(),
             recalls: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            leasing: AtomicUsize::new(0),
+            leases_done: Notify::new(),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -562,6 +591,9 @@ impl StockAuthority for RedisAuthority {
         for _ in 0..4 {
             if sale.is_closed() || sale.nothing_elsewhere() {
                 return Err(StockError::SoldOut);
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return Err(StockError::Unavailable("the node is stopping".into()));
             }
             if slot.failed.load(Ordering::Acquire) && slot.in_flight.load(Ordering::Acquire) {
                 // The last lease failed and its reset waits for Redis:
@@ -943,6 +975,7 @@ async fn backend_main(
                     }
                 }
                 Call::Stop(done) => {
+                    shared.stopping.store(true, Ordering::SeqCst);
                     background.abort();
                     if let Some(reconciler) = reconciler.take() {
                         // Its claims come due again after the grace.
@@ -953,6 +986,9 @@ async fn backend_main(
                     // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
                     reserve_and_reply(&store, batch, replies).await;
+                    // A lease call still running could lease after the
+                    // return: wait for them (they stop early), then return.
+                    leases_settled(&shared).await;
                     return_leases(&store, &shared).await;
                     let _ = done.send(());
                     return;
@@ -1169,6 +1205,15 @@ fn lease_want(spec: &SaleSpec) -> u64 {
 /// lease.
 async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize, for_buyer: bool) {
     let slot = lease_slot(sale);
+    let _running = LeaseRunning::enter(shared);
+    if shared.stopping.load(Ordering::SeqCst) {
+        // The stop returns the lease: lease nothing more. The buyers
+        // waiting for this call get 503 now.
+        slot.failed.store(true, Ordering::Release);
+        slot.in_flight.store(false, Ordering::Release);
+        slot.done.notify_waiters();
+        return;
+    }
     let leased = if for_buyer {
         rebalance::lease_or_wait(store, shared, sale, core).await
     } else {
@@ -1209,6 +1254,25 @@ async fn reset_lease(store: &RedisStore, shared: &Shared, sale: &Sale) {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
+        }
+    }
+}
+
+/// Waits until no lease call runs (they see `stopping` and end at their
+/// next step; one in Redis ends within the call timeout), for at most a
+/// few call timeouts.
+async fn leases_settled(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + shared.opts.call_timeout * 4;
+    loop {
+        let done = shared.leases_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if shared.leasing.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, done).await.is_err() {
+            warn!("lease calls still running at stop; their units will be reclaimed");
+            return;
         }
     }
 }
