@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use queue::journal::MAGIC;
@@ -49,8 +49,6 @@ pub struct LogContents {
     pub events: Vec<Event>,
     /// Bytes at the end that did not make a whole valid frame.
     pub torn_tail_bytes: usize,
-    /// Events of a schema version newer than this build knows (skipped).
-    pub unknown_versions: usize,
     /// Redeliveries of an event already read (at-least-once Kafka), left
     /// out of `events`. Always 0 for the journal, which is exactly once.
     pub redeliveries: usize,
@@ -119,11 +117,47 @@ impl OrderLogSource for JournalFile {
         format!("journal {}", self.path.display())
     }
 
+    /// The journal's sealed segments (oldest first), then the live file. A
+    /// journal already folded into a snapshot has lost the events the audit
+    /// needs: that is an error, not a shorter log.
     fn read(&self) -> Result<LogContents, BenchError> {
-        let bytes = fs::read(&self.path)
-            .map_err(|e| BenchError::Log(format!("cannot read {}: {e}", self.path.display())))?;
-        parse_journal(&bytes).map_err(|e| BenchError::Log(format!("{}: {e}", self.path.display())))
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if dir.join(queue::snapshot::FILE_NAME).exists() {
+            return Err(BenchError::Log(format!(
+                "{}: the journal was compacted into {} and its earlier events are gone; \
+                 audit a node run with journal_segment_bytes = 0",
+                self.path.display(),
+                queue::snapshot::FILE_NAME
+            )));
+        }
+        let sealed = queue::journal::sealed_segments(dir)
+            .map_err(|e| BenchError::Log(format!("cannot list {}: {e}", dir.display())))?;
+        let mut out = LogContents::default();
+        for (_, segment) in &sealed {
+            let part = read_journal_file(segment)?;
+            if part.torn_tail_bytes > 0 {
+                return Err(BenchError::Log(format!(
+                    "{}: a sealed segment ends in a torn frame",
+                    segment.display()
+                )));
+            }
+            out.events.extend(part.events);
+        }
+        let live = read_journal_file(&self.path)?;
+        out.events.extend(live.events);
+        out.torn_tail_bytes = live.torn_tail_bytes;
+        Ok(out)
     }
+}
+
+fn read_journal_file(path: &Path) -> Result<LogContents, BenchError> {
+    let bytes = fs::read(path)
+        .map_err(|e| BenchError::Log(format!("cannot read {}: {e}", path.display())))?;
+    parse_journal(&bytes).map_err(|e| BenchError::Log(format!("{}: {e}", path.display())))
 }
 
 /// Decodes a whole journal image.
@@ -147,10 +181,8 @@ pub fn parse_journal(bytes: &[u8]) -> Result<LogContents, String> {
     while at < bytes.len() {
         match frame_at(bytes, at) {
             Some(payload) => {
-                match decode_event(payload).map_err(|e| format!("frame at byte {at} {e}"))? {
-                    Some(event) => out.events.push(event),
-                    None => out.unknown_versions += 1,
-                }
+                let event = decode_event(payload).map_err(|e| format!("frame at byte {at} {e}"))?;
+                out.events.push(event);
                 at += FRAME_HEADER + payload.len();
             }
             None => {
@@ -167,18 +199,24 @@ pub fn parse_journal(bytes: &[u8]) -> Result<LogContents, String> {
     Ok(out)
 }
 
-/// Decodes one event record: `None` for a schema version newer than this
-/// build knows (to be skipped, not misread); an error when it is not an
-/// event.
-pub fn decode_event(payload: &[u8]) -> Result<Option<Event>, String> {
+/// Decodes one event record: an error when it is not an event, or is one
+/// of a schema version newer than this build knows. The audit cannot
+/// account for what it cannot read (that record may be an order answered
+/// 200), so such a log is unreadable, never "that order is absent".
+pub fn decode_event(payload: &[u8]) -> Result<Event, String> {
     let event: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("is not JSON: {e}"))?;
-    if event.get("v").and_then(|v| v.as_u64()) > Some(u64::from(queue::event::SCHEMA_VERSION)) {
-        return Ok(None);
+    if let Some(v) = event
+        .get("v")
+        .and_then(|v| v.as_u64())
+        .filter(|v| *v > u64::from(queue::event::SCHEMA_VERSION))
+    {
+        return Err(format!(
+            "is of schema version {v}, newer than this build's {}: cannot audit it",
+            queue::event::SCHEMA_VERSION
+        ));
     }
-    serde_json::from_value(event)
-        .map(Some)
-        .map_err(|e| format!("is not an event: {e}"))
+    serde_json::from_value(event).map_err(|e| format!("is not an event: {e}"))
 }
 
 /// The payload of a whole, CRC-valid frame starting at `at`.
@@ -270,8 +308,8 @@ impl KafkaTopic {
     }
 
     /// Reads every partition up to its high watermark; the events of each
-    /// partition in offset order.
-    fn read_partitions(&self) -> Result<(Vec<Vec<Event>>, usize), String> {
+    /// partition in offset order. A message it cannot read is an error.
+    fn read_partitions(&self) -> Result<Vec<Vec<Event>>, String> {
         let deadline = Instant::now() + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         let consumer = self.consumer()?;
@@ -296,14 +334,13 @@ impl KafkaTopic {
             }
         }
         let mut events: Vec<Vec<Event>> = vec![Vec::new(); n];
-        let mut unknown = 0;
         let done = |next: &[i64]| {
             partitions
                 .iter()
                 .all(|&p| next[p as usize] >= high[p as usize])
         };
         if done(&next) {
-            return Ok((events, unknown));
+            return Ok(events);
         }
         consumer
             .assign(&assignment)
@@ -341,12 +378,9 @@ impl KafkaTopic {
                             m.offset()
                         )
                     })?;
-                    match decode_event(payload)
-                        .map_err(|e| format!("{}/{p} offset {} {e}", self.topic, m.offset()))?
-                    {
-                        Some(e) => events[p].push(e),
-                        None => unknown += 1,
-                    }
+                    let event = decode_event(payload)
+                        .map_err(|e| format!("{}/{p} offset {} {e}", self.topic, m.offset()))?;
+                    events[p].push(event);
                     next[p] = m.offset() + 1;
                 }
                 Some(Err(e)) => last_error = Some(e.to_string()),
@@ -365,7 +399,7 @@ impl KafkaTopic {
                 }
             }
         }
-        Ok((events, unknown))
+        Ok(events)
     }
 }
 
@@ -375,12 +409,11 @@ impl OrderLogSource for KafkaTopic {
     }
 
     fn read(&self) -> Result<LogContents, BenchError> {
-        let (partitions, unknown_versions) = self.read_partitions().map_err(BenchError::Log)?;
+        let partitions = self.read_partitions().map_err(BenchError::Log)?;
         let (events, redeliveries) = drop_redeliveries(merge_by_time(partitions));
         Ok(LogContents {
             events,
             torn_tail_bytes: 0,
-            unknown_versions,
             redeliveries,
         })
     }
@@ -505,6 +538,36 @@ mod tests {
     }
 
     #[test]
+    fn sealed_segments_are_read_before_the_live_file_and_a_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join(queue::journal::FILE_NAME);
+        // Two sealed generations (named as the journal seals them), then
+        // the live file: read oldest first.
+        let sealed = |gen: u64| live.with_extension(format!("journal.{gen:020}"));
+        fs::write(sealed(2), encode_journal(&[reserved("b")])).unwrap();
+        fs::write(sealed(1), encode_journal(&[reserved("a")])).unwrap();
+        fs::write(&live, encode_journal(&[reserved("c")])).unwrap();
+        let log = LogSpec::Journal(dir.path().to_path_buf())
+            .source()
+            .read()
+            .unwrap();
+        assert_eq!(
+            log.events,
+            vec![reserved("a"), reserved("b"), reserved("c")]
+        );
+        // A segment cut short is not a torn tail: it was sealed whole.
+        let image = encode_journal(&[reserved("a")]);
+        fs::write(sealed(1), &image[..image.len() - 2]).unwrap();
+        let err = LogSpec::Journal(live.clone()).source().read().unwrap_err();
+        assert!(err.to_string().contains("torn"), "{err}");
+        // Events folded into a snapshot are gone: no audit of what is left.
+        fs::write(sealed(1), &image).unwrap();
+        fs::write(dir.path().join(queue::snapshot::FILE_NAME), b"SKSNAP01").unwrap();
+        let err = LogSpec::Journal(live).source().read().unwrap_err();
+        assert!(err.to_string().contains("compacted"), "{err}");
+    }
+
+    #[test]
     fn torn_tail_is_left_out_and_corruption_is_an_error() {
         let image = encode_journal(&[reserved("a"), reserved("b"), reserved("c")]);
         let torn = &image[..image.len() - 3];
@@ -594,16 +657,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_versions_are_skipped_and_garbage_is_an_error() {
+    fn newer_versions_and_garbage_are_errors() {
         let mut newer: serde_json::Value =
             serde_json::from_slice(&reserved("n").to_json()).unwrap();
         newer["v"] = 99.into();
+        assert!(decode_event(newer.to_string().as_bytes()).is_err());
         newer["type"] = "order_teleported".into();
-        assert_eq!(decode_event(newer.to_string().as_bytes()), Ok(None));
-        assert_eq!(
-            decode_event(&reserved("o").to_json()),
-            Ok(Some(reserved("o")))
-        );
+        assert!(decode_event(newer.to_string().as_bytes()).is_err());
+        assert_eq!(decode_event(&reserved("o").to_json()), Ok(reserved("o")));
         assert!(decode_event(b"{\"v\":1,\"type\":\"nope\"}").is_err());
         assert!(decode_event(b"\x00\x01").is_err());
     }

@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md: routing and one handler per endpoint.
+//! The HTTP API (docs/api.md): routing and one handler per endpoint.
 //!
 //! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
 //! one call each, returning early: parse → sale lookup (per-core cache) →
@@ -369,6 +369,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         input: &[u8],
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
+        let _turn = self.node.admin_change().await;
         let authority = &self.node.authority;
         let existing = authority.sale(sale_id);
         // A retried PUT without `starts_at` means the same sale, not one that
@@ -407,6 +408,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         switch: Switch,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
+        let _turn = self.node.admin_change().await;
         let authority = &self.node.authority;
         let sale = authority.sale(sale_id).ok_or(StockError::SaleNotFound)?;
         if switch != Switch::Close && sale.state(now_s()) == stock::SaleState::Closed {

@@ -139,7 +139,7 @@ pub enum KeyLookup {
 }
 
 /// Errors of the stock authority; each carries the stable code of
-/// DESIGN.md's error table.
+/// the error table of docs/api.md.
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
     #[error("no such sale")]
