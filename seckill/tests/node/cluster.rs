@@ -992,3 +992,31 @@ fn a_reservation_whose_node_died_before_its_append_is_logged_and_expires() {
     });
     assert_eq!(redis_int(&redis, "sk:{dr}:sold"), 0);
 }
+
+#[test]
+fn a_node_restarted_under_its_id_after_a_crash_sells_what_its_predecessor_leased() {
+    let redis = RedisServer::start();
+    let mut node = cluster_node(&redis, 1, &[]);
+    node.client()
+        .create_sale("heir", &json!({"stock": 400, "per_user_limit": 1}));
+    // A few sales, so that the node holds a lease of unsold units (leases
+    // are a 32nd of the sale).
+    let mut c = node.client();
+    for i in 0..3 {
+        assert_ok(&c.purchase("heir", &format!("first-{i}")));
+    }
+    let leased = redis_cli(&redis, &["HGET", "sk:{heir}:leases", "1"]);
+    assert!(
+        leased.trim().parse::<u64>().unwrap_or(0) > 0,
+        "the node holds leased units: {leased:?}"
+    );
+    node.kill();
+    node.restart();
+    // The new process under the same id must sell every unit left, the
+    // ones its predecessor leased included, and only then say sold out.
+    let orders = buy_the_rest(&[node.addr()], "heir", "after", Duration::from_secs(30));
+    assert_eq!(orders.len(), 397, "units left after the crash");
+    assert_eq!(redis_int(&redis, "sk:{heir}:sold"), 400);
+    let leased = redis_cli(&redis, &["HGET", "sk:{heir}:leases", "1"]);
+    assert_eq!(leased.trim().parse::<u64>().unwrap_or(0), 0, "{leased:?}");
+}
