@@ -410,6 +410,11 @@ impl RedisAuthority {
                 opts.lease_ttl
             )));
         }
+        // The id is this process's now. Whatever Redis still counts in its
+        // leases belonged to a predecessor that died (this process has no
+        // units yet): give it back before serving, or it would sit in the
+        // lease, unsold, while this node answers sold out.
+        runtime.block_on(return_predecessors_leases(&store, opts.node_id))?;
         store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
@@ -1301,6 +1306,21 @@ async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize, fo
     }
     slot.in_flight.store(false, Ordering::Release);
     slot.done.notify_waiters();
+}
+
+/// Returns to the pool every unit Redis counts in this node id's leases,
+/// at start: they were leased by an earlier process under the same id.
+async fn return_predecessors_leases(store: &RedisStore, node: u32) -> Result<(), StockError> {
+    for id in store.sale_ids().await? {
+        let units = store.return_lease(&id, node).await?;
+        if units > 0 {
+            warn!(
+                sale = id,
+                node, units, "returned units an earlier process under this node id had leased"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Drains the sale's shards and returns the node's whole lease to the
