@@ -58,6 +58,9 @@ pub enum Failpoint {
     /// Fail (once) the order log append of the first order transition
     /// (pay, cancel, expiry), after the authority applied the move.
     TransitionLog,
+    /// Fail (once) the order log append of the first replay of an order
+    /// found in the shared authority (cluster mode).
+    ReplayLog,
     /// Compaction: the new snapshot is written and synced to its temp file,
     /// not installed.
     CompactBeforeInstall,
@@ -75,6 +78,7 @@ impl Failpoint {
         match std::env::var("SECKILL_FAILPOINT").as_deref() {
             Ok("after_reserve") => Some(Failpoint::AfterReserve),
             Ok("transition_log") => Some(Failpoint::TransitionLog),
+            Ok("replay_log") => Some(Failpoint::ReplayLog),
             Ok("compact_before_install") => Some(Failpoint::CompactBeforeInstall),
             Ok("compact_after_install") => Some(Failpoint::CompactAfterInstall),
             Ok("compact_mid_delete") => Some(Failpoint::CompactMidDelete),
