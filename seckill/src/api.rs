@@ -244,7 +244,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         };
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
             Reservation::Replay(order) => {
-                return self.replayed_from_authority(&order, &attempt, body).await;
+                return self
+                    .replayed_from_authority(&sale, &order, &attempt, body)
+                    .await;
             }
             Reservation::New { order, pending } => (order, pending),
         };
@@ -293,7 +295,10 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         match self.node.authority.recall_key(sale, attempt).await? {
-            KeyLookup::Replay(order) => self.replayed_from_authority(&order, attempt, body).await,
+            KeyLookup::Replay(order) => {
+                self.replayed_from_authority(sale, &order, attempt, body)
+                    .await
+            }
             KeyLookup::Unused => Err(refused.into()),
         }
     }
@@ -306,6 +311,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     /// Consumers dedupe by order id.
     async fn replayed_from_authority(
         &self,
+        sale: &Sale,
         order: &Order,
         attempt: &Attempt<'_>,
         body: &mut Vec<u8>,
@@ -322,6 +328,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 self.node.log.append(&event).await?;
             }
         }
+        self.node.authority.replay_answered(sale, attempt, order);
         self.replayed(order, body)
     }
 

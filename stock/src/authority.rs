@@ -332,6 +332,15 @@ pub trait StockAuthority: Send + Sync + 'static {
         let _ = (sale, attempt);
         std::future::ready(Ok(KeyLookup::Unused))
     }
+    /// A replay that [`StockAuthority::reserve`] or
+    /// [`StockAuthority::recall_key`] found was logged and is answered 200
+    /// now: later retries of its key may be answered from memory. Only
+    /// after the log append: a replay whose append failed must be logged by
+    /// its next retry, not answered from memory. The default remembers
+    /// nothing.
+    fn replay_answered(&self, sale: &Sale, attempt: &Attempt<'_>, order: &Order) {
+        let _ = (sale, attempt, order);
+    }
     /// Called when the core's shard and its siblings are dry: brings more
     /// units from wherever the authority keeps them (a lease from the
     /// cluster pool) and takes `qty` of them for `core`. Answers `SoldOut`

@@ -606,21 +606,18 @@ impl StockAuthority for RedisAuthority {
         let admitted = self.shared.recalls.fetch_add(1, Ordering::AcqRel) < RECALLS_IN_FLIGHT;
         let slot = RecallSlot(self.shared.clone());
         let asked = attempt.idempotency_key.filter(|_| admitted).map(|key| {
-            let fingerprint = attempt.fingerprint(sale.id());
             let (tx, rx) = oneshot::channel();
             let call = KeyRecall {
                 sale_id: sale.id().to_owned(),
                 key: key.to_owned(),
-                fingerprint,
+                fingerprint: attempt.fingerprint(sale.id()),
             };
-            (key, fingerprint, self.ask(Call::Recall(call, tx), rx))
+            self.ask(Call::Recall(call, tx), rx)
         });
-        let shared = self.shared.clone();
-        let sale = shared.sales.get(sale.id());
         let keyed = attempt.idempotency_key.is_some();
         async move {
             let _slot = slot;
-            let Some((key, fingerprint, reply)) = asked else {
+            let Some(reply) = asked else {
                 if keyed {
                     return Err(StockError::Unavailable(
                         "too many Idempotency-Key lookups waiting for Redis; retry".into(),
@@ -631,12 +628,8 @@ impl StockAuthority for RedisAuthority {
             match reply.await? {
                 Recalled::Unused => Ok(KeyLookup::Unused),
                 Recalled::KeyReused => Err(StockError::KeyReused),
-                Recalled::Replay(order) => {
-                    if let Some(sale) = sale {
-                        shared.remember_key(&sale, key.into(), fingerprint, order.clone());
-                    }
-                    Ok(KeyLookup::Replay(order))
-                }
+                // Remembered once it is logged (`replay_answered`).
+                Recalled::Replay(order) => Ok(KeyLookup::Replay(order)),
             }
         }
     }
@@ -752,13 +745,9 @@ impl StockAuthority for RedisAuthority {
                         key,
                     },
                 }),
-                Ok(ReserveOutcome::Replay(first)) => {
-                    // Redis marked it acknowledged: never released now.
-                    if let Some((k, fp)) = key {
-                        self.shared.remember_key(sale, k, fp, first.clone());
-                    }
-                    Ok(Reservation::Replay(first))
-                }
+                // Redis marked it acknowledged: never released now. It is
+                // remembered once it is logged (`replay_answered`).
+                Ok(ReserveOutcome::Replay(first)) => Ok(Reservation::Replay(first)),
                 Ok(ReserveOutcome::LimitExceeded) => Err(StockError::LimitExceeded),
                 Ok(ReserveOutcome::KeyReused) => Err(StockError::KeyReused),
                 Ok(ReserveOutcome::SaleNotOpen) => Err(StockError::SaleNotOpen),
@@ -828,6 +817,14 @@ impl StockAuthority for RedisAuthority {
         }
         if let Some((k, fp)) = key {
             self.shared.remember_key(sale, k, fp, order);
+        }
+    }
+
+    fn replay_answered(&self, sale: &Sale, attempt: &Attempt<'_>, order: &Order) {
+        if let Some(key) = attempt.idempotency_key {
+            let fingerprint = attempt.fingerprint(sale.id());
+            self.shared
+                .remember_key(sale, key.into(), fingerprint, order.clone());
         }
     }
 
