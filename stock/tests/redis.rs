@@ -15,6 +15,8 @@
 //!   released, or tombstoned with its unit returned; the late reserve race.
 //! - `recall`: the cluster authority's key lookups across nodes (Redis and
 //!   memory), kept orders, the bound on lookups in flight.
+//! - `clock`: a node whose clock runs behind Redis's keeps the units of
+//!   reservations refused as too old.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +26,8 @@ use stock::SaleSpec;
 
 #[path = "redis/abandon.rs"]
 mod abandon;
+#[path = "redis/clock.rs"]
+mod clock;
 #[path = "redis/faults.rs"]
 mod faults;
 #[path = "redis/lease.rs"]
