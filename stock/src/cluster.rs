@@ -771,12 +771,18 @@ impl StockAuthority for RedisAuthority {
                     ))
                 }
                 Ok(ReserveOutcome::Gone) => {
-                    // Only a late copy of a reservation this node already
-                    // abandoned answers this, and the abandon accounted for
-                    // its units: they are not this call's.
-                    units.commit();
+                    // Redis charged nothing. A tombstone cannot be the cause
+                    // (this node abandons an order only after its call
+                    // answered, and a late copy's answer goes nowhere), so
+                    // the order was judged too old: its expiry, made on this
+                    // node's clock, is past Redis's time plus the grace.
+                    // The units are still this node's lease: back to the
+                    // shard. The 503's detail (logged) names the clock.
+                    drop(units);
                     Err(StockError::Unavailable(
-                        "the reservation was abandoned; retry".into(),
+                        "the reservation was refused as too old: this node's clock is \
+                         behind Redis's; retry"
+                            .into(),
                     ))
                 }
                 Err(StockError::Undetermined(why)) => {
