@@ -148,7 +148,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     ..Reply::json()
                 })
             }
-            (_, "/healthz" | "/metrics") => Err(ApiError::MethodNotAllowed),
+            (Method::Get, "/openapi.json") => Ok(crate::openapi::serve(body)),
+            (_, "/healthz" | "/metrics" | "/openapi.json") => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound("no such route")),
         }
     }

@@ -15,6 +15,8 @@
 //! - `ratelimit`: per-core per-user and per-IP purchase rate limits (GCRA).
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
 //! - `timefmt`: RFC 3339 times for the admin API.
+//! - `openapi`: the OpenAPI document of the API (`docs/openapi.yaml`),
+//!   served at `GET /openapi.json`.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
 //! - `settle`: `seckill settle`, the settler of a Kafka cluster (expiry,
 //!   reconciliation of changes that never reached the log).
@@ -26,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 pub mod settle;
