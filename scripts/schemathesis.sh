@@ -5,7 +5,8 @@
 # Checked on every answer: no 5xx other than the documented 503s, the
 # status is one the spec lists for that path, the content type and the
 # headers (Retry-After, Idempotent-Replayed) are the documented ones, and
-# the body matches its schema.
+# the body matches its schema; requests the schema forbids are refused
+# (4xx), and a method a path does not serve is 405 with a true Allow.
 #
 #   scripts/schemathesis.sh            # builds the node (debug) and runs
 #   NODE_BIN=path/to/seckill scripts/schemathesis.sh
@@ -63,7 +64,7 @@ fi
 # runs (no example database), so the seed alone decides the cases.
 status=0
 (cd "$work" && "$VENV/bin/st" run "$addr/openapi.json" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,unsupported_method,allow_header_conformance \
   --phases examples,coverage,fuzzing,stateful \
   --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
   --generation-database none --suppress-health-check all \

@@ -74,6 +74,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     body,
                     retry_after: None,
                     replayed: reply.replayed,
+                    allow: None,
                 }
                 .write_to(out, keep_alive);
             }
@@ -97,7 +98,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             return match (method, rest.split_once('/')) {
                 (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, peer, body).await,
                 (Method::Get, None) => self.get_sale(rest, body),
-                (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
+                (_, Some((_, "purchase"))) => Err(ApiError::MethodNotAllowed("POST")),
+                (_, None) => Err(ApiError::MethodNotAllowed("GET")),
                 _ => Err(ApiError::NotFound("no such route")),
             };
         }
@@ -110,7 +112,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 (Method::Post, Some((id, "cancel"))) => {
                     self.pay_or_cancel(id, OrderStatus::Cancelled, body).await
                 }
-                (_, None) | (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed),
+                (_, None) => Err(ApiError::MethodNotAllowed("GET")),
+                (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed("POST")),
                 _ => Err(ApiError::NotFound("no such route")),
             };
         }
@@ -129,8 +132,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 (Method::Post, Some((id, "close"))) => {
                     self.switch_sale(id, Switch::Close, body).await
                 }
-                (_, None) | (_, Some((_, "pause" | "resume" | "close"))) => {
-                    Err(ApiError::MethodNotAllowed)
+                (_, None) => Err(ApiError::MethodNotAllowed("PUT")),
+                (_, Some((_, "pause" | "resume" | "close"))) => {
+                    Err(ApiError::MethodNotAllowed("POST"))
                 }
                 _ => Err(ApiError::NotFound("no such route")),
             };
@@ -149,7 +153,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 })
             }
             (Method::Get, "/openapi.json") => Ok(crate::openapi::serve(body)),
-            (_, "/healthz" | "/metrics" | "/openapi.json") => Err(ApiError::MethodNotAllowed),
+            (_, "/healthz" | "/metrics" | "/openapi.json") => {
+                Err(ApiError::MethodNotAllowed("GET"))
+            }
             _ => Err(ApiError::NotFound("no such route")),
         }
     }

@@ -202,6 +202,8 @@ pub struct Response<'a> {
     pub body: &'a [u8],
     pub retry_after: Option<u32>,
     pub replayed: bool,
+    /// The `Allow` header of a 405: the methods the path serves.
+    pub allow: Option<&'static str>,
 }
 
 impl<'a> Response<'a> {
@@ -212,6 +214,7 @@ impl<'a> Response<'a> {
             body,
             retry_after: None,
             replayed: false,
+            allow: None,
         }
     }
 
@@ -231,6 +234,9 @@ impl<'a> Response<'a> {
         }
         if self.replayed {
             out.extend_from_slice(b"idempotent-replayed: true\r\n");
+        }
+        if let Some(allow) = self.allow {
+            let _ = write!(out, "allow: {allow}\r\n");
         }
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");

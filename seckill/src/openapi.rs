@@ -103,7 +103,7 @@ mod tests {
             crate::error::ApiError::BadRequestStatic("x"),
             crate::error::ApiError::Unauthorized,
             crate::error::ApiError::NotFound("x"),
-            crate::error::ApiError::MethodNotAllowed,
+            crate::error::ApiError::MethodNotAllowed("GET"),
             crate::error::ApiError::BodyTooLarge,
             crate::error::ApiError::HeadersTooLarge,
             crate::error::ApiError::Overloaded,
