@@ -24,6 +24,8 @@
 //! - `switch_crash`: pause/resume/close racing with purchases, then
 //!   SIGKILL: the restart shows the same sales and orders.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `cluster_journal`: a cluster node's own journal is sealed into kept
+//!   segments, and a restart reads only the live file.
 //! - `hygiene`: one live node per node id; the settler stops at an
 //!   unreadable event and keeps its grace above the nodes' delivery
 //!   timeouts; start-up warnings about persistence and replication.
@@ -44,6 +46,8 @@ mod admin;
 mod bad_input;
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/cluster_journal.rs"]
+mod cluster_journal;
 #[path = "node/compaction.rs"]
 mod compaction;
 #[path = "node/contention.rs"]
