@@ -1,6 +1,6 @@
 //! The HTTP API (docs/api.md): routing and one handler per endpoint.
 //!
-//! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
+//! PERFORMANCE-CRITICAL PATH: `Core::purchase`. Its steps run in order,
 //! one call each, returning early: parse → sale lookup (per-core cache) →
 //! sale gate (sold-out flag) → rate limit → idempotency replay → admission token → take
 //! units from the local shard → reserve with the stock authority → append

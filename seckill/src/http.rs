@@ -55,8 +55,8 @@ pub enum HttpError {
 pub enum Parsed<'a> {
     /// A whole request and how many bytes of the buffer it used.
     Complete(Request<'a>, usize),
-    /// More bytes are needed. `head_done` says whether the headers are
-    /// complete (so that `Expect: 100-continue` can be answered).
+    /// More bytes are needed. `expects_continue`: the headers are complete
+    /// and ask for `Expect: 100-continue` (so that it can be answered).
     Partial {
         expects_continue: bool,
     },

@@ -4,7 +4,7 @@
 //!
 //! Backend I/O runs on a small tokio runtime on its own thread ("the
 //! backend"), because the redis crate is built for tokio and the cores run
-//! monoio. Cores hand it [`Call`]s through an unbounded channel and await a
+//! monoio. Cores hand it `Call`s through an unbounded channel and await a
 //! tokio `oneshot` (runtime-agnostic); they never block and never hold a
 //! lock across the hand-off. The backend drains the channel in batches:
 //! the reservations gathered while at most two earlier batches were out go
