@@ -251,6 +251,34 @@ impl Journal {
         Ok((journal, out))
     }
 
+    /// Opens a journal that is only an order log, not the node's state (a
+    /// cluster node's: Redis holds the state): `orders.journal` is checked
+    /// and cut at a torn tail as [`Journal::open`] does, but its events are
+    /// not returned, and the sealed segments `orders.journal.<gen>` (sealed
+    /// every `opts.segment_bytes`) are kept for the log's readers and never
+    /// read here. So a restart reads at most one segment's worth, however
+    /// many orders the node took. A data dir with a snapshot is refused (it
+    /// holds an embedded node's state).
+    pub fn open_log(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
+        if dir.join(snapshot::FILE_NAME).exists() {
+            return Err(JournalError::HasSnapshot {
+                dir: dir.to_owned(),
+            });
+        }
+        let (file, _) = open_file(dir)?;
+        let last_gen = sealed_segments(dir)?.last().map_or(0, |(gen, _)| *gen);
+        let len = file.metadata()?.len();
+        let sink = FileSink {
+            dir: dir.to_owned(),
+            file,
+            len,
+            next_gen: last_gen + 1,
+            limit: opts.segment_bytes,
+            on_seal: opts.on_seal.clone(),
+        };
+        Journal::start(Box::new(sink), opts)
+    }
+
     /// Queues one event. The returned future resolves once the record is
     /// durable (written and fdatasync'ed). Dropping the future does not
     /// withdraw the record.

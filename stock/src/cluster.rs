@@ -342,7 +342,23 @@ impl RedisAuthority {
         runtime.block_on(store.persistence()).warn_if_at_risk();
         // One live process per node id: two would share a lease.
         let claim = NodeClaim::new(opts.node_id, opts.lease_ttl, opts.kafka_timeout_ms)?;
-        if let ClaimOutcome::InUse { expires_at_ms } = runtime.block_on(store.claim_node(&claim))? {
+        // A process restarted right after a crash finds its predecessor's
+        // claim: wait for it to lapse (a live duplicate keeps refreshing
+        // its claim, so it is still refused, only later).
+        let patience = Instant::now() + opts.lease_ttl + Duration::from_secs(1);
+        let mut outcome = runtime.block_on(store.claim_node(&claim))?;
+        if matches!(outcome, ClaimOutcome::InUse { .. }) {
+            warn!(
+                node = opts.node_id,
+                "node id claimed by another process; waiting up to {:?} for the claim to lapse",
+                opts.lease_ttl + Duration::from_secs(1)
+            );
+        }
+        while matches!(outcome, ClaimOutcome::InUse { .. }) && Instant::now() < patience {
+            std::thread::sleep(Duration::from_millis(200));
+            outcome = runtime.block_on(store.claim_node(&claim))?;
+        }
+        if let ClaimOutcome::InUse { expires_at_ms } = outcome {
             return Err(StockError::Unavailable(format!(
                 "node id {} is in use by another live node (its claim runs to {}, Unix ms, \
                  unless refreshed): give every node its own --node-id, or wait {:?} after \
