@@ -96,6 +96,9 @@ pub enum Command {
     /// Runs the settler of a Kafka cluster: consumes the order topic,
     /// expires unpaid orders, reconciles changes that never reached the log.
     Settle(crate::settle::SettleFlags),
+    /// Prints a buyer token signed with the first of the configured
+    /// `buyer_keys` (TOML or SECKILL_BUYER_KEYS), for operators and curl.
+    Token(crate::app::TokenFlags),
 }
 
 /// Every setting of a node, with its default and its cost.
@@ -188,6 +191,17 @@ pub struct Config {
     /// Keys each rate limit tracks per core; past it new keys go
     /// unlimited until idle ones are swept. Default 100,000 (~2 MiB).
     pub rate_limit_max_tracked: usize,
+    /// Keys buyer tokens are verified with (env `SECKILL_BUYER_KEYS`,
+    /// comma-separated; never a flag: flags show in `ps`). Set, every
+    /// purchase and order call needs `Authorization: Bearer <buyer
+    /// token>`; any listed key verifies, `seckill token` signs with the
+    /// first. Cost: one HMAC-SHA256 of the token per purchase. Default
+    /// none: trusted mode, the body's `user_id` is believed.
+    pub buyer_keys: crate::auth::BuyerKeys,
+    /// The payment service's token for `POST /orders/{id}/pay` (env
+    /// `SECKILL_PAYMENT_TOKEN`); the admin token pays too. Without it and
+    /// without `buyer_keys`, `/pay` is open (the demo). Default none.
+    pub payment_token: Option<String>,
 }
 
 impl Default for Config {
@@ -223,6 +237,8 @@ impl Default for Config {
             rate_limit_ip_per_s: 0.0,
             rate_limit_ip_burst: 100,
             rate_limit_max_tracked: 100_000,
+            buyer_keys: crate::auth::BuyerKeys::default(),
+            payment_token: None,
         }
     }
 }
@@ -294,6 +310,14 @@ impl Config {
             config.write_timeout_s = v;
         }
         config.demo |= flags.demo;
+        // Secrets come from the file or the environment, never from flags.
+        if let Ok(keys) = std::env::var("SECKILL_BUYER_KEYS") {
+            config.buyer_keys = crate::auth::BuyerKeys::parse_list(&keys)
+                .map_err(|e| anyhow::anyhow!("SECKILL_BUYER_KEYS: {e}"))?;
+        }
+        if let Ok(token) = std::env::var("SECKILL_PAYMENT_TOKEN") {
+            config.payment_token = Some(token);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -336,6 +360,12 @@ impl Config {
             anyhow::ensure!(
                 !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
                 "admin token must be non-empty visible ASCII"
+            );
+        }
+        if let Some(token) = &self.payment_token {
+            anyhow::ensure!(
+                !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+                "payment token must be non-empty visible ASCII"
             );
         }
         if self.redis.is_some() || self.kafka.is_some() {

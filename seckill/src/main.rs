@@ -1,5 +1,6 @@
 //! `seckill`: load the configuration, start the node, serve until SIGTERM;
-//! `seckill settle`: run the settler of a Kafka cluster.
+//! `seckill settle`: run the settler of a Kafka cluster;
+//! `seckill token`: print a buyer token.
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -19,6 +20,9 @@ fn main() -> anyhow::Result<()> {
             }
             other => other,
         },
+        Some(seckill::config::Command::Token(token)) => {
+            seckill::app::token(&seckill::config::Config::from_flags(flags)?, &token)
+        }
         None => seckill::app::run(seckill::config::Config::from_flags(flags)?),
     }
 }

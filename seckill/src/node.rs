@@ -523,6 +523,7 @@ fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Res
                 starts_at,
                 ends_at,
                 payment_timeout_s,
+                ticket_required,
             } => {
                 let spec = SaleSpec {
                     sale_id: sale_id.clone(),
@@ -531,6 +532,7 @@ fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Res
                     starts_at: *starts_at,
                     ends_at: *ends_at,
                     payment_timeout_s: *payment_timeout_s,
+                    ticket_required: *ticket_required,
                 };
                 // A second definition of a live id lost the race when it was
                 // made (it was answered 409): the first one stands.

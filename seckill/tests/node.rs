@@ -36,6 +36,8 @@
 //!   real `redis-server` and a real broker (tansu).
 //! - `rebalance`: no false sold-out in cluster mode: units leased by one
 //!   node reach a buyer on another; sold-out answers cost Redis nothing.
+//! - `identity`: buyer tokens, ownership of orders, the payment token,
+//!   unguessable order ids, tickets, in both modes.
 
 #[path = "node/support.rs"]
 mod support;
@@ -58,6 +60,8 @@ mod crash;
 mod hygiene;
 #[path = "node/idempotency.rs"]
 mod idempotency;
+#[path = "node/identity.rs"]
+mod identity;
 #[path = "node/journal_replay.rs"]
 mod journal_replay;
 #[path = "node/kafka.rs"]

@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, warn};
 
 use crate::authority::{
-    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
-    Switch, Transition,
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, StockAuthority,
+    StockError, Switch, Transition,
 };
 use crate::redis::{
     Abandoned, ClaimOutcome, Created, KeyRecall, Moved, NodeClaim, Recalled, RedisStore,
@@ -303,7 +303,7 @@ impl Drop for RecallSlot {
 pub struct RedisAuthority {
     shared: Arc<Shared>,
     calls: mpsc::UnboundedSender<Call>,
-    next_seq: AtomicU64,
+    ids: OrderIds,
     backend: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -334,6 +334,7 @@ impl RedisAuthority {
                 StockError::Unavailable(format!("cannot start the backend runtime: {e}"))
             })?;
         let mut store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
+        let ids = OrderIds::new(opts.node_id, now_micros);
         if opts.track_log {
             store = store.tracking_log();
         } else {
@@ -393,7 +394,7 @@ impl RedisAuthority {
         Ok(RedisAuthority {
             shared,
             calls: tx,
-            next_seq: AtomicU64::new(now_micros),
+            ids,
             backend: Mutex::new(Some(backend)),
         })
     }
@@ -436,14 +437,19 @@ fn local_units(mode: StockMode, spec: &SaleSpec) -> u64 {
     }
 }
 
-/// The sale id inside an order id `{node}-{seq}-{sale}`.
+/// The sale id inside an order id `{node}-{random}-{sale}` ([`OrderIds`];
+/// ids of older nodes had a decimal sequence in the middle).
 fn sale_of(order_id: &str) -> Option<&str> {
     let mut parts = order_id.splitn(3, '-');
     let node = parts.next()?;
-    let seq = parts.next()?;
+    let middle = parts.next()?;
     let sale = parts.next()?;
-    (node.bytes().all(|b| b.is_ascii_digit())
-        && seq.bytes().all(|b| b.is_ascii_digit())
+    (!node.is_empty()
+        && node.bytes().all(|b| b.is_ascii_digit())
+        && !middle.is_empty()
+        && middle
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         && !sale.is_empty())
     .then_some(sale)
 }
@@ -638,9 +644,8 @@ impl StockAuthority for RedisAuthority {
         attempt: &Attempt<'_>,
         units: Units<'a>,
     ) -> impl Future<Output = Result<Reservation<PendingOrder<'a>>, StockError>> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let order = Order {
-            order_id: format!("{}-{}-{}", self.shared.opts.node_id, seq, sale.id()),
+            order_id: self.ids.next(Some(sale.id())),
             sale_id: sale.id().to_owned(),
             user_id: attempt.user_id.to_owned(),
             quantity: units.qty(),
@@ -1460,6 +1465,13 @@ mod tests {
         assert_eq!(sale_of("3-17"), None);
         assert_eq!(sale_of("x-17-s"), None);
         assert_eq!(sale_of("1-2-"), None);
+        assert_eq!(sale_of("-2-s"), None);
+        let id = OrderIds::new(3, 0).next(Some("phone-1"));
+        assert_eq!(sale_of(&id), Some("phone-1"), "{id}");
+        assert_eq!(
+            id.len(),
+            "3-".len() + OrderIds::RANDOM_LEN + "-phone-1".len()
+        );
     }
 
     #[test]
@@ -1482,6 +1494,7 @@ mod tests {
             starts_at: 0,
             ends_at: None,
             payment_timeout_s: 900,
+            ticket_required: false,
         };
         assert_eq!(lease_want(&spec(10)), 1);
         assert_eq!(lease_want(&spec(3_000)), 93);

@@ -67,6 +67,7 @@ fn spec(sale_id: &str, stock: u64, per_user_limit: u32) -> SaleSpec {
         starts_at: now_s() - 60,
         ends_at: None,
         payment_timeout_s: 900,
+        ticket_required: false,
     }
 }
 

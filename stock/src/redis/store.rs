@@ -279,7 +279,8 @@ impl RedisStore {
             .arg(spec.per_user_limit)
             .arg(spec.starts_at)
             .arg(spec.ends_at.unwrap_or(0))
-            .arg(spec.payment_timeout_s);
+            .arg(spec.payment_timeout_s)
+            .arg(u8::from(spec.ticket_required));
         let created: i64 = self.invoke(&inv).await?;
         let created = match created {
             1 => Created::New,
@@ -368,6 +369,10 @@ impl RedisStore {
             starts_at: number("starts_at")?,
             ends_at: (ends_at != 0).then_some(ends_at),
             payment_timeout_s: number("payment_timeout_s")?,
+            // Absent in sales created before tickets existed.
+            ticket_required: fields
+                .iter()
+                .any(|(f, v)| f == "ticket_required" && v == "1"),
         };
         let switch = match field("switch")? {
             "live" => SaleSwitchState::Live,
