@@ -102,6 +102,7 @@ mod tests {
         let errors: Vec<crate::error::ApiError> = vec![
             crate::error::ApiError::BadRequestStatic("x"),
             crate::error::ApiError::Unauthorized,
+            crate::error::ApiError::Unauthenticated("x"),
             crate::error::ApiError::NotFound("x"),
             crate::error::ApiError::MethodNotAllowed("GET"),
             crate::error::ApiError::BodyTooLarge,
