@@ -97,7 +97,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         let method = req.method;
         if let Some(rest) = path.strip_prefix("/sales/") {
             return match (method, rest.split_once('/')) {
-                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, peer, body).await,
+                (Method::Post, Some((id, "purchase"))) => {
+                    let answer = self.purchase(id, req, peer, body).await;
+                    crate::stats::count_purchase(self, &answer);
+                    answer
+                }
                 (Method::Get, None) => self.get_sale(rest, body),
                 (_, Some((_, "purchase"))) => Err(ApiError::MethodNotAllowed("POST")),
                 (_, None) => Err(ApiError::MethodNotAllowed("GET")),
@@ -154,8 +158,16 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     ..Reply::json()
                 })
             }
+            (Method::Get, "/admin/stats") => {
+                if !self.node.is_admin(req.authorization) {
+                    return Err(ApiError::Unauthorized);
+                }
+                crate::stats::render(&self.node, body);
+                Ok(Reply::json())
+            }
+            (Method::Get, "/dashboard") => Ok(crate::dashboard::page(body)),
             (Method::Get, "/openapi.json") => Ok(crate::openapi::serve(body)),
-            (_, "/healthz" | "/metrics" | "/openapi.json") => {
+            (_, "/healthz" | "/metrics" | "/admin/stats" | "/dashboard" | "/openapi.json") => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             _ => Err(ApiError::NotFound("no such route")),

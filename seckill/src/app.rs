@@ -31,6 +31,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     warn_if_trusted(&config);
     if config.kafka.is_some() {
         let node = KafkaNode::open_kafka(config, token.clone())?;
+        crate::stats::start_publisher(node.clone(), node.authority.stats_board())?;
         info!(
             node_id = node.config.node_id,
             topic = node.log.topic(),
@@ -40,6 +41,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     if config.redis.is_some() {
         let node = ClusterNode::open_cluster(config, token.clone())?;
+        crate::stats::start_publisher(node.clone(), node.authority.stats_board())?;
         info!(
             node_id = node.config.node_id,
             "cluster mode: Redis is the stock authority"

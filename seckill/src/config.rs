@@ -86,8 +86,22 @@ pub struct Flags {
     /// Pre-load a demo sale and print the admin token and a curl line.
     #[arg(long, env = "SECKILL_DEMO")]
     pub demo: bool,
+    /// Log lines as `text` (the default; colours only on a terminal) or
+    /// `json` (one object a line, for log shippers).
+    #[arg(long, env = "SECKILL_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How the node writes its log lines (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields.
+    Json,
 }
 
 /// Subcommands; without one, `seckill` runs a node.

@@ -14,6 +14,9 @@
 //!   stable codes.
 //! - `ratelimit`: per-core per-user and per-IP purchase rate limits (GCRA).
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
+//! - `stats`: `GET /admin/stats`, the operator's numbers; in cluster mode
+//!   every live node's record (published in Redis each second).
+//! - `dashboard`: `GET /dashboard`, the live page embedded in the binary.
 //! - `timefmt`: RFC 3339 times for the admin API.
 //! - `openapi`: the OpenAPI document of the API (`docs/openapi.yaml`),
 //!   served at `GET /openapi.json`.
@@ -25,6 +28,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod metrics;
@@ -33,4 +37,5 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 pub mod settle;
+pub mod stats;
 pub mod timefmt;

@@ -246,6 +246,8 @@ struct Shared {
     id_lost: AtomicBool,
     /// Key lookups (`recall_key`) waiting for Redis.
     recalls: AtomicUsize,
+    /// This node's stats record and the other nodes' (`redis::stats`).
+    stats: Arc<crate::redis::stats::StatsBoard>,
 }
 
 /// An Idempotency-Key this node answered: its fingerprint, its order, and
@@ -379,6 +381,7 @@ impl RedisAuthority {
             claim,
             id_lost: AtomicBool::new(false),
             recalls: AtomicUsize::new(0),
+            stats: Arc::default(),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -397,6 +400,11 @@ impl RedisAuthority {
             ids,
             backend: Mutex::new(Some(backend)),
         })
+    }
+
+    /// The node's stats record and the other nodes', as last exchanged.
+    pub fn stats_board(&self) -> Arc<crate::redis::stats::StatsBoard> {
+        self.shared.stats.clone()
     }
 
     fn send(&self, call: Call) -> Result<(), StockError> {
@@ -1244,6 +1252,8 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
         }
         if !shared.id_lost.load(Ordering::Relaxed) {
             top_up.run(&store, &shared);
+            // A node that lost its id publishes nothing under it either.
+            crate::redis::stats::exchange(&store, &shared.stats, shared.opts.node_id).await;
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - `node`: [`NodeClaim`], a node process's claim on its node id (one
 //!   live process per id; lapses unless refreshed) with its published
 //!   Kafka delivery timeout; [`Persistence`], whether Redis persists.
+//! - `stats`: each node's stats record (`sk:{stats}:node:<id>`, TTL) and
+//!   the read-back of every live node's, for the operator's view.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
 //!
@@ -59,6 +61,7 @@
 
 pub mod fixture;
 mod node;
+pub mod stats;
 mod store;
 
 pub use node::{ClaimOutcome, LiveNode, NodeClaim, Persistence, NODES_KEY};
