@@ -51,6 +51,8 @@ mod tests {
             ("/admin/sales/{sale_id}/close", "post"),
             ("/healthz", "get"),
             ("/metrics", "get"),
+            ("/admin/stats", "get"),
+            ("/dashboard", "get"),
             ("/openapi.json", "get"),
         ];
         for (path, method) in routes {
