@@ -316,6 +316,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         if self.node.relog_replays {
+            if self.node.fails_once(Failpoint::ReplayLog) {
+                return Err(ApiError::Log(queue::LogError::Unavailable(
+                    "failpoint replay_log".into(),
+                )));
+            }
             let reserved = reserved_event(order, attempt, &order.sale_id);
             self.node.log.append(&reserved).await?;
             if let Some(event) = transition_event(order, order.status) {

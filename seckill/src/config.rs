@@ -151,6 +151,11 @@ pub struct Config {
     /// Cluster mode: longest wait for one Redis reply; past it the outcome
     /// is undetermined and reconciled. Default 500 ms.
     pub redis_timeout_ms: u64,
+    /// Cluster mode with the journal (no `--kafka`): a change Redis made
+    /// and no node logged this long after is logged by some node's
+    /// reconciler (a reservation never answered is released instead).
+    /// Must stay well above a journal append's worst time. Default 30 s.
+    pub journal_grace_s: u64,
     /// Open connections per node; more are answered 503 and closed. Each
     /// costs its buffers: 5 KiB at first, at most about 100 KiB (a 32 KiB
     /// read buffer, 64 KiB of queued answers). Default 10,000.
@@ -237,6 +242,7 @@ impl Default for Config {
             stock_mode: StockModeSetting::Leased,
             lease_ttl_s: 5,
             redis_timeout_ms: 500,
+            journal_grace_s: 30,
             max_connections: 10_000,
             idle_timeout_s: 60,
             request_timeout_s: 10,
@@ -425,6 +431,10 @@ impl Config {
             anyhow::ensure!(burst >= 1, "{name}_burst must be at least 1");
         }
         anyhow::ensure!(self.lease_ttl_s >= 1, "lease_ttl_s must be at least 1");
+        anyhow::ensure!(
+            self.journal_grace_s >= 1,
+            "journal_grace_s must be at least 1"
+        );
         anyhow::ensure!(
             self.redis_timeout_ms >= 10,
             "redis_timeout_ms must be at least 10"
