@@ -456,8 +456,8 @@ impl RedisAuthority {
 
     /// Journal mode: runs the reconciler on the backend, logging changes
     /// no node logged within `journal_grace` into `log` (this node's
-    /// journal); see [`reconcile`]. A no-op with a Kafka log (the settler
-    /// reconciles).
+    /// journal); see `cluster/reconcile.rs`. A no-op with a Kafka log (the
+    /// settler reconciles).
     pub fn reconcile_into(&self, log: Arc<dyn ChangeLog>) -> Result<(), StockError> {
         if self.shared.opts.track_log {
             return Ok(());
