@@ -160,7 +160,7 @@ pub struct Common {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Sale id (default bench-<unix time>; find-max adds -<step>).
+    /// Sale id (default bench-UNIX_TIME; find-max adds -STEP).
     #[arg(long)]
     pub sale: Option<String>,
     /// Units on sale (soldout: the units bought out before the load).
@@ -223,10 +223,10 @@ pub struct Common {
     #[arg(long)]
     pub no_audit: bool,
 
-    /// Run directory (default bench/runs/<date>-<host>).
+    /// Run directory (default bench/runs/DATE-HOST).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Name of the run's files (default <scenario>-<mode>-<time>).
+    /// Name of the run's files (default SCENARIO-MODE-TIME).
     #[arg(long)]
     pub name: Option<String>,
     /// Keep nothing on disk.

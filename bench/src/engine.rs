@@ -19,8 +19,8 @@
 //! 4. Each thread hands back its [`Recorder`]; the controller merges them.
 //!
 //! Pacing: while the next slot is more than 200 µs away the pacer sleeps on
-//! a helper thread's precise sleep ([`Ticker`]; monoio's own timer wheel
-//! has 1 ms ticks), then it spins by yielding to the runtime ([`Spinner`]),
+//! a helper thread's precise sleep (`Ticker`; monoio's own timer wheel
+//! has 1 ms ticks), then it spins by yielding to the runtime (`Spinner`),
 //! so slots are released within microseconds of their time. Connections
 //! never use timers (monoio fires timers only when it parks, which a
 //! spinning pacer delays). At rates above ~500 req/s per thread the generator
@@ -30,7 +30,7 @@
 //! broken pipe, closed mid-response, unreadable answer) costs its request,
 //! counted as a transport error, and is replaced on its next request. A
 //! request with no answer within [`LoadConfig::timeout`] is a timeout: a
-//! per-thread watchdog (woken by its own [`Ticker`], so it runs while the
+//! per-thread watchdog (woken by its own `Ticker`, so it runs while the
 //! pacer spins) marks it, the request is abandoned with its latency
 //! recorded as the timeout, and the connection is replaced. So a stalled
 //! or dead server cannot hang a run.

@@ -2,7 +2,7 @@
 //! core (waiting on the stock authority or the order log), with a bounded
 //! FIFO queue of waiters behind the tokens.
 //!
-//! PERFORMANCE CRITICAL: every purchase passes here. Banned: blocking,
+//! PERFORMANCE-CRITICAL PATH: every purchase passes here. Banned: blocking,
 //! locks, logging, and allocation per acquire (waiter slots live in a slab
 //! that grows once to `max_waiters` and is reused).
 //!

@@ -1,6 +1,6 @@
 //! The HTTP API (docs/api.md): routing and one handler per endpoint.
 //!
-//! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
+//! PERFORMANCE-CRITICAL PATH: `Core::purchase`. Its steps run in order,
 //! one call each, returning early: parse → sale lookup (per-core cache) →
 //! sale gate (sold-out flag) → rate limit → idempotency replay → admission token → take
 //! units from the local shard → reserve with the stock authority → append
@@ -75,6 +75,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     body,
                     retry_after: None,
                     replayed: reply.replayed,
+                    allow: None,
                 }
                 .write_to(out, keep_alive);
             }
@@ -102,7 +103,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     answer
                 }
                 (Method::Get, None) => self.get_sale(rest, body),
-                (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
+                (_, Some((_, "purchase"))) => Err(ApiError::MethodNotAllowed("POST")),
+                (_, None) => Err(ApiError::MethodNotAllowed("GET")),
                 _ => Err(ApiError::NotFound("no such route")),
             };
         }
@@ -116,7 +118,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     self.pay_or_cancel(id, OrderStatus::Cancelled, req, body)
                         .await
                 }
-                (_, None) | (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed),
+                (_, None) => Err(ApiError::MethodNotAllowed("GET")),
+                (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed("POST")),
                 _ => Err(ApiError::NotFound("no such route")),
             };
         }
@@ -135,8 +138,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 (Method::Post, Some((id, "close"))) => {
                     self.switch_sale(id, Switch::Close, body).await
                 }
-                (_, None) | (_, Some((_, "pause" | "resume" | "close"))) => {
-                    Err(ApiError::MethodNotAllowed)
+                (_, None) => Err(ApiError::MethodNotAllowed("PUT")),
+                (_, Some((_, "pause" | "resume" | "close"))) => {
+                    Err(ApiError::MethodNotAllowed("POST"))
                 }
                 _ => Err(ApiError::NotFound("no such route")),
             };
@@ -162,8 +166,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 Ok(Reply::json())
             }
             (Method::Get, "/dashboard") => Ok(crate::dashboard::page(body)),
-            (_, "/healthz" | "/metrics" | "/admin/stats" | "/dashboard") => {
-                Err(ApiError::MethodNotAllowed)
+            (Method::Get, "/openapi.json") => Ok(crate::openapi::serve(body)),
+            (_, "/healthz" | "/metrics" | "/admin/stats" | "/dashboard" | "/openapi.json") => {
+                Err(ApiError::MethodNotAllowed("GET"))
             }
             _ => Err(ApiError::NotFound("no such route")),
         }

@@ -29,8 +29,10 @@ pub enum ApiError {
     Unauthenticated(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// A method the path does not serve; names the one it does (the
+    /// `Allow` header of the 405).
+    #[error("method not allowed; this path serves {0}")]
+    MethodNotAllowed(&'static str),
     #[error("request body over 16 KiB")]
     BodyTooLarge,
     #[error("request headers over 8 KiB")]
@@ -65,7 +67,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::BadRequestStatic(_) => 400,
             ApiError::Unauthorized | ApiError::Unauthenticated(_) => 401,
             ApiError::NotFound(_) => 404,
-            ApiError::MethodNotAllowed => 405,
+            ApiError::MethodNotAllowed(_) => 405,
             ApiError::BodyTooLarge => 413,
             ApiError::HeadersTooLarge => 431,
             ApiError::Overloaded => 503,
@@ -89,7 +91,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_)
             | ApiError::BadRequestStatic(_)
-            | ApiError::MethodNotAllowed => "bad_request",
+            | ApiError::MethodNotAllowed(_) => "bad_request",
             ApiError::Unauthorized | ApiError::Unauthenticated(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::BodyTooLarge | ApiError::HeadersTooLarge => "too_large",
@@ -143,6 +145,9 @@ impl ApiError {
         body.extend_from_slice(b"\"}");
         let mut resp = Response::json(self.status(), body);
         resp.retry_after = self.retry_after();
+        if let ApiError::MethodNotAllowed(allow) = self {
+            resp.allow = Some(allow);
+        }
         resp
     }
 }

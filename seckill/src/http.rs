@@ -55,8 +55,8 @@ pub enum HttpError {
 pub enum Parsed<'a> {
     /// A whole request and how many bytes of the buffer it used.
     Complete(Request<'a>, usize),
-    /// More bytes are needed. `head_done` says whether the headers are
-    /// complete (so that `Expect: 100-continue` can be answered).
+    /// More bytes are needed. `expects_continue`: the headers are complete
+    /// and ask for `Expect: 100-continue` (so that it can be answered).
     Partial {
         expects_continue: bool,
     },
@@ -202,6 +202,8 @@ pub struct Response<'a> {
     pub body: &'a [u8],
     pub retry_after: Option<u32>,
     pub replayed: bool,
+    /// The `Allow` header of a 405: the methods the path serves.
+    pub allow: Option<&'static str>,
 }
 
 impl<'a> Response<'a> {
@@ -212,6 +214,7 @@ impl<'a> Response<'a> {
             body,
             retry_after: None,
             replayed: false,
+            allow: None,
         }
     }
 
@@ -231,6 +234,9 @@ impl<'a> Response<'a> {
         }
         if self.replayed {
             out.extend_from_slice(b"idempotent-replayed: true\r\n");
+        }
+        if let Some(allow) = self.allow {
+            let _ = write!(out, "allow: {allow}\r\n");
         }
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");

@@ -18,6 +18,8 @@
 //!   every live node's record (published in Redis each second).
 //! - `dashboard`: `GET /dashboard`, the live page embedded in the binary.
 //! - `timefmt`: RFC 3339 times for the admin API.
+//! - `openapi`: the OpenAPI document of the API (`docs/openapi.yaml`),
+//!   served at `GET /openapi.json`.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
 //! - `settle`: `seckill settle`, the settler of a Kafka cluster (expiry,
 //!   reconciliation of changes that never reached the log).
@@ -31,6 +33,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 pub mod settle;

@@ -3,6 +3,10 @@
 //! Each core writes only its own cache-line-aligned slot, with a plain
 //! load + store (one writer), so counting costs no atomic read-modify-write
 //! and no shared cache line on the hot path.
+//!
+//! PERFORMANCE-CRITICAL PATH: [`CoreMetrics`] counts every response.
+//! Banned here: read-modify-write atomics, a cache line two cores write,
+//! locks, allocation, logging.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,7 +12,7 @@
 //!
 //! Bounded memory: each limiter keeps at most `max_tracked` keys per core.
 //! A key whose time has passed is as good as absent, so a full map is swept
-//! of those (at most every [`SWEEP_EVERY`]); a key that finds the map full
+//! of those (at most every `SWEEP_EVERY`); a key that finds the map full
 //! of active keys is let through untracked (fail open: the limit sheds
 //! load, while the per-user purchase limit and the stock are held by the
 //! authority whatever happens here).

@@ -215,7 +215,7 @@ async fn serve<A: StockAuthority, L: OrderLog>(
 /// connection on a protocol error, a timeout, `Connection: close` or stop.
 ///
 /// Output is bounded: requests are parsed while the answers queued for the
-/// connection stay under [`PENDING_OUTPUT_LIMIT`]; past it they are written
+/// connection stay under `PENDING_OUTPUT_LIMIT`; past it they are written
 /// before anything more is parsed or read, so a client that does not read
 /// is not read either. Each write of queued answers (at most the bound plus
 /// one answer) must end within `write_timeout_s` of its start, else the

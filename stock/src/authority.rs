@@ -151,7 +151,7 @@ impl OrderStatus {
     }
 }
 
-/// One order. `expires_at` and `created_at` are Unix seconds.
+/// One order. `expires_at` is Unix seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Order {
     pub order_id: String,
@@ -256,7 +256,7 @@ impl StockError {
 pub enum Transition<P> {
     /// The order already is in the requested status: answer it unchanged.
     Unchanged(Order),
-    /// The move is allowed; `event_order` is the order as it will be once the
+    /// The move is allowed; `order` is the order as it will be once the
     /// move's event is durable.
     Pending { order: Order, pending: P },
 }

@@ -4,7 +4,7 @@
 //!
 //! Backend I/O runs on a small tokio runtime on its own thread ("the
 //! backend"), because the redis crate is built for tokio and the cores run
-//! monoio. Cores hand it [`Call`]s through an unbounded channel and await a
+//! monoio. Cores hand it `Call`s through an unbounded channel and await a
 //! tokio `oneshot` (runtime-agnostic); they never block and never hold a
 //! lock across the hand-off. The backend drains the channel in batches:
 //! the reservations gathered while at most two earlier batches were out go
@@ -456,8 +456,8 @@ impl RedisAuthority {
 
     /// Journal mode: runs the reconciler on the backend, logging changes
     /// no node logged within `journal_grace` into `log` (this node's
-    /// journal); see [`reconcile`]. A no-op with a Kafka log (the settler
-    /// reconciles).
+    /// journal); see `cluster/reconcile.rs`. A no-op with a Kafka log (the
+    /// settler reconciles).
     pub fn reconcile_into(&self, log: Arc<dyn ChangeLog>) -> Result<(), StockError> {
         if self.shared.opts.track_log {
             return Ok(());

@@ -5,8 +5,9 @@
 //! holdings (in each [`Sale`]), idempotency records and orders (striped
 //! maps), and per-shard expiry queues. The order log is the source of truth:
 //! nothing here is final until its event is durable (`confirm`,
-//! `finish_transition`), and [`EmbeddedAuthority::restore`] replays the log
-//! into a fresh authority.
+//! `finish_transition`), and the `restore_*` methods
+//! ([`EmbeddedAuthority::restore_saved`], [`EmbeddedAuthority::restore_order`],
+//! ...) rebuild a fresh authority from the snapshot and the log.
 //!
 //! Locks: striped `parking_lot` mutexes, held for a few map operations and
 //! never across an `.await` (every method here is synchronous).

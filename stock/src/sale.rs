@@ -1,8 +1,9 @@
 //! One sale as a node holds it: the operator's spec, the per-core stock
 //! shards, the runtime switch and the sold count.
 //!
-//! Hot path: `Sale::gate` and `ShardedStock::take` run on every purchase.
-//! Banned here: locks on the read path, allocation, logging.
+//! PERFORMANCE-CRITICAL PATH: `Sale::gate` and `ShardedStock::take` run
+//! on every purchase. Banned here: locks on the read path, allocation,
+//! logging.
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! The per-core stock counters of one sale: [`ShardedStock`], and [`Units`],
 //! the guard for units taken but not yet sold.
 //!
-//! PERF CRITICAL: [`ShardedStock::take`] and [`ShardedStock::is_sold_out`]
+//! PERFORMANCE-CRITICAL PATH: [`ShardedStock::take`] and [`ShardedStock::is_sold_out`]
 //! run on every purchase request, on the core that received it. Banned here:
 //! locks, allocation, logging, blocking, and any read-modify-write of a cache
 //! line shared between cores on the sold-out path.
@@ -14,7 +14,7 @@
 //!    taking what it still needs plus up to half of the sibling's rest, and
 //!    keeps that surplus in its own shard so its next requests are local again;
 //! 4. if nothing was found anywhere, the sold-out flag is set (and re-checked,
-//!    see [`ShardedStock::mark_sold_out`]), so later requests stop at step 1.
+//!    see `ShardedStock::mark_sold_out`), so later requests stop at step 1.
 //!
 //! Units come back through [`ShardedStock::put_back`] (a cancelled or expired
 //! order, a top-up, a dropped [`Units`]), which adds first and then clears the

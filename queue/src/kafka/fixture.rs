@@ -128,7 +128,7 @@ impl Broker {
     /// messages, committed offsets), and waits until it is ready.
     ///
     /// # Panics
-    /// When it does not come back within [`READY_TIMEOUT`].
+    /// When it does not come back within `READY_TIMEOUT`.
     pub fn start_again(&mut self) {
         self.stop();
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -151,7 +151,7 @@ impl Broker {
     /// topic already exists (its partition count is then left as it is).
     ///
     /// # Panics
-    /// When the broker refuses or does not answer within [`TOPIC_TIMEOUT`].
+    /// When the broker refuses or does not answer within `TOPIC_TIMEOUT`.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         let deadline = Instant::now() + TOPIC_TIMEOUT;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

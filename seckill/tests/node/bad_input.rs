@@ -613,3 +613,36 @@ fn a_reading_client_gets_every_pipelined_answer_in_order() {
     sender.join().expect("sender thread");
     assert_eq!(c.get("/healthz").status, 200, "the connection goes on");
 }
+
+/// A method a path does not serve is 405 with the `Allow` header naming
+/// the one it does (RFC 9110 §15.5.6: a 405 must carry `Allow`), and a
+/// `bad_request` body; the connection stays usable.
+#[test]
+fn a_wrong_method_is_405_with_allow() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("m", &json!({ "stock": 3, "per_user_limit": 1 }));
+    let admin = format!("Bearer {}", crate::support::TOKEN);
+    for (method, path, allow) in [
+        ("DELETE", "/sales/m", "GET"),
+        ("GET", "/sales/m/purchase", "POST"),
+        ("PUT", "/orders/1-1-m", "GET"),
+        ("GET", "/orders/1-1-m/pay", "POST"),
+        ("DELETE", "/orders/1-1-m/cancel", "POST"),
+        ("POST", "/admin/sales/m", "PUT"),
+        ("GET", "/admin/sales/m/pause", "POST"),
+        ("PUT", "/admin/sales/m/close", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("TRACE", "/metrics", "GET"),
+        ("POST", "/openapi.json", "GET"),
+    ] {
+        let resp = c.request(method, path, &[("Authorization", &admin)], None);
+        assert_error(&resp, 405, "bad_request");
+        assert_eq!(
+            resp.header("allow"),
+            Some(allow),
+            "{method} {path}: {resp:?}"
+        );
+    }
+    assert_eq!(c.get("/healthz").status, 200);
+}
