@@ -14,6 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The fast subset (fmt, clippy, docs, unit and in-process tests; no Redis,
+# no Kafka): scripts/quick.sh.
+if [ "${1:-}" = "--quick" ]; then exec bash scripts/quick.sh; fi
+
 step() { printf '\n==> %s\n' "$*"; }
 
 step "redis-server (for the cluster tests)"
@@ -41,6 +45,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo doc (-D warnings: a broken intra-doc link fails)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+
 step "cargo test --no-run (build the tests)"
 cargo test --workspace --no-run
 
@@ -55,6 +62,9 @@ rm -f "$tansu_log"
 
 step "cargo test (workspace)"
 cargo test --workspace
+
+step "schemathesis: a running node against docs/openapi.yaml"
+bash scripts/schemathesis.sh
 
 step "loom model checks (stock shards)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
