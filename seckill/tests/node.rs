@@ -17,6 +17,8 @@
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
+//! - `rebalance`: no false sold-out in cluster mode: units leased by one
+//!   node reach a buyer on another; sold-out answers cost Redis nothing.
 
 #[path = "node/support.rs"]
 mod support;
@@ -37,5 +39,7 @@ mod idempotency;
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/rebalance.rs"]
+mod rebalance;
 #[path = "node/runtime.rs"]
 mod runtime;

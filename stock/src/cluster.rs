@@ -13,13 +13,17 @@
 //! Redis work is bounded by the stock, not by the traffic:
 //! - a request that finds a unit in its core's shard costs one EVALSHA
 //!   (`reserve`), batched with others;
-//! - a request that finds no unit asks for a lease only while the pool was
-//!   last seen non-empty, and concurrent askers share one lease call;
-//! - a request on a sale whose shards are dry and whose pool is empty is
-//!   answered 410 from the node's memory.
+//! - a request that finds no unit asks for a lease only while the pool or
+//!   other nodes' leases were last seen holding units, and concurrent
+//!   askers share one lease call; with the pool empty, that call posts a
+//!   want and the node holds its buyers (bounded) until a holder gives
+//!   units back (`rebalance`);
+//! - a request on a sale whose shards are dry, whose pool is empty and
+//!   whose other leases are empty is answered 410 from the node's memory.
 //!
 //! Background work on the backend: a poller (sales created or switched on
-//! other nodes, cluster-wide sold count, pool, due orders, top-up leases),
+//! other nodes, cluster-wide sold count, pool, other nodes' leases and
+//! wants, due orders, units given back, top-up leases where buyers are),
 //! heartbeats for held leases, reclaiming dead nodes' leases, and
 //! reconciling reservations whose outcome is undetermined.
 
@@ -38,12 +42,14 @@ use crate::authority::{
     Switch, Transition,
 };
 use crate::redis::{
-    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
+    Abandoned, Created, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
 use crate::striped::{fnv, Striped};
 use crate::Units;
+
+mod rebalance;
 
 /// How the cluster authority takes units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +147,15 @@ struct LeaseSlot {
     /// A reset after `no_lease` is queued and has not started yet.
     reset_queued: AtomicBool,
     done: Notify,
+    /// A buyer found the shards dry since the poller last looked: this
+    /// node may lease ahead of demand (`top_up`).
+    demand: AtomicBool,
+    /// Another node's want stood at the last poll: this node gives the
+    /// units in its shards back and does not lease ahead of demand.
+    wanted: AtomicBool,
+    /// Units left the shards to be given back (not to buyers) since
+    /// `top_up` last looked.
+    gave_back: AtomicBool,
 }
 
 /// The sale's lease slot, made on first use.
@@ -394,8 +409,11 @@ impl StockAuthority for RedisAuthority {
             return Err(StockError::SoldOut);
         }
         let slot = lease_slot(sale);
+        // A buyer found the shards dry: this node has demand (see `top_up`).
+        slot.demand.store(true, Ordering::Relaxed);
+        let started = Instant::now();
         for _ in 0..4 {
-            if sale.pool_hint() == 0 || sale.is_closed() {
+            if sale.is_closed() || sale.nothing_elsewhere() {
                 return Err(StockError::SoldOut);
             }
             if slot.failed.load(Ordering::Acquire) && slot.in_flight.load(Ordering::Acquire) {
@@ -418,6 +436,8 @@ impl StockAuthority for RedisAuthority {
                     return Err(e);
                 }
             }
+            // A lease, or (the pool empty, units in other nodes' leases) a
+            // bounded wait for one of them to come back: see `lease`.
             done.await;
             if let Some(units) = sale.stock.take(core, qty) {
                 return Ok(units);
@@ -427,9 +447,16 @@ impl StockAuthority for RedisAuthority {
                     "cannot lease stock from Redis".into(),
                 ));
             }
+            if started.elapsed() >= rebalance::wait(&self.shared.opts) {
+                break;
+            }
         }
-        // Units keep going to other buyers first: say so, and let the
-        // buyer retry rather than guess sold out.
+        if sale.nothing_elsewhere() {
+            return Err(StockError::SoldOut);
+        }
+        // Units remain, in other nodes' leases or going to other buyers
+        // first: say so, and let the buyer retry rather than guess sold
+        // out.
         Err(StockError::Unavailable(
             "stock is being moved between nodes; retry".into(),
         ))
@@ -752,7 +779,7 @@ async fn reserve_and_reply(
 
 async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
     match call {
-        Call::Lease(sale, core) => lease(&store, &shared, &sale, core).await,
+        Call::Lease(sale, core) => lease(&store, &shared, &sale, core, true).await,
         Call::Create(spec, reply) => {
             let _ = reply.send(store.create_sale(&spec).await);
         }
@@ -859,24 +886,20 @@ fn lease_want(spec: &SaleSpec) -> u64 {
     (spec.stock / 32).clamp(1, 256)
 }
 
-async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize) {
+/// Leases units into `core`'s shard. For a buyer whose core found the
+/// shards dry (`for_buyer`): with the pool empty while other nodes hold
+/// leased units, posts this node's want and waits (bounded) for a holder
+/// to give units back ([`rebalance`]). Ahead of demand (`top_up`): a plain
+/// lease.
+async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize, for_buyer: bool) {
     let slot = lease_slot(sale);
-    let result = store
-        .lease(
-            sale.id(),
-            shared.opts.node_id,
-            lease_want(sale.spec()),
-            shared.opts.lease_ttl,
-        )
-        .await;
-    match result {
-        Ok(LeaseGrant { granted, pool_left }) => {
-            if granted > 0 {
-                sale.stock.put_back(core, granted);
-            }
-            sale.set_pool_hint(pool_left);
-            slot.failed.store(false, Ordering::Release);
-        }
+    let leased = if for_buyer {
+        rebalance::lease_or_wait(store, shared, sale, core).await
+    } else {
+        rebalance::lease_ahead(store, shared, sale, core).await
+    };
+    match leased {
+        Ok(()) => slot.failed.store(false, Ordering::Release),
         Err(e) => {
             warn!(sale = sale.id(), error = %e, "lease failed; returning this node's lease");
             slot.failed.store(true, Ordering::Release);
@@ -932,10 +955,12 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
     let heartbeat_every = (shared.opts.lease_ttl / 3).max(shared.opts.poll_interval);
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut idle = IdleLeases::default();
+    let mut top_up = TopUp::default();
     loop {
         tick.tick().await;
         poll_once(&store, &shared).await;
-        idle.return_unused(&store, &shared).await;
+        rebalance::give_back_wanted(&store, &shared, &tx).await;
+        idle.return_unused(&store, &shared, &tx).await;
         if last_heartbeat.elapsed() >= heartbeat_every {
             last_heartbeat = tokio::time::Instant::now();
             let ids: Vec<String> = shared
@@ -956,7 +981,7 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
                 }
             }
         }
-        top_up(&shared, &tx);
+        top_up.run(&store, &shared);
     }
 }
 
@@ -1004,6 +1029,7 @@ async fn poll_once(store: &RedisStore, shared: &Shared) {
         sale.set_sold(status.sold);
         if mode == StockMode::Leased {
             sale.set_pool_hint(status.pool);
+            rebalance::read_tail(store, shared, &sale, &status).await;
         }
         if !shared.opts.expiry {
             continue;
@@ -1029,7 +1055,12 @@ struct IdleLeases {
 const IDLE_LEASE: Duration = Duration::from_secs(1);
 
 impl IdleLeases {
-    async fn return_unused(&mut self, store: &RedisStore, shared: &Shared) {
+    async fn return_unused(
+        &mut self,
+        store: &RedisStore,
+        shared: &Shared,
+        tx: &mpsc::UnboundedSender<Call>,
+    ) {
         if shared.opts.mode != StockMode::Leased {
             return;
         }
@@ -1050,13 +1081,23 @@ impl IdleLeases {
             }
             if now.duration_since(entry.1) >= IDLE_LEASE {
                 self.seen.remove(sale.id());
+                // The units in the shards only: units in flight in a
+                // reservation stay charged to the lease.
+                lease_slot(&sale).gave_back.store(true, Ordering::Relaxed);
                 let drained = sale.stock.drain();
-                match store.return_lease(sale.id(), shared.opts.node_id).await {
+                sale.set_pool_hint(drained);
+                match store
+                    .give_back(sale.id(), shared.opts.node_id, drained)
+                    .await
+                {
                     Ok(returned) => {
                         debug!(sale = sale.id(), drained, returned, "idle lease returned");
                         sale.set_pool_hint(returned);
                     }
-                    Err(e) => warn!(sale = sale.id(), error = %e, "idle lease not returned"),
+                    Err(e) => {
+                        warn!(sale = sale.id(), error = %e, "idle lease not returned");
+                        rebalance::after_failed_give_back(tx, &sale, drained, &e);
+                    }
                 }
             }
         }
@@ -1064,24 +1105,47 @@ impl IdleLeases {
 }
 
 /// Leases ahead of demand: a sale whose shards ran low while the pool has
-/// units gets a lease before a buyer has to wait for one.
-fn top_up(shared: &Shared, tx: &mpsc::UnboundedSender<Call>) {
-    if shared.opts.mode != StockMode::Leased {
-        return;
-    }
-    let now = now_s();
-    for sale in shared.sales.all() {
-        let low = lease_want(sale.spec()) / 4;
-        if sale.pool_hint() == 0
-            || sale.is_closed()
-            || sale.is_paused()
-            || now < sale.spec().starts_at
-            || sale.stock.available() > low
-        {
-            continue;
+/// units gets a lease before a buyer has to wait for one; only where
+/// buyers took units since the last look (a node does not hoard units it
+/// has no buyer for, which matters for small sales) and no other node
+/// wants units.
+#[derive(Default)]
+struct TopUp {
+    /// Per sale: the units in the shards at the last look.
+    seen: HashMap<String, u64>,
+}
+
+impl TopUp {
+    fn run(&mut self, store: &RedisStore, shared: &Arc<Shared>) {
+        if shared.opts.mode != StockMode::Leased {
+            return;
         }
-        if !lease_slot(&sale).in_flight.swap(true, Ordering::AcqRel) {
-            let _ = tx.send(Call::Lease(sale, 0));
+        let now = now_s();
+        for sale in shared.sales.all() {
+            let units = sale.stock.available();
+            let before = match self.seen.get_mut(sale.id()) {
+                Some(seen) => Some(std::mem::replace(seen, units)),
+                None => self.seen.insert(sale.id().to_owned(), units),
+            };
+            let slot = lease_slot(&sale);
+            let gave_back = slot.gave_back.swap(false, Ordering::Relaxed);
+            let demand = slot.demand.swap(false, Ordering::Relaxed)
+                || (!gave_back && before.is_some_and(|before| units < before));
+            let low = lease_want(sale.spec()) / 4;
+            if !demand
+                || slot.wanted.load(Ordering::Relaxed)
+                || sale.pool_hint() == 0
+                || sale.is_closed()
+                || sale.is_paused()
+                || now < sale.spec().starts_at
+                || units > low
+            {
+                continue;
+            }
+            if !slot.in_flight.swap(true, Ordering::AcqRel) {
+                let (store, shared) = (store.clone(), shared.clone());
+                tokio::spawn(async move { lease(&store, &shared, &sale, 0, false).await });
+            }
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - `authority`: the [`StockAuthority`] trait (the seam between the node and
 //!   whoever accounts for units) and the types it speaks.
 //! - `cluster`: [`cluster::RedisAuthority`], the cluster authority: leases
-//!   from Redis into the shards, a tokio backend thread fed by channels.
+//!   from Redis into the shards, a tokio backend thread fed by channels;
+//!   `cluster/rebalance.rs` moves leased units to the node whose buyer
+//!   needs them.
 //! - `embedded`: [`EmbeddedAuthority`], the in-process authority of the
 //!   embedded mode, rebuilt from the order log on start.
 //! - `registry`: the sales a node knows, read by cores through caches.

@@ -28,8 +28,12 @@ pub struct Sale {
     sold: AtomicU64,
     /// Units the stock authority may still lease to this node (the cluster
     /// pool as last seen); always 0 in embedded mode, where the shards hold
-    /// everything. A dry shard with a pool hint of 0 is sold out.
+    /// everything.
     pool_hint: AtomicU64,
+    /// Units leased to other nodes and not yet sold (cluster mode, as last
+    /// seen); always 0 in embedded mode. Dry shards with both hints at 0
+    /// are sold out: no unit is left anywhere this node could get.
+    elsewhere_hint: AtomicU64,
     /// Units each user holds in `reserved` or `paid` orders, as counted by an
     /// in-process authority (the Redis authority keeps them in Redis).
     pub(crate) holders: Striped<HashMap<Box<str>, u32>>,
@@ -55,6 +59,7 @@ impl Sale {
             switch: AtomicU8::new(LIVE),
             sold: AtomicU64::new(0),
             pool_hint: AtomicU64::new(0),
+            elsewhere_hint: AtomicU64::new(0),
             holders: Striped::new(),
             ext: OnceLock::new(),
         }
@@ -104,10 +109,17 @@ impl Sale {
         {
             return Err(StockError::SaleNotOpen);
         }
-        if self.stock.is_sold_out() && self.pool_hint() == 0 {
+        if self.stock.is_sold_out() && self.nothing_elsewhere() {
             return Err(StockError::SoldOut);
         }
         Ok(())
+    }
+
+    /// Whether, as last seen, no unit is left outside this node's shards
+    /// that it could get: the pool is empty and no other node holds a
+    /// leased unit. With dry shards, the sale is sold out.
+    pub fn nothing_elsewhere(&self) -> bool {
+        self.pool_hint() == 0 && self.elsewhere_hint() == 0
     }
 
     /// Units the authority may still lease to this node, as last seen.
@@ -117,6 +129,18 @@ impl Sale {
 
     pub fn set_pool_hint(&self, units: u64) {
         self.pool_hint.store(units, Ordering::Release);
+    }
+
+    /// Units leased to other nodes and not yet sold, as last seen.
+    pub fn elsewhere_hint(&self) -> u64 {
+        self.elsewhere_hint.load(Ordering::Acquire)
+    }
+
+    /// Written only when it changes: the gate of every request reads it.
+    pub fn set_elsewhere_hint(&self, units: u64) {
+        if self.elsewhere_hint() != units {
+            self.elsewhere_hint.store(units, Ordering::Release);
+        }
     }
 
     /// Sets the sold count read from the authority (cluster mode).
@@ -194,6 +218,25 @@ mod tests {
             ends_at: Some(200),
             payment_timeout_s: 900,
         }
+    }
+
+    #[test]
+    fn dry_shards_are_sold_out_only_when_nothing_is_left_elsewhere() {
+        // Cluster mode: units arrive by lease.
+        let sale = Sale::with_local_units(spec(3), 2, 0);
+        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
+        // Units in other nodes' leases, the pool empty: not sold out.
+        sale.set_elsewhere_hint(2);
+        assert!(sale.gate(150).is_ok());
+        sale.set_elsewhere_hint(0);
+        sale.set_pool_hint(1);
+        assert!(sale.gate(150).is_ok());
+        sale.set_pool_hint(0);
+        assert!(sale.nothing_elsewhere());
+        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
+        // Units in the shards: open whatever the hints say.
+        sale.stock.put_back(0, 1);
+        assert!(sale.gate(150).is_ok());
     }
 
     #[test]

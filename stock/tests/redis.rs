@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - `sale`: create (same / other spec), switches, status, the sales set.
-//! - `lease`: chunk sizes, leasing to exhaustion, return, reclaim, heartbeat.
+//! - `lease`: chunk sizes, leasing to exhaustion, return, reclaim, heartbeat,
+//!   wants and units given back between nodes.
 //! - `reserve`: limits across nodes, keys, leases, retries, classic mode.
 //! - `transition`: pay, cancel, expire exactly once (also concurrently), due.
 //! - `faults`: SCRIPT FLUSH, Redis down and back, commands per reservation.

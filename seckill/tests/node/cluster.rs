@@ -22,7 +22,7 @@ use crate::support::{assert_error, assert_ok, Client, Node};
 
 /// A cluster node on `redis` with node id `id` and a short lease TTL, so
 /// that a killed node's lease comes back within the test's time.
-fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
+pub(crate) fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
     let root = tempfile::Builder::new()
         .prefix("seckill-cluster-")
         .tempdir()
@@ -72,7 +72,7 @@ pub(crate) fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
 }
 
 /// `calls` of one command in INFO commandstats.
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+pub(crate) fn command_calls(redis: &RedisServer, command: &str) -> u64 {
     let stats = redis_cli(redis, &["INFO", "commandstats"]);
     let prefix = format!("cmdstat_{command}:calls=");
     stats

@@ -24,6 +24,7 @@
 //! | `sold` | string | units in reserved + paid orders |
 //! | `leases` | HASH | node → units leased to it and not yet sold |
 //! | `hb` | HASH | node → heartbeat deadline (Unix ms, Redis time) |
+//! | `wants` | HASH | node → deadline (Unix ms, Redis time) of its want: its shards are dry, the pool is empty and other nodes hold leased units; they give theirs back (`want.lua`, `give_back.lua`) |
 //! | `users` | HASH | user → units held in live (reserved, paid) orders |
 //! | `idem` | HASH | Idempotency-Key → `fingerprint_hex\|order_id` (only successful orders write one, so it is bounded by the stock) |
 //! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?}` |
@@ -37,8 +38,9 @@
 //! Invariant (every script keeps it): `pool + sum(leases) + sold == stock`.
 //! A lease moves units pool → leases; a reservation leases → sold (or pool
 //! → sold in the classic per-request mode); a cancel or expiry sold → pool;
-//! a returned or reclaimed lease leases → pool; an abandoned reservation that
-//! Redis never recorded leases → pool (the node had dropped the units).
+//! a returned or reclaimed lease, or units given back, leases → pool; an
+//! abandoned reservation that Redis never recorded leases → pool (the node
+//! had dropped the units).
 //!
 //! # Errors
 //!
@@ -56,3 +58,4 @@ pub use store::{
     Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
     SaleSwitchState, RESERVE_CALL_MAX,
 };
+pub use store::{Ask, Tail};

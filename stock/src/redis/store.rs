@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
 
+mod rebalance;
+pub use rebalance::{Ask, Tail};
+
 /// The set of every sale id. Another slot than the sales' own keys, so it is
 /// written by a plain SADD beside the create script, never inside it.
 const SALES_KEY: &str = "sk:sales";

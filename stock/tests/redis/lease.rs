@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use stock::redis::LeaseGrant;
+use stock::redis::{Ask, LeaseGrant, ReserveOutcome, Tail};
 use stock::{StockError, Switch};
 
 use crate::{call, counts, setup, spec, TIMEOUT};
@@ -184,4 +184,142 @@ async fn reclaim_takes_back_expired_leases_only() {
 async fn heartbeat_of_no_sales_is_a_no_op() {
     let (_server, store) = setup().await;
     store.heartbeat(&[], 1, TIMEOUT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_want_is_posted_while_units_sit_in_other_leases_and_the_surplus_comes_back() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 3, 1)).await.unwrap();
+    // Node 1 leases the whole pool (a chunk at a time).
+    while store.lease("s1", 1, 3, TTL).await.unwrap().granted > 0 {}
+    assert_eq!(counts(&store, "s1").await, (0, 3, 0));
+    let wait = Duration::from_secs(2);
+
+    // Node 2's shards are dry: nothing to lease, so it posts a want.
+    let ask = store.lease_or_want("s1", 2, 1, TTL, wait).await.unwrap();
+    assert_eq!(
+        ask,
+        Ask {
+            granted: 0,
+            pool_left: 0,
+            sold: 0,
+            elsewhere: 3
+        }
+    );
+    // The holder sees it; the asker does not see its own.
+    let holder = store.tail("s1", 1).await.unwrap();
+    assert_eq!(
+        holder,
+        Tail {
+            pool: 0,
+            sold: 0,
+            elsewhere: 0,
+            wanted: true
+        }
+    );
+    assert!(!store.tail("s1", 2).await.unwrap().wanted);
+    assert_eq!(store.tail("s1", 2).await.unwrap().elsewhere, 3);
+
+    // The holder gives back what its shards hold (2; 1 is in flight).
+    assert_eq!(store.give_back("s1", 1, 2).await.unwrap(), 2);
+    assert_eq!(counts(&store, "s1").await, (2, 1, 0));
+    // The asker leases; its want is cleared by the grant.
+    let ask = store.lease_or_want("s1", 2, 1, TTL, wait).await.unwrap();
+    assert_eq!((ask.granted, ask.pool_left, ask.elsewhere), (1, 1, 1));
+    assert!(!store.tail("s1", 1).await.unwrap().wanted);
+    // Never more than the lease holds: the unit in flight stays charged.
+    let sold = store.reserve_batch(&[call("s1", 1, "o1", "u1")]).await;
+    assert_eq!(sold[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+    assert_eq!(store.give_back("s1", 1, 5).await.unwrap(), 0);
+    assert_eq!(counts(&store, "s1").await, (1, 1, 1));
+}
+
+#[tokio::test]
+async fn a_want_lapses_and_none_is_posted_when_nothing_is_left_elsewhere() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 1, 1)).await.unwrap();
+    assert_eq!(store.lease("s1", 1, 1, TTL).await.unwrap().granted, 1);
+    // A zero wait leases only: no want is posted.
+    let ask = store
+        .lease_or_want("s1", 2, 1, TTL, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((ask.granted, ask.elsewhere), (0, 1));
+    assert!(!store.tail("s1", 1).await.unwrap().wanted);
+    // A want for 100 ms stands, then lapses.
+    let ask = store
+        .lease_or_want("s1", 2, 1, TTL, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!((ask.granted, ask.elsewhere), (0, 1));
+    assert!(store.tail("s1", 1).await.unwrap().wanted);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!store.tail("s1", 1).await.unwrap().wanted);
+
+    // Sold out: nothing in the pool nor in other leases, so no want.
+    let sold = store.reserve_batch(&[call("s1", 1, "o1", "u1")]).await;
+    assert_eq!(sold[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+    let ask = store
+        .lease_or_want("s1", 2, 1, TTL, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        ask,
+        Ask {
+            granted: 0,
+            pool_left: 0,
+            sold: 1,
+            elsewhere: 0
+        }
+    );
+    assert!(!store.tail("s1", 1).await.unwrap().wanted);
+
+    // A closed sale grants nothing and posts nothing; an unknown one is
+    // not found.
+    store.create_sale(&spec("s2", 1, 1)).await.unwrap();
+    assert_eq!(store.lease("s2", 1, 1, TTL).await.unwrap().granted, 1);
+    store.switch("s2", Switch::Close).await.unwrap();
+    let ask = store.lease_or_want("s2", 2, 1, TTL, TTL).await.unwrap();
+    assert_eq!(ask.granted, 0);
+    assert!(!store.tail("s2", 1).await.unwrap().wanted);
+    let err = store
+        .lease_or_want("nope", 2, 1, TTL, TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StockError::SaleNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn one_unit_on_fifty_nodes_goes_to_exactly_one_wanting_node() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 1, 1)).await.unwrap();
+    assert_eq!(store.lease("s1", 7, 1, TTL).await.unwrap().granted, 1);
+    // Every other node's buyer finds its shards dry: all post wants.
+    for node in (0..50).filter(|n| *n != 7) {
+        let ask = store.lease_or_want("s1", node, 1, TTL, TTL).await.unwrap();
+        assert_eq!((ask.granted, ask.elsewhere), (0, 1), "node {node}");
+    }
+    assert!(store.tail("s1", 7).await.unwrap().wanted);
+    // The holder gives it back; the wanting nodes ask again, all at once.
+    assert_eq!(store.give_back("s1", 7, 1).await.unwrap(), 1);
+    let asks: Vec<_> = (0..50u32)
+        .filter(|n| *n != 7)
+        .map(|node| {
+            let store = store.clone();
+            tokio::spawn(async move { (node, store.lease_or_want("s1", node, 1, TTL, TTL).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for ask in asks {
+        let (node, ask) = ask.await.unwrap();
+        let ask = ask.unwrap();
+        if ask.granted == 1 {
+            winners.push(node);
+        } else {
+            // The others learn where it went: not sold out yet.
+            assert_eq!((ask.pool_left, ask.elsewhere), (0, 1));
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(counts(&store, "s1").await, (0, 1, 0));
 }

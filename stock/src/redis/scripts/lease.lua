@@ -4,7 +4,8 @@
 -- Chunks shrink as the pool runs low, so that the last units are not
 -- stranded on one node:  grant = min(want, pool, max(1, ceil(pool / 4))).
 -- A closed sale or an empty pool grants 0. A paused sale still leases (the
--- pause is reversible and reserve refuses while paused).
+-- pause is reversible and reserve refuses while paused). Nodes lease
+-- through want.lua (the same grant, and wants when the pool is empty).
 --
 -- KEYS[1] sk:{S}:spec    HASH
 -- KEYS[2] sk:{S}:pool    unleased units
