@@ -195,29 +195,36 @@ rss() { # peak RSS sampling of every node (kB)
 }
 RANDOM=$SEED
 kills=0 paused_until=0 closed=0
+# The next time (s from the start) each fault is due; a fault that takes
+# long (a restart) delays the others, it does not skip them.
+next_kill=10 next_redis_pause=15 next_redis_restart=25 next_broker_restart=40
 while ((SECONDS - t0 < duration_s)); do
   t=$((SECONDS - t0))
   rss
-  if ((t >= 10 && (t - 10) % KILL_EVERY == 0)); then
+  if ((t >= next_kill)); then
+    next_kill=$((next_kill + KILL_EVERY))
     n=$((kills % NODES + 1))
     kills=$((kills + 1))
     fault "node_kill_restart node$n"
     cluster_restart_node "$work" "node$n" || fault "node_restart_failed node$n"
   fi
   if [ "$MODE" = cluster ]; then
-    if ((t >= 15 && (t - 15) % 60 == 0)); then
+    if ((t >= next_redis_pause)); then
+      next_redis_pause=$((next_redis_pause + 60))
       fault "redis_pause 3s"
       kill -STOP "$redis_pid"
       sleep 3
       kill -CONT "$redis_pid"
     fi
-    if ((t >= 25 && (t - 25) % 90 == 0)); then
+    if ((t >= next_redis_restart)); then
+      next_redis_restart=$((next_redis_restart + 90))
       fault "redis_kill_restart"
       kill -9 "$redis_pid"
       wait "$redis_pid" 2>/dev/null || true
       redis_start || fault "redis_restart_failed"
     fi
-    if ((t >= 40 && (t - 40) % 90 == 0)); then
+    if ((t >= next_broker_restart)); then
+      next_broker_restart=$((next_broker_restart + 90))
       fault "broker_kill_restart"
       kill -9 "$kafka_pid"
       wait "$kafka_pid" 2>/dev/null || true
