@@ -69,7 +69,8 @@ cluster_node_at() { # work dir, name, port, extra flags...
   local work=$1 name=$2 port=$3
   shift 3
   mkdir -p "$work/$name"
-  printf '%s\n' "$@" >"$work/$name/flags"
+  : >"$work/$name/flags"
+  [ $# -eq 0 ] || printf '%s\n' "$@" >"$work/$name/flags"
   echo "$port" >"$work/$name/port"
   cluster_start_at "$work" "$name"
 }
