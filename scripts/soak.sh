@@ -17,7 +17,8 @@
 #   (PAY_SHARE), cancel (CANCEL_SHARE) or leave the order to expire;
 # - slow clients (a byte a second; pipelining and never reading) and a
 #   fuzz client (mutated and garbage requests).
-# Faults, on a schedule from the start (seconds): SIGKILL and restart on the
+# Faults, on a schedule from the start (seconds): a second node with node 1's
+# id started at 5 (it must refuse to start); SIGKILL and restart on the
 # same port of node 1, 2, 3, ... at 10, 10+KILL_EVERY, ...; Redis SIGSTOP
 # for 3 s at 15, 75, 135, ...; Redis SIGKILL and restart (AOF) at 25, 115,
 # ...; broker SIGKILL and restart at 40, 130, ... (faults.log).
@@ -29,9 +30,11 @@
 # - Redis (soak_clients.py redis): no order left reserved, nothing left
 #   unlogged, pool + leases + sold == stock with sold == units of reserved
 #   and paid orders, every order answered 200 (harness and payers) known
-#   and not cancelled unless a payer cancelled it;
+#   and not cancelled unless a payer cancelled it; then, units being back in
+#   the pool, a purchase on every node must not be answered 410;
 # - the clients' own findings (a retry answered another order, a 5xx other
-#   than 503 to garbage, a slow client never closed).
+#   than 503 to garbage, a slow client never closed), a duplicate node id
+#   that served, a node's peak RSS over RSS_LIMIT_MB.
 # MODE=embedded: one node (journal), SIGKILL + restart at the same times,
 # and random pause/resume switches (about every 7 s) and one close at 80%
 # of DURATION; audited on the journal and through the node's API.
@@ -44,6 +47,7 @@
 # Settings (env): MODE=cluster|embedded DURATION=5m NODES=3 RATE=300 CONNS=24
 #   STOCK=200 PAYMENT_TIMEOUT_S=20 SETTLE_GRACE_MS=15000 KILL_EVERY=20
 #   PAYERS=2 PAY_SHARE=0.5 CANCEL_SHARE=0.25 NODE_CORES=1 SEED=1 OUT=<run dir>
+#   RSS_LIMIT_MB=256 (a node's peak RSS above it fails the soak)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -193,11 +197,29 @@ rss() { # peak RSS sampling of every node (kB)
   done
   return 0
 }
+duplicate_node() { # starts a node with node 1's id; records whether it served
+  local port pid served=false
+  port=$(cluster_free_port)
+  mkdir -p "$work/duplicate"
+  "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$work/duplicate/data" --admin-token "$TOKEN" \
+    --cores 1 --redis "$CLUSTER_REDIS" --kafka "$CLUSTER_KAFKA" --node-id 1 \
+    >"$work/duplicate/banner" 2>"$work/duplicate/node.log" &
+  pid=$!
+  for _ in $(seq 100); do
+    grep -q 'listening on' "$work/duplicate/banner" && { served=true; break; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "{\"started\": 1, \"served\": $served}" >"$work/duplicate.json"
+}
 RANDOM=$SEED
 kills=0 paused_until=0 closed=0
 # The next time (s from the start) each fault is due; a fault that takes
 # long (a restart) delays the others, it does not skip them.
 next_kill=10 next_redis_pause=15 next_redis_restart=25 next_broker_restart=40
+next_duplicate=5
 while ((SECONDS - t0 < duration_s)); do
   t=$((SECONDS - t0))
   rss
@@ -209,6 +231,12 @@ while ((SECONDS - t0 < duration_s)); do
     cluster_restart_node "$work" "node$n" || fault "node_restart_failed node$n"
   fi
   if [ "$MODE" = cluster ]; then
+    if ((t >= next_duplicate)); then
+      # A second live node with node 1's id must refuse to start.
+      next_duplicate=$((duration_s + 1))
+      fault "duplicate_node_id node1"
+      duplicate_node
+    fi
     if ((t >= next_redis_pause)); then
       next_redis_pause=$((next_redis_pause + 60))
       fault "redis_pause 3s"
@@ -268,13 +296,15 @@ if [ "$MODE" = cluster ]; then
   $clients redis --sale "$sale" --redis-port "$redis_port" --out "$work" \
     --acked "$work/harness-acked.txt" "${payer_acked[@]}" --cancelled "${payer_cancelled[@]}" \
     >"$work/authority.out" 2>&1 || true
+  # After the audits (it buys): units are back in the pool, every node must sell.
+  $clients probe --targets "$target" --sale "$sale" --out "$work" >>"$work/authority.out" 2>&1 || true
 else
   $clients orders --targets "$target" --sale "$sale" --token "$TOKEN" --out "$work" \
     --acked "$work/harness-acked.txt" "${payer_acked[@]}" --cancelled "${payer_cancelled[@]}" \
     >"$work/authority.out" 2>&1 || true
 fi
 status=0
-$clients report --sale "$sale" --out "$work" --record "$OUT/$name.json" \
+$clients report --sale "$sale" --out "$work" --record "$OUT/$name.json" --rss-limit-mb "${RSS_LIMIT_MB:-256}" \
   --table "$OUT/$name.md" \
   --title "MODE=$MODE NODES=$NODES DURATION=$DURATION RATE=$RATE STOCK=$STOCK PAYMENT_TIMEOUT_S=$PAYMENT_TIMEOUT_S commit $SECKILL_COMMIT" ||
   status=$?

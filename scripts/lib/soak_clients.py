@@ -20,6 +20,8 @@
           orders), no order answered 200 later released; prints one line
           per check and writes redis-audit.json
   orders  the same per-order checks against a node's API (embedded mode)
+  probe   after the audit of Redis: a purchase on every node while units
+          are left (a 410 is a false sold-out; probe.json)
   report  the soak's table from the files above, the harness's run record,
           faults.log and rss.log; exit status 1 on any FAIL
 
@@ -435,6 +437,31 @@ def orders_audit(a):
     report(a, checks, {"sale": sale, "by_status": by_status})
 
 
+def probe(a):
+    """At rest, units back in the pool: every node must sell one of them
+    (a 410 here is a false sold-out)."""
+    side = load(os.path.join(a.out, a.name), {}) or {}
+    facts = side.get("facts", {})
+    left = facts.get("pool", 0) + sum((facts.get("leases") or {}).values())
+    answers = {}
+    for i, t in enumerate(a.targets.split(",")):
+        conn = Conn(t, timeout=5)
+        status = None
+        for attempt in range(5):
+            try:
+                status, _, _ = conn.request("POST", f"/sales/{a.sale}/purchase",
+                                            {"user_id": f"probe-{i}", "quantity": 1},
+                                            {"Idempotency-Key": f"probe-{i}"})
+            except OSError:
+                time.sleep(0.5)
+                continue
+            if status != 503:
+                break
+            time.sleep(0.5)
+        answers[t] = status
+    write_json(os.path.join(a.out, "probe.json"), {"units_left": left, "answers": answers})
+
+
 def report(a, checks, facts):
     for c in checks:
         print(f"{c['verdict']} {c['name']} ({c['count']}): {c['detail']}")
@@ -514,6 +541,20 @@ def table(a):
         closed = slow_seen.get(f"{kind}_closed_by_node", 0)
         checks.append(check(f"clients: {kind} closed by the node", closed >= started, started - closed,
                             f"{closed} of {started} closed by the node within 25 s"))
+    pr = load(os.path.join(work, "probe.json"), None)
+    if pr is not None:
+        false = [t for t, st in pr["answers"].items() if st == 410] if pr["units_left"] > 0 else []
+        checks.append(check("cluster: no false sold-out at rest", not false, len(false),
+                            f"{pr['units_left']} units unsold; a purchase on each node answered {pr['answers']}"))
+    dup = load(os.path.join(work, "duplicate.json"), None)
+    if dup is not None:
+        checks.append(check("cluster: a duplicate node id refuses to start", not dup["served"],
+                            int(dup["served"]),
+                            "a second node with node 1's id " +
+                            ("started and served" if dup["served"] else "did not start")))
+    peak = max(rss) // 1024 if rss else 0
+    checks.append(check("bounded memory: peak node RSS", bool(rss) and peak <= a.rss_limit_mb, peak,
+                        f"{peak} MiB (limit {a.rss_limit_mb} MiB)"))
     out = [f"# soak {a.title}", "", "| what | value |", "|---|---|"]
     out += [f"| {n} | {v} |" for _, n, v in rows]
     out += ["", "| invariant | verdict | count | detail |", "|---|---|---|---|"]
@@ -529,7 +570,7 @@ def table(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["payer", "slow", "fuzz", "redis", "orders", "report"])
+    p.add_argument("what", choices=["payer", "slow", "fuzz", "redis", "orders", "probe", "report"])
     p.add_argument("--targets", default="")
     p.add_argument("--sale", required=True)
     p.add_argument("--token", default="")
@@ -546,9 +587,10 @@ def main():
     p.add_argument("--record", default="")
     p.add_argument("--table", default="")
     p.add_argument("--title", default="")
+    p.add_argument("--rss-limit-mb", type=int, default=256)
     a = p.parse_args()
     return {"payer": payer, "slow": slow, "fuzz": fuzz, "redis": redis_audit, "orders": orders_audit,
-            "report": table}[a.what](a)
+            "probe": probe, "report": table}[a.what](a)
 
 
 if __name__ == "__main__":
