@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the hop that DESIGN.md's hot-path rules ask to
+//! Criterion benchmarks of the hop that the hot-path rules (ARCHITECTURE.md) ask to
 //! measure: a monoio core hands a call to the backend's tokio runtime on
 //! its own thread and awaits the reply, as `stock::cluster` does for every
 //! Redis call (an unbounded `tokio::sync::mpsc` channel to the backend,

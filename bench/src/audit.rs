@@ -1,5 +1,5 @@
 //! The invariants a run is checked against once the load is over
-//! (DESIGN.md, "Invariants"), each one a [`Check`] that can fail:
+//! (docs/guarantees.md), each one a [`Check`] that can fail:
 //!
 //! - `log_readable`: the order log reads whole (a torn tail is allowed).
 //!   The events are only those of the audited sale's orders where it

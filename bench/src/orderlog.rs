@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use queue::journal::MAGIC;
@@ -119,11 +119,49 @@ impl OrderLogSource for JournalFile {
         format!("journal {}", self.path.display())
     }
 
+    /// The journal's sealed segments (oldest first), then the live file. A
+    /// journal already folded into a snapshot has lost the events the audit
+    /// needs: that is an error, not a shorter log.
     fn read(&self) -> Result<LogContents, BenchError> {
-        let bytes = fs::read(&self.path)
-            .map_err(|e| BenchError::Log(format!("cannot read {}: {e}", self.path.display())))?;
-        parse_journal(&bytes).map_err(|e| BenchError::Log(format!("{}: {e}", self.path.display())))
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if dir.join(queue::snapshot::FILE_NAME).exists() {
+            return Err(BenchError::Log(format!(
+                "{}: the journal was compacted into {} and its earlier events are gone; \
+                 audit a node run with journal_segment_bytes = 0",
+                self.path.display(),
+                queue::snapshot::FILE_NAME
+            )));
+        }
+        let sealed = queue::journal::sealed_segments(dir)
+            .map_err(|e| BenchError::Log(format!("cannot list {}: {e}", dir.display())))?;
+        let mut out = LogContents::default();
+        for (_, segment) in &sealed {
+            let part = read_journal_file(segment)?;
+            if part.torn_tail_bytes > 0 {
+                return Err(BenchError::Log(format!(
+                    "{}: a sealed segment ends in a torn frame",
+                    segment.display()
+                )));
+            }
+            out.events.extend(part.events);
+            out.unknown_versions += part.unknown_versions;
+        }
+        let live = read_journal_file(&self.path)?;
+        out.events.extend(live.events);
+        out.unknown_versions += live.unknown_versions;
+        out.torn_tail_bytes = live.torn_tail_bytes;
+        Ok(out)
     }
+}
+
+fn read_journal_file(path: &Path) -> Result<LogContents, BenchError> {
+    let bytes = fs::read(path)
+        .map_err(|e| BenchError::Log(format!("cannot read {}: {e}", path.display())))?;
+    parse_journal(&bytes).map_err(|e| BenchError::Log(format!("{}: {e}", path.display())))
 }
 
 /// Decodes a whole journal image.
@@ -502,6 +540,36 @@ mod tests {
         assert_eq!(log.events.len(), 3);
         assert_eq!(log.events[2], reserved("o2"));
         assert_eq!(log.torn_tail_bytes, 0);
+    }
+
+    #[test]
+    fn sealed_segments_are_read_before_the_live_file_and_a_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join(queue::journal::FILE_NAME);
+        // Two sealed generations (named as the journal seals them), then
+        // the live file: read oldest first.
+        let sealed = |gen: u64| live.with_extension(format!("journal.{gen:020}"));
+        fs::write(sealed(2), encode_journal(&[reserved("b")])).unwrap();
+        fs::write(sealed(1), encode_journal(&[reserved("a")])).unwrap();
+        fs::write(&live, encode_journal(&[reserved("c")])).unwrap();
+        let log = LogSpec::Journal(dir.path().to_path_buf())
+            .source()
+            .read()
+            .unwrap();
+        assert_eq!(
+            log.events,
+            vec![reserved("a"), reserved("b"), reserved("c")]
+        );
+        // A segment cut short is not a torn tail: it was sealed whole.
+        let image = encode_journal(&[reserved("a")]);
+        fs::write(sealed(1), &image[..image.len() - 2]).unwrap();
+        let err = LogSpec::Journal(live.clone()).source().read().unwrap_err();
+        assert!(err.to_string().contains("torn"), "{err}");
+        // Events folded into a snapshot are gone: no audit of what is left.
+        fs::write(sealed(1), &image).unwrap();
+        fs::write(dir.path().join(queue::snapshot::FILE_NAME), b"SKSNAP01").unwrap();
+        let err = LogSpec::Journal(live).source().read().unwrap_err();
+        assert!(err.to_string().contains("compacted"), "{err}");
     }
 
     #[test]

@@ -26,8 +26,23 @@
 //! in the middle of a batch leaves — is cut off; a bad frame with good data
 //! after it is corruption and stops the node rather than silently dropping
 //! records that were once acknowledged.
+//!
+//! Segments and compaction. With [`JournalOptions::segment_bytes`] set, the
+//! writer seals the file once a synced batch takes it past that size:
+//! `orders.journal` is renamed `orders.journal.<gen>` (20 digits, rising),
+//! a fresh `orders.journal` gets its header and is synced, then the
+//! directory; [`JournalOptions::on_seal`] hears the sealed generation. A
+//! compactor (the node's) folds sealed segments into a snapshot
+//! (`crate::snapshot`, which names the last segment it covers) and then
+//! removes them. [`Journal::recover`] reads the snapshot, removes the
+//! segments it covers, and returns the events of the others and of
+//! `orders.journal`, in order. A crash at any step leaves files that
+//! recover to the same events: a sealed segment is whole (it was synced
+//! before the rename), a missing `orders.journal` is made afresh, a
+//! segment the snapshot covers is skipped.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -35,7 +50,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 
@@ -44,6 +59,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use crate::event::{Event, SCHEMA_VERSION};
+use crate::snapshot::{self, Snapshot, SnapshotError};
 
 /// Name of the journal file inside the data directory.
 pub const FILE_NAME: &str = "orders.journal";
@@ -63,6 +79,12 @@ pub struct JournalOptions {
     /// Upper bound of bytes written per batch (default 1 MiB). A single
     /// record larger than this is still written, alone.
     pub max_batch_bytes: usize,
+    /// Seal `orders.journal` as a segment once a batch takes it to this
+    /// many bytes, for a compactor to fold into the snapshot; 0 (the
+    /// default) never seals.
+    pub segment_bytes: u64,
+    /// Told the generation of every segment sealed.
+    pub on_seal: Option<mpsc::Sender<u64>>,
 }
 
 impl Default for JournalOptions {
@@ -70,8 +92,22 @@ impl Default for JournalOptions {
         JournalOptions {
             group_commit: true,
             max_batch_bytes: 1024 * 1024,
+            segment_bytes: 0,
+            on_seal: None,
         }
     }
+}
+
+/// What [`Journal::recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The snapshot, if one was installed.
+    pub snapshot: Option<Snapshot>,
+    /// Events after the snapshot: those of the sealed segments it does not
+    /// cover, then those of `orders.journal`.
+    pub events: Vec<Event>,
+    /// The sealed segments still to fold into the snapshot.
+    pub sealed: Vec<u64>,
 }
 
 /// Counters since [`Journal::open`].
@@ -111,6 +147,17 @@ pub enum JournalError {
     /// The journal was closed before this append.
     #[error("journal is closed")]
     Closed,
+    /// The snapshot could not be read.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// [`Journal::open`] found a snapshot: the events alone are not the
+    /// state; use [`Journal::recover`].
+    #[error("{} holds a snapshot: recover it with the snapshot", dir.display())]
+    HasSnapshot { dir: PathBuf },
+    /// A sealed segment is not whole (segments are synced before they are
+    /// sealed).
+    #[error("sealed journal segment {} is damaged", path.display())]
+    DamagedSegment { path: PathBuf },
     /// An earlier write or sync failed (or the writer stopped); the journal
     /// accepts no more appends until it is reopened.
     #[error("journal failed and accepts no more appends: {reason}")]
@@ -147,9 +194,52 @@ impl Journal {
     /// Events of a newer schema version than this build knows are skipped
     /// (with a warning), as the event schema asks.
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<(Journal, Vec<Event>), JournalError> {
+        let (journal, recovered) = Journal::recover(dir, opts)?;
+        if recovered.snapshot.is_some() {
+            journal.close();
+            return Err(JournalError::HasSnapshot {
+                dir: dir.to_owned(),
+            });
+        }
+        Ok((journal, recovered.events))
+    }
+
+    /// Like [`Journal::open`], with segments and the snapshot: returns the
+    /// snapshot (if any) and the events after it. Segments the snapshot
+    /// covers are removed.
+    pub fn recover(dir: &Path, opts: JournalOptions) -> Result<(Journal, Recovered), JournalError> {
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let snapshot = snapshot::read(dir)?;
+        let covers = snapshot.as_ref().map_or(0, |s| s.covers);
+        remove_sealed_upto(dir, covers, |_| {})?;
+        let mut out = Recovered {
+            snapshot,
+            ..Recovered::default()
+        };
+        let mut last_gen = covers;
+        for (gen, path) in sealed_segments(dir)? {
+            out.events.extend(read_segment(&path)?);
+            out.sealed.push(gen);
+            last_gen = gen;
+        }
         let (file, events) = open_file(dir)?;
-        let journal = Journal::start(Box::new(file), opts)?;
-        Ok((journal, events))
+        out.events.extend(events);
+        let len = file.metadata()?.len();
+        let sink = FileSink {
+            dir: dir.to_owned(),
+            file,
+            len,
+            next_gen: last_gen + 1,
+            limit: opts.segment_bytes,
+            on_seal: opts.on_seal.clone(),
+        };
+        let journal = Journal::start(Box::new(sink), opts)?;
+        Ok((journal, out))
     }
 
     /// Queues one event. The returned future resolves once the record is
@@ -294,16 +384,120 @@ trait Sink: Send + 'static {
     fn write_batch(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes what was written durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
+    /// Called after every synced batch (the file sink seals a full
+    /// segment here). An error fails the journal.
+    fn after_batch(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-impl Sink for File {
+/// The journal files of a data directory: `orders.journal`, sealed into a
+/// segment when it reaches `limit` bytes.
+struct FileSink {
+    dir: PathBuf,
+    file: File,
+    /// Bytes in `orders.journal`.
+    len: u64,
+    /// The generation the next sealed segment gets.
+    next_gen: u64,
+    /// 0: never seal.
+    limit: u64,
+    on_seal: Option<mpsc::Sender<u64>>,
+}
+
+impl Sink for FileSink {
     fn write_batch(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.write_all(buf)
+        self.file.write_all(buf)?;
+        self.len += buf.len() as u64;
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.sync_data()
+        self.file.sync_data()
     }
+
+    fn after_batch(&mut self) -> io::Result<()> {
+        if self.limit == 0 || self.len < self.limit {
+            return Ok(());
+        }
+        // Everything in the file is synced. After the rename a crash leaves
+        // the segment whole and no `orders.journal` (made afresh on open);
+        // after the new file's header is synced, an empty journal.
+        let gen = self.next_gen;
+        let live = self.dir.join(FILE_NAME);
+        fs::rename(&live, segment_path(&self.dir, gen))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&live)?;
+        write_header(&file)?;
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.len = MAGIC.len() as u64;
+        self.next_gen += 1;
+        if let Some(tx) = &self.on_seal {
+            // A compactor that has gone away finds the segment on the next start.
+            let _ = tx.send(gen);
+        }
+        Ok(())
+    }
+}
+
+/// The sealed segments of `dir`, oldest first.
+pub fn sealed_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let gen = path
+            .file_name()
+            .and_then(OsStr::to_str)
+            .and_then(|n| n.strip_prefix(FILE_NAME))
+            .and_then(|n| n.strip_prefix('.'))
+            .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(gen) = gen {
+            out.push((gen, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every event of a sealed segment (which must be whole).
+pub fn read_segment(path: &Path) -> Result<Vec<Event>, JournalError> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let replay = replay(&mut file, len, path)?;
+    if replay.end != len {
+        return Err(JournalError::DamagedSegment {
+            path: path.to_owned(),
+        });
+    }
+    Ok(replay.events)
+}
+
+/// Removes the sealed segments up to generation `covers` (a snapshot holds
+/// them), oldest first, calling `removed` after each; then syncs the
+/// directory.
+pub fn remove_sealed_upto(dir: &Path, covers: u64, mut removed: impl FnMut(u64)) -> io::Result<()> {
+    let mut any = false;
+    for (gen, path) in sealed_segments(dir)? {
+        if gen > covers {
+            break;
+        }
+        fs::remove_file(&path)?;
+        any = true;
+        removed(gen);
+    }
+    if any {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn segment_path(dir: &Path, gen: u64) -> PathBuf {
+    dir.join(format!("{FILE_NAME}.{gen:020}"))
 }
 
 struct Inner {
@@ -386,7 +580,10 @@ fn run_writer(shared: &Shared, mut sink: Box<dyn Sink>, opts: &JournalOptions) {
             buf.extend_from_slice(&p.header);
             buf.extend_from_slice(&p.payload);
         }
-        let written = sink.write_batch(&buf).and_then(|()| sink.sync());
+        let written = sink
+            .write_batch(&buf)
+            .and_then(|()| sink.sync())
+            .and_then(|()| sink.after_batch());
         match written {
             Ok(()) => {
                 let stats = &shared.stats;
@@ -539,7 +736,7 @@ fn write_header(mut file: &File) -> io::Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    snapshot::sync_dir(dir)
 }
 
 struct Replay {
@@ -890,6 +1087,7 @@ mod tests {
         let opts = JournalOptions {
             group_commit: true,
             max_batch_bytes: 3 * record,
+            ..JournalOptions::default()
         };
         let (j, _) = Journal::open(tmp.path(), opts).unwrap();
         let n = 60;
@@ -1203,5 +1401,119 @@ mod tests {
         // all-zero rest is an unwritten tail.
         assert!(!is_valid_frame(&[0; 8]));
         assert!(is_torn_tail(&[0; 100]));
+    }
+
+    fn segmented(limit: u64) -> (JournalOptions, mpsc::Receiver<u64>) {
+        let (tx, rx) = mpsc::channel();
+        let opts = JournalOptions {
+            segment_bytes: limit,
+            on_seal: Some(tx),
+            ..JournalOptions::default()
+        };
+        (opts, rx)
+    }
+
+    fn append_all(j: &Journal, range: std::ops::Range<u64>) {
+        for n in range {
+            block_on(j.append(&event(n))).unwrap();
+        }
+    }
+
+    #[test]
+    fn full_segments_are_sealed_and_recovered_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (opts, sealed) = segmented(1_000);
+        let (j, _) = Journal::open(tmp.path(), opts.clone()).unwrap();
+        append_all(&j, 0..60);
+        j.close();
+        let gens: Vec<u64> = sealed.try_iter().collect();
+        assert!(gens.len() >= 3, "sealed {gens:?}");
+        let on_disk: Vec<u64> = sealed_segments(tmp.path())
+            .unwrap()
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        assert_eq!(on_disk, gens);
+        let (j, got) = Journal::recover(tmp.path(), opts.clone()).unwrap();
+        assert_eq!(got.events, (0..60).map(event).collect::<Vec<_>>());
+        assert_eq!(got.sealed, gens);
+        // Generations keep rising across a restart.
+        append_all(&j, 60..120);
+        j.close();
+        let (_, got) = Journal::recover(tmp.path(), opts).unwrap();
+        assert_eq!(got.events, (0..120).map(event).collect::<Vec<_>>());
+        assert!(got.sealed.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_crash_between_the_seal_rename_and_the_new_file_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (opts, _sealed) = segmented(1_000);
+        let (j, _) = Journal::open(tmp.path(), opts.clone()).unwrap();
+        append_all(&j, 0..10);
+        j.close();
+        // The seal's rename happened; the new orders.journal did not.
+        let next = sealed_segments(tmp.path())
+            .unwrap()
+            .last()
+            .map_or(1, |(g, _)| g + 1);
+        fs::rename(tmp.path().join(FILE_NAME), segment_path(tmp.path(), next)).unwrap();
+        let (j, got) = Journal::recover(tmp.path(), opts.clone()).unwrap();
+        assert_eq!(got.events, (0..10).map(event).collect::<Vec<_>>());
+        append_all(&j, 10..12);
+        j.close();
+        let (_, got) = Journal::recover(tmp.path(), opts).unwrap();
+        assert_eq!(got.events, (0..12).map(event).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_snapshot_covers_its_segments_at_every_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (opts, sealed) = segmented(1_000);
+        let (j, _) = Journal::open(tmp.path(), opts.clone()).unwrap();
+        append_all(&j, 0..60);
+        j.close();
+        let gens: Vec<u64> = sealed.try_iter().collect();
+        let covered = gens[1];
+        let in_covered: usize = sealed_segments(tmp.path())
+            .unwrap()
+            .iter()
+            .filter(|(g, _)| *g <= covered)
+            .map(|(_, p)| read_segment(p).unwrap().len())
+            .sum();
+        let rest: Vec<Event> = (in_covered as u64..60).map(event).collect();
+
+        // Temp written, not installed: nothing changes.
+        snapshot::write_temp(tmp.path(), covered, b"folded").unwrap();
+        let (j, got) = Journal::recover(tmp.path(), opts.clone()).unwrap();
+        j.close();
+        assert!(got.snapshot.is_none());
+        assert_eq!(got.events.len(), 60);
+        // Installed, segments not removed yet: they are skipped and removed.
+        snapshot::write_temp(tmp.path(), covered, b"folded").unwrap();
+        snapshot::install(tmp.path()).unwrap();
+        let (j, got) = Journal::recover(tmp.path(), opts.clone()).unwrap();
+        j.close();
+        assert_eq!(got.snapshot.unwrap().state, b"folded");
+        assert_eq!(got.events, rest);
+        assert!(got.sealed.iter().all(|g| *g > covered));
+        assert!(sealed_segments(tmp.path())
+            .unwrap()
+            .iter()
+            .all(|(g, _)| *g > covered));
+        // Again (as after a crash mid-removal): the same.
+        let (j, got) = Journal::recover(tmp.path(), opts.clone()).unwrap();
+        j.close();
+        assert_eq!(got.events, rest);
+        // New segments never reuse a covered generation.
+        let (j, _) = Journal::recover(tmp.path(), opts.clone()).unwrap();
+        append_all(&j, 60..120);
+        j.close();
+        assert!(sealed.try_iter().all(|g| g > covered));
+        // Open without the snapshot is refused.
+        assert!(matches!(
+            Journal::open(tmp.path(), opts),
+            Err(JournalError::HasSnapshot { .. })
+        ));
     }
 }

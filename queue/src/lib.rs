@@ -8,6 +8,8 @@
 //! - `event`: [`Event`] and [`EventKind`], the versioned order-log schema.
 //! - `journal`: [`Journal`], the embedded order log: an append-only file of
 //!   CRC-framed records with group commit (one fsync per batch).
+//! - `snapshot`: the embedded mode's snapshot file (what compaction folds
+//!   sealed journal segments into), written temp + fsync + rename.
 //! - `log`: the [`OrderLog`] trait, the seam the order logs plug into.
 //! - `kafka`: [`KafkaLog`], the Kafka order log of cluster mode, and a
 //!   test fixture that runs a real broker.
@@ -17,9 +19,10 @@ pub mod event;
 pub mod journal;
 pub mod kafka;
 pub mod log;
+pub mod snapshot;
 
 pub use admission::{Admission, Overloaded, Permit};
 pub use event::{Event, EventKind, SaleSwitch};
-pub use journal::{Durable, Journal, JournalError, JournalOptions};
+pub use journal::{Durable, Journal, JournalError, JournalOptions, Recovered};
 pub use kafka::{KafkaLog, KafkaOptions};
 pub use log::{LogError, OrderLog};

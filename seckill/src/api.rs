@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md: routing and one handler per endpoint.
+//! The HTTP API (docs/api.md): routing and one handler per endpoint.
 //!
 //! PERFORMANCE-CRITICAL PATH: [`Core::purchase`]. Its steps run in order,
 //! one call each, returning early: parse → sale lookup (per-core cache) →
@@ -7,7 +7,11 @@
 //! to the order log → confirm → answer. Banned on it: blocking I/O, locks
 //! held across `.await`, logging at info level or above, allocation on the
 //! sold-out and rejection paths beyond the response (the response buffers
-//! are the connection's own and are reused).
+//! are the connection's own and are reused). One exception, by contract: a
+//! request with an Idempotency-Key its node does not know, about to be
+//! refused (sold out, not open), first asks the stock authority what the
+//! key stands for (`recall_key`: in cluster mode a batched Redis lookup,
+//! bounded per node), so a retry gets its order on any node.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -189,7 +193,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             {
                 return self.replayed(&order, body);
             }
-            sale.gate(now)?;
+            if let Err(refused) = sale.gate(now) {
+                return self.recall_or(refused, &sale, &attempt, body).await;
+            }
             if attempt.quantity > sale.spec().per_user_limit {
                 return Err(StockError::LimitExceeded.into());
             }
@@ -201,20 +207,24 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             .map_err(|_| ApiError::Overloaded)?;
         let units = match sale.stock.take(self.id, attempt.quantity) {
             Some(units) => units,
-            None => {
-                self.node
-                    .authority
-                    .refill(&sale, self.id, attempt.quantity)
-                    .await?
-            }
+            None => match self
+                .node
+                .authority
+                .refill(&sale, self.id, attempt.quantity)
+                .await
+            {
+                Ok(units) => units,
+                Err(refused @ (StockError::SoldOut | StockError::SaleNotOpen))
+                    if attempt.idempotency_key.is_some() =>
+                {
+                    return self.recall_or(refused, &sale, &attempt, body).await;
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
             Reservation::Replay(order) => {
-                if self.node.relog_replays {
-                    let event = reserved_event(&order, &attempt, sale.id());
-                    self.node.log.append(&event).await?;
-                }
-                return self.replayed(&order, body);
+                return self.replayed_from_authority(&order, &attempt, body).await;
             }
             Reservation::New { order, pending } => (order, pending),
         };
@@ -249,6 +259,45 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     .unwrap_or(u32::MAX)
                     .max(1),
             })
+    }
+
+    /// A keyed request about to be `refused` whose key this node's memory
+    /// does not know: the key may stand for an order made on another node
+    /// or before a restart, which is answered instead. Costs a (batched)
+    /// backend call in cluster mode; unkeyed requests never come here.
+    async fn recall_or(
+        &self,
+        refused: StockError,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        match self.node.authority.recall_key(sale, attempt).await? {
+            KeyLookup::Replay(order) => self.replayed_from_authority(&order, attempt, body).await,
+            KeyLookup::Unused => Err(refused.into()),
+        }
+    }
+
+    /// Answers a replay the shared authority found (the key first used on
+    /// another node, or that node's answer lost). In cluster mode the order
+    /// is logged again first, as it is now (`order_reserved`, then the
+    /// event of its current status), so no 200 names an order the log may
+    /// lack and no paid or cancelled order reads as reserved again.
+    /// Consumers dedupe by order id.
+    async fn replayed_from_authority(
+        &self,
+        order: &Order,
+        attempt: &Attempt<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        if self.node.relog_replays {
+            let reserved = reserved_event(order, attempt, &order.sale_id);
+            self.node.log.append(&reserved).await?;
+            if let Some(event) = transition_event(order, order.status) {
+                self.node.log.append(&event).await?;
+            }
+        }
+        self.replayed(order, body)
     }
 
     fn replayed(&self, order: &Order, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
@@ -296,38 +345,18 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             Transition::Unchanged(order) => return Ok(order),
             Transition::Pending { order, pending } => (order, pending),
         };
-        let fields = (
-            order.order_id.clone(),
-            order.sale_id.clone(),
-            order.user_id.clone(),
-            order.quantity,
-        );
-        let (order_id, sale_id, user_id, quantity) = fields;
-        let kind = match to {
-            OrderStatus::Paid => EventKind::OrderPaid {
-                order_id,
-                sale_id,
-                user_id,
-                quantity,
-            },
-            OrderStatus::Cancelled => EventKind::OrderCancelled {
-                order_id,
-                sale_id,
-                user_id,
-                quantity,
-            },
-            OrderStatus::Expired => EventKind::OrderExpired {
-                order_id,
-                sale_id,
-                user_id,
-                quantity,
-            },
-            OrderStatus::Reserved => {
-                authority.abort_transition(pending);
-                return Err(StockError::InvalidState("an order cannot go back to reserved").into());
-            }
+        let Some(event) = transition_event(&order, to) else {
+            authority.abort_transition(pending);
+            return Err(StockError::InvalidState("an order cannot go back to reserved").into());
         };
-        if let Err(e) = self.node.log.append(&Event::new(now_ms(), kind)).await {
+        let logged = if self.node.fails_once(Failpoint::TransitionLog) {
+            Err(queue::LogError::Unavailable(
+                "failpoint transition_log".into(),
+            ))
+        } else {
+            self.node.log.append(&event).await
+        };
+        if let Err(e) = logged {
             authority.abort_transition(pending);
             return Err(e.into());
         }
@@ -340,6 +369,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         input: &[u8],
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
+        let _turn = self.node.admin_change().await;
         let authority = &self.node.authority;
         let existing = authority.sale(sale_id);
         // A retried PUT without `starts_at` means the same sale, not one that
@@ -378,6 +408,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         switch: Switch,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
+        let _turn = self.node.admin_change().await;
         let authority = &self.node.authority;
         let sale = authority.sale(sale_id).ok_or(StockError::SaleNotFound)?;
         if switch != Switch::Close && sale.state(now_s()) == stock::SaleState::Closed {
@@ -465,6 +496,38 @@ fn reserved_event(order: &Order, attempt: &Attempt<'_>, sale_id: &str) -> Event 
                 .map(|_| format!("{:x}", attempt.fingerprint(sale_id))),
         },
     )
+}
+
+/// The event of `order` moving to `to`; none for `Reserved`.
+fn transition_event(order: &Order, to: OrderStatus) -> Option<Event> {
+    let (order_id, sale_id, user_id, quantity) = (
+        order.order_id.clone(),
+        order.sale_id.clone(),
+        order.user_id.clone(),
+        order.quantity,
+    );
+    let kind = match to {
+        OrderStatus::Paid => EventKind::OrderPaid {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        OrderStatus::Cancelled => EventKind::OrderCancelled {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        OrderStatus::Expired => EventKind::OrderExpired {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        OrderStatus::Reserved => return None,
+    };
+    Some(Event::new(now_ms(), kind))
 }
 
 fn write_json<T: Serialize>(body: &mut Vec<u8>, value: &T) {

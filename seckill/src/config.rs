@@ -156,6 +156,18 @@ pub struct Config {
     pub admission_queue: usize,
     /// How long an idempotency record is kept. Default 86,400 s (24 h).
     pub idempotency_ttl_s: u64,
+    /// Embedded mode: how long a finished order (paid, cancelled, expired)
+    /// stays in memory; after it `GET /orders/{id}` is 404. Never before
+    /// its Idempotency-Key is forgotten. Default 3,600 s; each order held
+    /// costs ~250 bytes.
+    pub order_retention_s: u64,
+    /// Embedded mode: the journal is sealed as a segment at this size and
+    /// folded into the snapshot (compaction), so restarts replay the
+    /// snapshot and at most about one segment; 0 never compacts. Default
+    /// 64 MiB (about 250,000 events). A compaction reads the segments and
+    /// rebuilds the state in a second authority on its own thread: it
+    /// costs as much memory as the node's live orders, while it runs.
+    pub journal_segment_bytes: u64,
     /// Purchase requests per second one user id may send to one core
     /// (429 `rate_limited` above it); 0 turns it off. Default 0 (off): the
     /// per-user limit already bounds what a user can buy; turn this on to
@@ -201,6 +213,8 @@ impl Default for Config {
             admission_tokens: 1024,
             admission_queue: 4096,
             idempotency_ttl_s: stock::embedded::DEFAULT_KEY_TTL_S,
+            order_retention_s: stock::embedded::DEFAULT_ORDER_RETENTION_S,
+            journal_segment_bytes: 64 * 1024 * 1024,
             rate_limit_user_per_s: 0.0,
             rate_limit_user_burst: 10,
             rate_limit_ip_per_s: 0.0,
@@ -310,6 +324,10 @@ impl Config {
         anyhow::ensure!(
             self.write_timeout_s >= 1,
             "write_timeout_s must be at least 1"
+        );
+        anyhow::ensure!(
+            self.journal_segment_bytes == 0 || self.journal_segment_bytes >= 4096,
+            "journal_segment_bytes must be 0 (never compact) or at least 4096"
         );
         if let Some(token) = &self.admin_token {
             anyhow::ensure!(

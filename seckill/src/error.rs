@@ -1,5 +1,5 @@
 //! Every error the API answers, and the one place where domain errors
-//! become HTTP statuses and the stable codes of DESIGN.md.
+//! become HTTP statuses and the stable codes of docs/api.md.
 //!
 //! A backend's own words (Redis and Kafka errors: hosts, ports, replies)
 //! never reach a client: those errors answer a stable message, and their
@@ -81,7 +81,7 @@ impl ApiError {
         }
     }
 
-    /// The stable code of DESIGN.md's error table.
+    /// The stable code of the error table in docs/api.md.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_)

@@ -5,7 +5,7 @@
 //! - `server`: one monoio runtime and SO_REUSEPORT listener per core, the
 //!   connection loop, the expiry sweeper, graceful stop.
 //! - `http`: HTTP/1.1 parsing (httparse) with limits, response writing.
-//! - `api`: routing and the handlers of DESIGN.md's API; the purchase hot
+//! - `api`: routing and the handlers of the API (docs/api.md); the purchase hot
 //!   path is `Core::purchase`.
 //! - `node`: [`node::Node`] (shared: config, stock authority, order log,
 //!   metrics) and [`node::Core`] (per core: sale cache, admission queue),

@@ -1,15 +1,20 @@
 //! The node's shared state ([`Node`]: config, stock authority, order log,
 //! metrics) and each core's own ([`Core`]: its sale cache, admission queue
 //! and connection counts), plus the journal replay that rebuilds the
-//! embedded authority on start.
+//! embedded authority on start ([`restore`]: the snapshot, then the events
+//! after it) and the compaction that folds sealed journal segments into
+//! the snapshot ([`compact`], on the `seckill-compact` thread).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock};
 
-use queue::{Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog, SaleSwitch};
+use queue::snapshot::{self, Snapshot};
+use queue::{
+    journal, Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog, SaleSwitch,
+};
 use stock::cluster::{ClusterOptions, RedisAuthority, StockMode};
 use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
 
@@ -33,6 +38,14 @@ pub struct Node<A, L> {
     /// Consumers dedupe by order id.
     pub relog_replays: bool,
     failpoint: Option<Failpoint>,
+    /// A fail-once failpoint has fired.
+    failed: AtomicBool,
+    /// Serialises the node's sale definitions and switches, from their
+    /// check to their application, so that the order they reach the log
+    /// in is the order they are applied in (a replay then rebuilds the
+    /// same switch). An async lock: it is held across the log append; the
+    /// admin path only, never a purchase.
+    admin: tokio::sync::Mutex<()>,
 }
 
 /// A place where the node can be made to die on purpose, for the tests of
@@ -42,6 +55,40 @@ pub enum Failpoint {
     /// Abort the process after a reservation is recorded by the stock
     /// authority and before its event is appended to the order log.
     AfterReserve,
+    /// Fail (once) the order log append of the first order transition
+    /// (pay, cancel, expiry), after the authority applied the move.
+    TransitionLog,
+    /// Compaction: the new snapshot is written and synced to its temp file,
+    /// not installed.
+    CompactBeforeInstall,
+    /// Compaction: the new snapshot is installed, the segments it covers
+    /// are all still there.
+    CompactAfterInstall,
+    /// Compaction: the first covered segment is removed, the directory not
+    /// yet synced.
+    CompactMidDelete,
+}
+
+impl Failpoint {
+    /// The failpoint `SECKILL_FAILPOINT` names, if any.
+    pub fn from_env() -> Option<Failpoint> {
+        match std::env::var("SECKILL_FAILPOINT").as_deref() {
+            Ok("after_reserve") => Some(Failpoint::AfterReserve),
+            Ok("transition_log") => Some(Failpoint::TransitionLog),
+            Ok("compact_before_install") => Some(Failpoint::CompactBeforeInstall),
+            Ok("compact_after_install") => Some(Failpoint::CompactAfterInstall),
+            Ok("compact_mid_delete") => Some(Failpoint::CompactMidDelete),
+            _ => None,
+        }
+    }
+
+    /// Dies here if `set` is this failpoint.
+    fn reach(set: Option<Failpoint>, at: Failpoint) {
+        if set == Some(at) {
+            tracing::error!(?at, "failpoint reached: aborting");
+            std::process::abort();
+        }
+    }
 }
 
 /// What the journal replay found.
@@ -58,23 +105,146 @@ pub type EmbeddedNode = Node<EmbeddedAuthority, Journal>;
 impl EmbeddedNode {
     /// Opens the journal in `config.data_dir`, replays it into a fresh
     /// embedded authority, and returns the node ready to serve.
+    ///
+    /// With `journal_segment_bytes` set, the journal seals full segments
+    /// and the `seckill-compact` thread folds them into the snapshot
+    /// (first those left sealed by the last run).
     pub fn open_embedded(
         config: Config,
         admin_token: String,
     ) -> anyhow::Result<(Arc<Self>, Replayed)> {
-        let (journal, events) = open_journal(&config)?;
-        let authority = EmbeddedAuthority::new(
-            config.node_id,
-            config.cores,
-            config.idempotency_ttl_s,
-            now_micros(),
-        );
-        let replayed = replay(&authority, &events)?;
+        let (seals, sealed) = mpsc::channel();
+        let opts = JournalOptions {
+            segment_bytes: config.journal_segment_bytes,
+            on_seal: (config.journal_segment_bytes > 0).then_some(seals),
+            ..JournalOptions::default()
+        };
+        create_data_dir(&config)?;
+        let (journal, recovered) = Journal::recover(&config.data_dir, opts).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the journal in {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let authority = embedded_authority(&config);
+        let replayed = restore(&authority, recovered.snapshot.as_ref(), &recovered.events)?;
+        if config.journal_segment_bytes > 0 {
+            start_compactor(config.clone(), sealed, !recovered.sealed.is_empty())?;
+        }
         Ok((
             Arc::new(Node::new(config, authority, journal, admin_token)),
             replayed,
         ))
     }
+}
+
+/// An empty embedded authority as `config` sets it up.
+fn embedded_authority(config: &Config) -> EmbeddedAuthority {
+    EmbeddedAuthority::new(
+        config.node_id,
+        config.cores,
+        config.idempotency_ttl_s,
+        now_micros(),
+    )
+    .with_order_retention(config.order_retention_s)
+}
+
+/// Rebuilds the embedded authority from what the journal recovered: the
+/// snapshot, then the events logged after it.
+pub fn restore(
+    authority: &EmbeddedAuthority,
+    snapshot: Option<&Snapshot>,
+    events: &[Event],
+) -> anyhow::Result<Replayed> {
+    if let Some(snapshot) = snapshot {
+        let saved = serde_json::from_slice(&snapshot.state)
+            .map_err(|e| anyhow::anyhow!("the snapshot cannot be decoded: {e}"))?;
+        authority
+            .restore_saved(saved)
+            .map_err(|e| anyhow::anyhow!("the snapshot cannot be restored: {e}"))?;
+    }
+    replay(authority, events)
+}
+
+/// Folds the sealed journal segments of `config.data_dir` that the snapshot
+/// does not cover yet into a new snapshot, then removes them; returns how
+/// many were folded.
+///
+/// The fold runs in a fresh authority (the snapshot, then the segments'
+/// events, then the retention and key TTLs at the current time), never in
+/// the node's live one, so it needs no pause. Each step leaves files that
+/// recover to the same state if the process dies right after it: the
+/// snapshot goes to a temp file (synced) and is renamed over the old one
+/// (directory synced); the segments it covers are skipped on recovery and
+/// removed, here or then.
+pub fn compact(config: &Config) -> anyhow::Result<usize> {
+    let dir = &config.data_dir;
+    let failpoint = Failpoint::from_env();
+    let old = snapshot::read(dir)?;
+    let covered = old.as_ref().map_or(0, |s| s.covers);
+    let sealed: Vec<_> = journal::sealed_segments(dir)?
+        .into_iter()
+        .filter(|(gen, _)| *gen > covered)
+        .collect();
+    let Some(&(covers, _)) = sealed.last() else {
+        return Ok(0);
+    };
+    let authority = embedded_authority(config);
+    restore(&authority, old.as_ref(), &[])?;
+    // One segment's events in memory at a time.
+    for (_, path) in &sealed {
+        replay_events(&authority, &journal::read_segment(path)?)?;
+    }
+    authority.finish_restore();
+    authority.maintain(now_s());
+    let state = serde_json::to_vec(&authority.save())?;
+    snapshot::write_temp(dir, covers, &state)?;
+    Failpoint::reach(failpoint, Failpoint::CompactBeforeInstall);
+    snapshot::install(dir)?;
+    Failpoint::reach(failpoint, Failpoint::CompactAfterInstall);
+    journal::remove_sealed_upto(dir, covers, |_| {
+        Failpoint::reach(failpoint, Failpoint::CompactMidDelete);
+    })?;
+    Ok(sealed.len())
+}
+
+/// Runs [`compact`] after every seal the journal reports (seals that queue
+/// up meanwhile make one compaction), and once at start when `pending`.
+/// A failed compaction leaves its segments for the next one.
+fn start_compactor(
+    config: Config,
+    seals: mpsc::Receiver<u64>,
+    pending: bool,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("seckill-compact".into())
+        .spawn(move || {
+            let mut due = pending;
+            loop {
+                if due {
+                    let started = std::time::Instant::now();
+                    match compact(&config) {
+                        Ok(segments) => tracing::debug!(
+                            segments,
+                            ms = started.elapsed().as_millis() as u64,
+                            "journal compacted"
+                        ),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "journal compaction failed; the segments stay for the next one"
+                        ),
+                    }
+                }
+                // The journal's writer holds the sender: it is gone once
+                // the journal is closed.
+                if seals.recv().is_err() {
+                    return;
+                }
+                while seals.try_recv().is_ok() {}
+                due = true;
+            }
+        })?;
+    Ok(())
 }
 
 /// A cluster node: Redis stock authority, journal order log.
@@ -125,6 +295,9 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     };
     opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
     opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    // As in embedded mode, 0 forgets a key at once (to the cluster
+    // authority 0 means for ever).
+    opts.key_ttl_s = config.idempotency_ttl_s.max(1);
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;
@@ -133,11 +306,14 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
         .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))
 }
 
+fn create_data_dir(config: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))
+}
+
 /// Opens the journal in `config.data_dir` and returns its events.
 fn open_journal(config: &Config) -> anyhow::Result<(Journal, Vec<Event>)> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
-    })?;
+    create_data_dir(config)?;
     Journal::open(&config.data_dir, JournalOptions::default()).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the journal in {}: {e}",
@@ -148,10 +324,7 @@ fn open_journal(config: &Config) -> anyhow::Result<(Journal, Vec<Event>)> {
 
 impl<A: StockAuthority, L: OrderLog> Node<A, L> {
     pub fn new(config: Config, authority: A, log: L, admin_token: String) -> Self {
-        let failpoint = match std::env::var("SECKILL_FAILPOINT").as_deref() {
-            Ok("after_reserve") => Some(Failpoint::AfterReserve),
-            _ => None,
-        };
+        let failpoint = Failpoint::from_env();
         Node {
             metrics: Metrics::new(config.cores),
             relog_replays: config.redis.is_some(),
@@ -162,15 +335,26 @@ impl<A: StockAuthority, L: OrderLog> Node<A, L> {
             shutdown: AtomicBool::new(false),
             driver: OnceLock::new(),
             failpoint,
+            failed: AtomicBool::new(false),
+            admin: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Whether the fail-once failpoint `at` fires now (the first time it is
+    /// reached only; tests of recovery only).
+    pub fn fails_once(&self, at: Failpoint) -> bool {
+        self.failpoint == Some(at) && !self.failed.swap(true, Ordering::Relaxed)
+    }
+
+    /// Waits for this node's turn to change a sale's definition or switch;
+    /// hold the guard until the change is applied.
+    pub async fn admin_change(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.admin.lock().await
     }
 
     /// Dies here if the failpoint `at` is set (tests of recovery only).
     pub fn failpoint(&self, at: Failpoint) {
-        if self.failpoint == Some(at) {
-            tracing::error!(?at, "failpoint reached: aborting");
-            std::process::abort();
-        }
+        Failpoint::reach(self.failpoint, at);
     }
 
     /// Whether `header` (the Authorization value) carries the admin token.
@@ -311,6 +495,13 @@ impl Drop for InFlight<'_> {
 
 /// Rebuilds the embedded authority from the journal's events, in order.
 pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result<Replayed> {
+    let out = replay_events(authority, events)?;
+    authority.finish_restore();
+    Ok(out)
+}
+
+/// Applies `events` in order, without ending the replay (more may follow).
+fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result<Replayed> {
     let mut out = Replayed {
         events: events.len(),
         ..Replayed::default()
@@ -378,16 +569,16 @@ pub fn replay(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Result
                 authority.restore_order(order, key, at_s)
             }
             EventKind::OrderPaid { order_id, .. } => {
-                authority.restore_transition(order_id, OrderStatus::Paid)
+                authority.restore_transition(order_id, OrderStatus::Paid, at_s)
             }
             // The embedded node never writes `stock_released`; were one in
             // a journal, it would mean the same as a cancel.
             EventKind::OrderCancelled { order_id, .. }
             | EventKind::StockReleased { order_id, .. } => {
-                authority.restore_transition(order_id, OrderStatus::Cancelled)
+                authority.restore_transition(order_id, OrderStatus::Cancelled, at_s)
             }
             EventKind::OrderExpired { order_id, .. } => {
-                authority.restore_transition(order_id, OrderStatus::Expired)
+                authority.restore_transition(order_id, OrderStatus::Expired, at_s)
             }
         };
         result.map_err(|e| anyhow::anyhow!("journal record {i} cannot be replayed: {e}"))?;

@@ -170,6 +170,22 @@ fn logged_entry(kind: &EventKind) -> Option<(&str, &str, &'static str)> {
 }
 
 /// The event that records `change` of `order` (as Redis holds it).
+/// `order_reserved` of an order found in Redis (its key is not known).
+fn reserved_event(order: &Order) -> Event {
+    Event::new(
+        now_ms(),
+        EventKind::OrderReserved {
+            order_id: order.order_id.clone(),
+            sale_id: order.sale_id.clone(),
+            user_id: order.user_id.clone(),
+            quantity: order.quantity,
+            expires_at: order.expires_at,
+            idempotency_key: None,
+            fingerprint: None,
+        },
+    )
+}
+
 fn event_for(order: &Order, change: &str) -> Option<Event> {
     let (order_id, sale_id, user_id, quantity) = (
         order.order_id.clone(),
@@ -527,14 +543,23 @@ impl Settler {
             // Never acknowledged: its buyer got no 200 (the node died or
             // answered 503). Release it, unless it moved on meanwhile.
             if order.status == OrderStatus::Reserved {
-                if let Moved::Changed(released) = self.store.release(sale, order_id).await? {
-                    tally.released += 1;
-                    if let Some(event) = event_for(&released, "released") {
-                        self.produce(&event).await?;
-                        self.store
-                            .mark_logged(sale, &[(order_id.to_owned(), "released")])
-                            .await?;
+                match self.store.release(sale, order_id).await? {
+                    Moved::Changed(released) => {
+                        tally.released += 1;
+                        if let Some(event) = event_for(&released, "released") {
+                            self.produce(&event).await?;
+                            self.store
+                                .mark_logged(sale, &[(order_id.to_owned(), "released")])
+                                .await?;
+                        }
                     }
+                    // A replay answered it 200 on some node: it is kept, so
+                    // its reservation is logged instead of released.
+                    Moved::Kept(kept) => {
+                        self.produce(&reserved_event(&kept)).await?;
+                        tally.relogged += 1;
+                    }
+                    _ => {}
                 }
             }
             self.store

@@ -8,13 +8,25 @@
 //!   acknowledged order is in the journal exactly once.
 //! - `idempotency`: replays, reused keys, concurrent duplicates, replays
 //!   across restarts and after sell-out.
+//! - `compaction`: the journal folded into a snapshot stays small; a crash
+//!   at each step of a compaction restarts to the same state.
 //! - `crash`: SIGKILL mid-sale loses nothing acknowledged and resells nothing.
 //! - `lifecycle`: pay, cancel, expiry, and their survival over restarts.
 //! - `admin`: the admin token, the sale gate and switches, sale validation.
 //! - `bad_input`: malformed and oversized requests, slow clients,
 //!   pipelining and keep-alive.
+//! - `memory`: finished orders and idempotency records are forgotten;
+//!   a long buy/cancel loop keeps the node's RSS flat.
+//! - `journal_replay`: property test, in process, of the journal order that
+//!   purchases, moves and switches racing at every await point leave, and
+//!   of its replay (no real process: the order log is scripted).
 //! - `runtime`: both monoio drivers, the connection cap, the idle timeout.
+//! - `switch_crash`: pause/resume/close racing with purchases, then
+//!   SIGKILL: the restart shows the same sales and orders.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `replay`: idempotency across cluster nodes: replays after sell-out,
+//!   pause, close and restart; replays log the current state; key TTL;
+//!   a move whose log append failed.
 //! - `kafka`: cluster mode with the Kafka order log and the settler, on a
 //!   real `redis-server` and a real broker (tansu).
 //! - `rebalance`: no false sold-out in cluster mode: units leased by one
@@ -29,17 +41,27 @@ mod admin;
 mod bad_input;
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/compaction.rs"]
+mod compaction;
 #[path = "node/contention.rs"]
 mod contention;
 #[path = "node/crash.rs"]
 mod crash;
 #[path = "node/idempotency.rs"]
 mod idempotency;
+#[path = "node/journal_replay.rs"]
+mod journal_replay;
 #[path = "node/kafka.rs"]
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/memory.rs"]
+mod memory;
 #[path = "node/rebalance.rs"]
 mod rebalance;
+#[path = "node/replay.rs"]
+mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
+#[path = "node/switch_crash.rs"]
+mod switch_crash;

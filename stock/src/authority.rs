@@ -139,7 +139,7 @@ pub enum KeyLookup {
 }
 
 /// Errors of the stock authority; each carries the stable code of
-/// DESIGN.md's error table.
+/// the error table of docs/api.md.
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
     #[error("no such sale")]
@@ -255,6 +255,21 @@ pub trait StockAuthority: Send + Sync + 'static {
         sale: &Sale,
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>>;
+    /// A keyed request is about to be refused (sold out, not open) and
+    /// [`StockAuthority::lookup_key`] did not know its key: asks the record
+    /// of every node (Redis) what the key stands for, so that a retry gets
+    /// its order on any node, before or after sell-out, pause, close or a
+    /// restart. A replay found here is never compensated away. An authority
+    /// whose `lookup_key` already knows every key answers `Unused` (the
+    /// default).
+    fn recall_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        let _ = (sale, attempt);
+        std::future::ready(Ok(KeyLookup::Unused))
+    }
     /// Called when the core's shard and its siblings are dry: brings more
     /// units from wherever the authority keeps them (a lease from the
     /// cluster pool) and takes `qty` of them for `core`. Answers `SoldOut`

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,8 @@ use crate::authority::{
     Switch, Transition,
 };
 use crate::redis::{
-    Abandoned, Created, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleSwitchState,
+    Abandoned, Created, KeyRecall, Moved, Recalled, RedisStore, ReserveCall, ReserveOutcome,
+    SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -81,6 +82,9 @@ pub struct ClusterOptions {
     /// settler's reconciliation (a Kafka order log: see
     /// [`RedisStore::tracking_log`]).
     pub track_log: bool,
+    /// How long an Idempotency-Key stands for its order, from the order's
+    /// making (0: for ever), in Redis and in this node's memory.
+    pub key_ttl_s: u64,
 }
 
 impl ClusterOptions {
@@ -94,6 +98,7 @@ impl ClusterOptions {
             poll_interval: Duration::from_millis(200),
             expiry: true,
             track_log: false,
+            key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         }
     }
 }
@@ -119,6 +124,14 @@ enum Call {
         String,
         oneshot::Sender<Result<Option<Order>, StockError>>,
     ),
+    /// A move's event is durable in the journal: drop its not-yet-logged
+    /// entry (sale, order, status).
+    Logged(String, String, OrderStatus),
+    /// What an Idempotency-Key this node does not know stands for in Redis
+    /// (batched like reservations: one pipeline per drain).
+    Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
+    /// Housekeeping: forget the Idempotency-Key records whose TTL passed.
+    ExpireKeys,
     /// A reservation this node will not acknowledge (its log append
     /// failed, or its reply never came): release it if Redis recorded it,
     /// else tombstone its order id and return its units to the pool.
@@ -215,10 +228,64 @@ struct Shared {
     /// Warnings of compensations waiting for Redis.
     retry_log: LogThrottle,
     /// Orders this node answered with an Idempotency-Key: replays of them
-    /// need no Redis call. Bounded by the stock.
-    keys: Striped<HashMap<Box<str>, (u64, Order)>>,
+    /// need no Redis call. Each is forgotten when its key's TTL passes
+    /// (`maintain`).
+    keys: Striped<HashMap<Box<str>, KnownKey>>,
     /// Reserved orders found due by the poller, per shard.
     due: Box<[Mutex<Vec<String>>]>,
+    /// Key lookups (`recall_key`) waiting for Redis.
+    recalls: AtomicUsize,
+}
+
+/// An Idempotency-Key this node answered: its fingerprint, its order, and
+/// when the key expires (Unix s).
+struct KnownKey {
+    fingerprint: u64,
+    order: Order,
+    expires_at: u64,
+}
+
+impl Shared {
+    /// When the key of `order` (made in `sale`) expires: `key_ttl_s` after
+    /// the order was made (its payment deadline minus the payment timeout),
+    /// as Redis counts it.
+    fn key_expiry(&self, sale: &Sale, order: &Order) -> u64 {
+        match self.opts.key_ttl_s {
+            0 => u64::MAX,
+            ttl => order
+                .expires_at
+                .saturating_sub(sale.spec().payment_timeout_s)
+                .saturating_add(ttl),
+        }
+    }
+
+    /// Remembers that `key` stands for `order`.
+    fn remember_key(&self, sale: &Sale, key: Box<str>, fingerprint: u64, order: Order) {
+        let expires_at = self.key_expiry(sale, &order);
+        self.keys.get(&key).lock().insert(
+            key,
+            KnownKey {
+                fingerprint,
+                order,
+                expires_at,
+            },
+        );
+    }
+}
+
+/// Most key lookups (`recall_key`) a node has waiting for Redis; more are
+/// answered 503 at once, so that keyed requests refused by the gate cannot
+/// pile unbounded work (memory, Redis) behind the backend.
+const RECALLS_IN_FLIGHT: usize = 4096;
+
+/// One key lookup counted in `Shared::recalls`, until dropped (answered, or
+/// its request gone).
+struct RecallSlot(Arc<Shared>);
+
+impl Drop for RecallSlot {
+    fn drop(&mut self) {
+        self.0.recalls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The Redis stock authority of cluster mode.
@@ -238,7 +305,12 @@ pub struct PendingOrder<'a> {
 }
 
 /// A transition Redis has applied, waiting for the order log.
-pub struct AppliedMove(Order);
+pub struct AppliedMove {
+    order: Order,
+    /// Applied by this call (`false`: applied earlier, its event maybe
+    /// never logged: only the log is left to do).
+    fresh: bool,
+}
 
 impl RedisAuthority {
     /// Connects to Redis (failing fast if it does not answer) and starts the
@@ -253,13 +325,17 @@ impl RedisAuthority {
         let mut store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
         if opts.track_log {
             store = store.tracking_log();
+        } else {
+            store = store.tracking_moves();
         }
+        store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
             opts,
             sales: Registry::default(),
             retry_log: LogThrottle::new(),
             keys: Striped::new(),
+            recalls: AtomicUsize::new(0),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -385,18 +461,65 @@ impl StockAuthority for RedisAuthority {
         attempt: &Attempt<'_>,
     ) -> impl Future<Output = Result<KeyLookup, StockError>> {
         // Keys this node answered replay from memory; a key first used on
-        // another node is checked by the reserve script itself.
+        // another node (or before a restart) is checked by the reserve
+        // script itself, or by `recall_key` before a refusal.
         let found = attempt
             .idempotency_key
             .map_or(Ok(KeyLookup::Unused), |key| {
                 let fingerprint = attempt.fingerprint(sale.id());
                 match self.shared.keys.get(key).lock().get(key) {
                     None => Ok(KeyLookup::Unused),
-                    Some((fp, _)) if *fp != fingerprint => Err(StockError::KeyReused),
-                    Some((_, order)) => Ok(KeyLookup::Replay(order.clone())),
+                    Some(known) if known.expires_at <= attempt.now => Ok(KeyLookup::Unused),
+                    Some(known) if known.fingerprint != fingerprint => Err(StockError::KeyReused),
+                    Some(known) => Ok(KeyLookup::Replay(known.order.clone())),
                 }
             });
         ready(found)
+    }
+
+    fn recall_key(
+        &self,
+        sale: &Sale,
+        attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<KeyLookup, StockError>> {
+        // Keyed requests on a sold-out sale each cost a lookup: bound what
+        // waits for Redis, and answer the rest 503 (retry) at once.
+        let admitted = self.shared.recalls.fetch_add(1, Ordering::AcqRel) < RECALLS_IN_FLIGHT;
+        let slot = RecallSlot(self.shared.clone());
+        let asked = attempt.idempotency_key.filter(|_| admitted).map(|key| {
+            let fingerprint = attempt.fingerprint(sale.id());
+            let (tx, rx) = oneshot::channel();
+            let call = KeyRecall {
+                sale_id: sale.id().to_owned(),
+                key: key.to_owned(),
+                fingerprint,
+            };
+            (key, fingerprint, self.ask(Call::Recall(call, tx), rx))
+        });
+        let shared = self.shared.clone();
+        let sale = shared.sales.get(sale.id());
+        let keyed = attempt.idempotency_key.is_some();
+        async move {
+            let _slot = slot;
+            let Some((key, fingerprint, reply)) = asked else {
+                if keyed {
+                    return Err(StockError::Unavailable(
+                        "too many Idempotency-Key lookups waiting for Redis; retry".into(),
+                    ));
+                }
+                return Ok(KeyLookup::Unused);
+            };
+            match reply.await? {
+                Recalled::Unused => Ok(KeyLookup::Unused),
+                Recalled::KeyReused => Err(StockError::KeyReused),
+                Recalled::Replay(order) => {
+                    if let Some(sale) = sale {
+                        shared.remember_key(&sale, key.into(), fingerprint, order.clone());
+                    }
+                    Ok(KeyLookup::Replay(order))
+                }
+            }
+        }
     }
 
     async fn refill<'a>(
@@ -509,12 +632,9 @@ impl StockAuthority for RedisAuthority {
                     },
                 }),
                 Ok(ReserveOutcome::Replay(first)) => {
+                    // Redis marked it acknowledged: never released now.
                     if let Some((k, fp)) = key {
-                        self.shared
-                            .keys
-                            .get(&k)
-                            .lock()
-                            .insert(k, (fp, first.clone()));
+                        self.shared.remember_key(sale, k, fp, first.clone());
                     }
                     Ok(Reservation::Replay(first))
                 }
@@ -578,7 +698,7 @@ impl StockAuthority for RedisAuthority {
         sale.add_sold(units.qty());
         units.commit();
         if let Some((k, fp)) = key {
-            self.shared.keys.get(&k).lock().insert(k, (fp, order));
+            self.shared.remember_key(sale, k, fp, order);
         }
     }
 
@@ -628,7 +748,16 @@ impl StockAuthority for RedisAuthority {
             match reply.await? {
                 Moved::Changed(order) => Ok(Transition::Pending {
                     order: order.clone(),
-                    pending: AppliedMove(order),
+                    pending: AppliedMove { order, fresh: true },
+                }),
+                // Applied earlier, and its event may never have reached the
+                // log (that append failed): log it now, before answering.
+                Moved::Unlogged(order) => Ok(Transition::Pending {
+                    order: order.clone(),
+                    pending: AppliedMove {
+                        order,
+                        fresh: false,
+                    },
                 }),
                 Moved::Unchanged(order) => Ok(Transition::Unchanged(order)),
                 Moved::Invalid(status) => Err(StockError::InvalidState(match status {
@@ -638,13 +767,26 @@ impl StockAuthority for RedisAuthority {
                     OrderStatus::Reserved => "the order is still reserved",
                 })),
                 Moved::NotFound => Err(StockError::OrderNotFound),
+                // Only a release answers this.
+                Moved::Kept(_) => Err(StockError::Unavailable(
+                    "unexpected answer to a transition".into(),
+                )),
             }
         }
     }
 
     fn finish_transition(&self, pending: AppliedMove) -> Order {
-        let order = pending.0;
-        if order.status.releases_stock() {
+        let AppliedMove { order, fresh } = pending;
+        if !self.shared.opts.track_log {
+            // The journal has the event: the move leaves the set (with a
+            // Kafka log, the settler removes what it reads).
+            let _ = self.send(Call::Logged(
+                order.sale_id.clone(),
+                order.order_id.clone(),
+                order.status,
+            ));
+        }
+        if fresh && order.status.releases_stock() {
             if let Some(sale) = self.shared.sales.get(&order.sale_id) {
                 // The poller corrects this from Redis; until then the node's
                 // view moves at once. The unit went back to the pool.
@@ -656,9 +798,12 @@ impl StockAuthority for RedisAuthority {
     }
 
     fn abort_transition(&self, pending: AppliedMove) {
-        // Redis applied the move before the log was asked; it stands.
+        // Redis applied the move before the log was asked; it stands, and
+        // stays in the not-yet-logged set: a repeat of the move (the
+        // caller's retry of its 503; the expiry sweep retries by itself)
+        // finds it `Unlogged` and logs it before answering.
         warn!(
-            order_id = pending.0.order_id,
+            order_id = pending.order.order_id,
             "a transition applied in Redis could not be logged"
         );
     }
@@ -672,8 +817,18 @@ impl StockAuthority for RedisAuthority {
         self.shared.due[shard].lock().push(order_id.to_owned());
     }
 
-    fn maintain(&self, _now: u64) -> usize {
-        0
+    fn maintain(&self, now: u64) -> usize {
+        let mut forgotten = 0;
+        for stripe in self.shared.keys.iter() {
+            let mut map = stripe.lock();
+            let before = map.len();
+            map.retain(|_, known| known.expires_at > now);
+            forgotten += before - map.len();
+        }
+        if self.shared.opts.key_ttl_s > 0 {
+            let _ = self.send(Call::ExpireKeys);
+        }
+        forgotten
     }
 
     fn close(&self) {
@@ -708,6 +863,7 @@ async fn backend_main(
     let mut calls = Vec::with_capacity(512);
     let mut batch = Vec::new();
     let mut replies = Vec::new();
+    let mut recalls = Vec::new();
     let mut reserving = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -734,6 +890,7 @@ async fn backend_main(
                     batch.push(c);
                     replies.push(reply);
                 }
+                Call::Recall(c, reply) => recalls.push((c, reply)),
                 Call::Stop(done) => {
                     background.abort();
                     // Purchases in flight finish first: the batches out,
@@ -748,6 +905,12 @@ async fn backend_main(
                     tokio::spawn(handle(store.clone(), shared.clone(), other));
                 }
             }
+        }
+        if !recalls.is_empty() {
+            // One pipeline for the key lookups of this drain.
+            let store = store.clone();
+            let recalls = std::mem::take(&mut recalls);
+            tokio::spawn(async move { recall_and_reply(&store, recalls).await });
         }
         if !batch.is_empty() && reserving.len() < RESERVE_BATCHES_IN_FLIGHT {
             // One pipeline for every reservation gathered since the last.
@@ -777,6 +940,35 @@ async fn reserve_and_reply(
     }
 }
 
+/// Looks up one drain's Idempotency-Keys and answers each caller.
+async fn recall_and_reply(
+    store: &RedisStore,
+    recalls: Vec<(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>)>,
+) {
+    let (keys, replies): (Vec<_>, Vec<_>) = recalls.into_iter().unzip();
+    for (reply, result) in replies.into_iter().zip(store.recall_keys(&keys).await) {
+        let _ = reply.send(result);
+    }
+}
+
+/// Forgets every sale's Idempotency-Key records whose TTL passed, in
+/// bounded batches.
+async fn expire_keys(store: &RedisStore, shared: &Shared) {
+    const BATCH: usize = 512;
+    for sale in shared.sales.all() {
+        for _ in 0..16 {
+            match store.expire_keys(sale.id(), BATCH).await {
+                Ok(n) if n == BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    debug!(sale = sale.id(), error = %e, "key expiry failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
     match call {
         Call::Lease(sale, core) => lease(&store, &shared, &sale, core, true).await,
@@ -799,9 +991,19 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);
         }
+        Call::Logged(sale, order, status) => {
+            // Lost: a later repeat of the move logs it once more.
+            if let Err(e) = store
+                .mark_logged(&sale, &[(order.clone(), status.as_str())])
+                .await
+            {
+                debug!(order, error = %e, "move not marked logged");
+            }
+        }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
-        Call::Reserve(..) | Call::Stop(_) => {}
+        Call::ExpireKeys => expire_keys(&store, &shared).await,
+        Call::Reserve(..) | Call::Recall(..) | Call::Stop(_) => {}
     }
 }
 

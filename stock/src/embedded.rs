@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 use crate::authority::{
     Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
@@ -30,6 +31,9 @@ use crate::Units;
 
 /// How long an idempotency record is kept by default: 24 hours.
 pub const DEFAULT_KEY_TTL_S: u64 = 24 * 3600;
+/// How long a finished order (paid, cancelled, expired) stays in memory by
+/// default: 1 hour.
+pub const DEFAULT_ORDER_RETENTION_S: u64 = 3600;
 
 struct KeyRecord {
     fingerprint: u64,
@@ -39,13 +43,19 @@ struct KeyRecord {
     expires_at: u64,
 }
 
-/// Reserved orders by expiry time (Unix seconds), soonest first.
+/// Order ids by a time (Unix seconds), soonest first: reserved orders by
+/// expiry, finished orders by when they are forgotten.
 type ExpiryQueue = BinaryHeap<Reverse<(u64, Box<str>)>>;
 
 struct OrderEntry {
     order: Order,
     /// A transition has begun and waits for its event to be durable.
     moving: bool,
+    /// The order's Idempotency-Key, if it had one.
+    key: Option<Box<str>>,
+    /// A finished order: when it is forgotten (Unix seconds); 0 while
+    /// reserved.
+    forget_at: u64,
 }
 
 /// The in-process stock authority of the embedded mode.
@@ -58,7 +68,62 @@ pub struct EmbeddedAuthority {
     orders: Striped<HashMap<Box<str>, OrderEntry>>,
     /// Reserved orders by expiry time, one queue per shard.
     expiries: Box<[Mutex<ExpiryQueue>]>,
+    /// How long a finished order stays in memory.
+    retention_s: u64,
+    /// Finished orders by the time they are forgotten, one queue per shard.
+    retained: Box<[Mutex<ExpiryQueue>]>,
     next_seq: AtomicU64,
+}
+
+/// The whole state of an embedded authority, as a snapshot holds it (see
+/// [`EmbeddedAuthority::save`]). Units in shards are not saved: a restored
+/// sale has every unit not sold in its shards, and a closed sale is
+/// drained at the end of the replay that follows, as in a replay from the
+/// first event.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Saved {
+    pub next_seq: u64,
+    pub sales: Vec<SavedSale>,
+    pub orders: Vec<SavedOrder>,
+    pub keys: Vec<SavedKey>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedSale {
+    pub sale_id: String,
+    pub stock: u64,
+    pub per_user_limit: u32,
+    pub starts_at: u64,
+    pub ends_at: Option<u64>,
+    pub payment_timeout_s: u64,
+    /// `live`, `paused` or `closed`.
+    pub switch: String,
+    pub sold: u64,
+    /// Units each user holds in live orders.
+    pub holders: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedOrder {
+    pub order_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    /// `reserved`, `paid`, `cancelled` or `expired`.
+    pub status: String,
+    pub expires_at: u64,
+    pub shard: usize,
+    pub key: Option<String>,
+    /// A finished order: when it is forgotten.
+    pub forget_at: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedKey {
+    pub key: String,
+    pub fingerprint: u64,
+    pub order_id: String,
+    pub expires_at: u64,
 }
 
 /// A reservation waiting for its record to be durable.
@@ -90,8 +155,20 @@ impl EmbeddedAuthority {
             expiries: (0..shards.max(1))
                 .map(|_| Mutex::new(BinaryHeap::new()))
                 .collect(),
+            retention_s: DEFAULT_ORDER_RETENTION_S,
+            retained: (0..shards.max(1))
+                .map(|_| Mutex::new(BinaryHeap::new()))
+                .collect(),
             next_seq: AtomicU64::new(now_micros),
         }
+    }
+
+    /// Sets how long a finished order stays in memory (and so answers
+    /// `GET /orders/{id}`). It stays at least as long as its Idempotency-Key
+    /// is remembered, so a retry always finds its order.
+    pub fn with_order_retention(mut self, retention_s: u64) -> Self {
+        self.retention_s = retention_s;
+        self
     }
 
     pub fn shards(&self) -> usize {
@@ -169,16 +246,17 @@ impl EmbeddedAuthority {
     }
 
     fn record(&self, order: Order, key: Option<(Box<str>, u64)>, at: u64) {
-        if let Some((key, fingerprint)) = key {
+        let key = key.map(|(key, fingerprint)| {
             self.keys.get(&key).lock().insert(
-                key,
+                key.clone(),
                 KeyRecord {
                     fingerprint,
                     order_id: Some(order.order_id.as_str().into()),
                     expires_at: at.saturating_add(self.key_ttl_s),
                 },
             );
-        }
+            key
+        });
         if order.status == OrderStatus::Reserved {
             let shard = fnv_shard(&order.order_id, self.shards);
             self.expiries[shard]
@@ -190,8 +268,50 @@ impl EmbeddedAuthority {
             OrderEntry {
                 order,
                 moving: false,
+                key,
+                forget_at: 0,
             },
         );
+    }
+
+    /// An order just finished at `now`: queues it to be forgotten after the
+    /// retention, and not before its Idempotency-Key is.
+    fn retain(&self, entry: &mut OrderEntry, now: u64) {
+        let key_expiry = entry.key.as_deref().map_or(0, |k| {
+            self.keys.get(k).lock().get(k).map_or(0, |r| r.expires_at)
+        });
+        entry.forget_at = now.saturating_add(self.retention_s).max(key_expiry);
+        let id = entry.order.order_id.as_str();
+        self.retained[fnv_shard(id, self.shards)]
+            .lock()
+            .push(Reverse((entry.forget_at, id.into())));
+    }
+
+    /// Forgets the finished orders whose retention passed by `now`.
+    fn forget_finished(&self, now: u64) -> usize {
+        let mut forgotten = 0;
+        let mut due = Vec::new();
+        for queue in self.retained.iter() {
+            // Taken out first: a finishing order holds its stripe while it
+            // queues itself, so the two locks are never held the other way.
+            {
+                let mut heap = queue.lock();
+                while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                    due.extend(heap.pop().map(|Reverse((_, id))| id));
+                }
+            }
+            for id in due.drain(..) {
+                let mut stripe = self.orders.get(&id).lock();
+                if stripe
+                    .get(&*id)
+                    .is_some_and(|e| e.order.status != OrderStatus::Reserved)
+                {
+                    stripe.remove(&*id);
+                    forgotten += 1;
+                }
+            }
+        }
+        forgotten
     }
 
     /// Gives back what a released order held: its units to stock, its count
@@ -204,6 +324,158 @@ impl EmbeddedAuthority {
         }
     }
 
+    // ----- snapshot -----------------------------------------------------
+
+    /// Everything this authority holds, for a snapshot. Meant for an
+    /// authority that only replays (the compactor's): a reservation or move
+    /// in flight is not saved.
+    pub fn save(&self) -> Saved {
+        let mut saved = Saved {
+            next_seq: self.next_seq.load(Ordering::Relaxed),
+            ..Saved::default()
+        };
+        for sale in self.sales.all() {
+            let spec = sale.spec();
+            let switch = if sale.is_closed() {
+                "closed"
+            } else if sale.is_paused() {
+                "paused"
+            } else {
+                "live"
+            };
+            let mut holders = Vec::new();
+            for stripe in sale.holders.iter() {
+                holders.extend(stripe.lock().iter().map(|(u, n)| (u.to_string(), *n)));
+            }
+            saved.sales.push(SavedSale {
+                sale_id: spec.sale_id.clone(),
+                stock: spec.stock,
+                per_user_limit: spec.per_user_limit,
+                starts_at: spec.starts_at,
+                ends_at: spec.ends_at,
+                payment_timeout_s: spec.payment_timeout_s,
+                switch: switch.into(),
+                sold: sale.sold(),
+                holders,
+            });
+        }
+        for stripe in self.orders.iter() {
+            for entry in stripe.lock().values() {
+                let o = &entry.order;
+                saved.orders.push(SavedOrder {
+                    order_id: o.order_id.clone(),
+                    sale_id: o.sale_id.clone(),
+                    user_id: o.user_id.clone(),
+                    quantity: o.quantity,
+                    status: o.status.as_str().into(),
+                    expires_at: o.expires_at,
+                    shard: o.shard,
+                    key: entry.key.as_deref().map(str::to_owned),
+                    forget_at: entry.forget_at,
+                });
+            }
+        }
+        for stripe in self.keys.iter() {
+            for (key, rec) in stripe.lock().iter() {
+                if let Some(order_id) = &rec.order_id {
+                    saved.keys.push(SavedKey {
+                        key: key.to_string(),
+                        fingerprint: rec.fingerprint,
+                        order_id: order_id.to_string(),
+                        expires_at: rec.expires_at,
+                    });
+                }
+            }
+        }
+        saved
+    }
+
+    /// Loads a snapshot into this fresh authority; the events logged after
+    /// it are then replayed with the `restore_*` methods.
+    pub fn restore_saved(&self, saved: Saved) -> Result<(), StockError> {
+        self.next_seq.fetch_max(saved.next_seq, Ordering::Relaxed);
+        for s in saved.sales {
+            let spec = SaleSpec {
+                sale_id: s.sale_id,
+                stock: s.stock,
+                per_user_limit: s.per_user_limit,
+                starts_at: s.starts_at,
+                ends_at: s.ends_at,
+                payment_timeout_s: s.payment_timeout_s,
+            };
+            let unsold = spec
+                .stock
+                .checked_sub(s.sold)
+                .ok_or(StockError::InvalidState(
+                    "the snapshot sells more than the stock",
+                ))?;
+            let shards = self.shards;
+            let sale = self.sales.insert_with(&spec, || {
+                Sale::with_local_units(spec.clone(), shards, unsold)
+            })?;
+            sale.set_sold(s.sold);
+            match s.switch.as_str() {
+                "live" => {}
+                "paused" => sale.apply_switch(Switch::Pause)?,
+                "closed" => sale.apply_switch(Switch::Close)?,
+                _ => return Err(StockError::InvalidState("the snapshot is inconsistent")),
+            }
+            for (user, n) in s.holders {
+                sale.holders.get(&user).lock().insert(user.into(), n);
+            }
+        }
+        for o in saved.orders {
+            let status = match o.status.as_str() {
+                "reserved" => OrderStatus::Reserved,
+                "paid" => OrderStatus::Paid,
+                "cancelled" => OrderStatus::Cancelled,
+                "expired" => OrderStatus::Expired,
+                _ => return Err(StockError::InvalidState("the snapshot is inconsistent")),
+            };
+            let id: Box<str> = o.order_id.as_str().into();
+            let queue = if status == OrderStatus::Reserved {
+                &self.expiries
+            } else {
+                &self.retained
+            };
+            let at = if status == OrderStatus::Reserved {
+                o.expires_at
+            } else {
+                o.forget_at
+            };
+            queue[fnv_shard(&id, self.shards)]
+                .lock()
+                .push(Reverse((at, id.clone())));
+            let entry = OrderEntry {
+                order: Order {
+                    order_id: o.order_id,
+                    sale_id: o.sale_id,
+                    user_id: o.user_id,
+                    quantity: o.quantity,
+                    status,
+                    expires_at: o.expires_at,
+                    shard: o.shard % self.shards,
+                },
+                moving: false,
+                key: o.key.map(String::into_boxed_str),
+                forget_at: o.forget_at,
+            };
+            self.orders.get(&id).lock().insert(id, entry);
+        }
+        for k in saved.keys {
+            let key: Box<str> = k.key.into_boxed_str();
+            self.keys.get(&key).lock().insert(
+                key,
+                KeyRecord {
+                    fingerprint: k.fingerprint,
+                    order_id: Some(k.order_id.into_boxed_str()),
+                    expires_at: k.expires_at,
+                },
+            );
+        }
+        Ok(())
+    }
+
     // ----- replay -------------------------------------------------------
 
     /// Replays a `sale_created` record.
@@ -212,12 +484,29 @@ impl EmbeddedAuthority {
     }
 
     /// Replays a `sale_switched` record.
+    ///
+    /// A close does not drain the sale's stock here but at
+    /// [`EmbeddedAuthority::finish_restore`]: purchases that passed the
+    /// authority's check before the close was applied are valid, and they
+    /// may be logged after the close (their append raced with it).
+    /// A pause or resume after a close was refused when it was made (an
+    /// older node logged it before it was refused): it changes nothing.
     pub fn restore_switch(&self, sale_id: &str, switch: Switch) -> Result<(), StockError> {
         let sale = self.sale(sale_id).ok_or(StockError::SaleNotFound)?;
-        if switch == Switch::Close {
-            sale.stock.drain();
+        if sale.is_closed() {
+            return Ok(());
         }
         sale.apply_switch(switch)
+    }
+
+    /// Ends a replay: the stock left in closed sales is drained, as the
+    /// close did when it was applied.
+    pub fn finish_restore(&self) {
+        for sale in self.sales.all() {
+            if sale.is_closed() {
+                sale.stock.drain();
+            }
+        }
     }
 
     /// Replays an `order_reserved` record made at `at` (Unix seconds).
@@ -256,8 +545,13 @@ impl EmbeddedAuthority {
         Ok(())
     }
 
-    /// Replays a transition record.
-    pub fn restore_transition(&self, order_id: &str, to: OrderStatus) -> Result<(), StockError> {
+    /// Replays a transition record made at `at` (Unix seconds).
+    pub fn restore_transition(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        at: u64,
+    ) -> Result<(), StockError> {
         let released = {
             let mut stripe = self.orders.get(order_id).lock();
             let entry = stripe.get_mut(order_id).ok_or(StockError::OrderNotFound)?;
@@ -265,6 +559,7 @@ impl EmbeddedAuthority {
                 return Ok(());
             }
             entry.order.status = to;
+            self.retain(entry, at);
             to.releases_stock().then(|| entry.order.clone())
         };
         if let Some(order) = released {
@@ -360,6 +655,13 @@ impl StockAuthority for EmbeddedAuthority {
         units: Units<'a>,
     ) -> impl Future<Output = Result<Reservation<PendingOrder<'a>>, StockError>> {
         let result = (|| {
+            // The gate was passed before the request waited for its turn; a
+            // switch applied since then wins. Any reservation that passes
+            // here was decided before the pause or close was applied, so it
+            // is valid even when its record lands after the switch's.
+            if sale.is_closed() || sale.is_paused() {
+                return Err(StockError::SaleNotOpen);
+            }
             let key = match attempt.idempotency_key {
                 Some(key) => {
                     self.claim_key(key, attempt.fingerprint(sale.id()), attempt.now)?;
@@ -484,6 +786,7 @@ impl StockAuthority for EmbeddedAuthority {
                 .expect("a moving order stays in the map");
             entry.moving = false;
             entry.order.status = pending.to;
+            self.retain(entry, now_s());
             entry.order.clone()
         };
         if pending.to.releases_stock() {
@@ -492,7 +795,8 @@ impl StockAuthority for EmbeddedAuthority {
         order
     }
 
-    /// Forgets idempotency records whose TTL passed (their orders stay).
+    /// Forgets idempotency records whose TTL passed, then finished orders
+    /// whose retention passed.
     fn maintain(&self, now: u64) -> usize {
         let mut removed = 0;
         for stripe in self.keys.iter() {
@@ -501,7 +805,7 @@ impl StockAuthority for EmbeddedAuthority {
             map.retain(|_, r| r.order_id.is_none() || r.expires_at > now);
             removed += before - map.len();
         }
-        removed
+        removed + self.forget_finished(now)
     }
 
     /// Reserved orders of `shard` whose payment timeout passed by `now`.
@@ -725,6 +1029,106 @@ mod tests {
     }
 
     #[test]
+    fn finished_orders_are_forgotten_after_the_retention_but_not_before_their_key() {
+        let auth = EmbeddedAuthority::new(1, 2, 100, 0).with_order_retention(10);
+        let sale = now(auth.create_sale(spec("s", 5, 5))).unwrap();
+        let plain = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        let keyed = buy(&auth, &sale, &attempt("u", 1, Some("k")), false).unwrap();
+        let live = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+        for id in [&plain.order_id, &keyed.order_id] {
+            let Transition::Pending { pending, .. } =
+                now(auth.begin_transition(id, OrderStatus::Cancelled, 1_001)).unwrap()
+            else {
+                panic!("expected a pending move");
+            };
+            auth.finish_transition(pending);
+        }
+        let t = now_s();
+        assert_eq!(auth.maintain(t + 5), 0);
+        assert_eq!(auth.maintain(t + 11), 1);
+        assert!(matches!(
+            now(auth.order(&plain.order_id)),
+            Err(StockError::OrderNotFound)
+        ));
+        // The keyed order stays while its key does (TTL 100 s), and the
+        // live one for good.
+        assert!(now(auth.order(&keyed.order_id)).is_ok());
+        assert_eq!(auth.maintain(t + 101), 2);
+        assert!(now(auth.order(&keyed.order_id)).is_err());
+        assert!(now(auth.order(&live.order_id)).is_ok());
+        assert_eq!((sale.sold(), sale.held_by("u")), (1, 1));
+    }
+
+    #[test]
+    fn a_saved_state_restores_what_a_replay_would() {
+        let auth = EmbeddedAuthority::new(7, 2, 3_600, 1_000_000).with_order_retention(60);
+        auth.restore_sale(spec("s", 5, 2)).unwrap();
+        auth.restore_sale(spec("c", 4, 2)).unwrap();
+        let order = |id: &str, sale: &str, user: &str| Order {
+            order_id: id.into(),
+            sale_id: sale.into(),
+            user_id: user.into(),
+            quantity: 1,
+            status: OrderStatus::Reserved,
+            expires_at: 2_000,
+            shard: 1,
+        };
+        let t = now_s();
+        auth.restore_order(order("7-5000000", "s", "u"), Some(("k".into(), 42)), t)
+            .unwrap();
+        auth.restore_order(order("7-5000001", "s", "u"), None, t)
+            .unwrap();
+        auth.restore_order(order("7-5000002", "s", "v"), None, t)
+            .unwrap();
+        auth.restore_transition("7-5000001", OrderStatus::Paid, t)
+            .unwrap();
+        auth.restore_transition("7-5000002", OrderStatus::Cancelled, t)
+            .unwrap();
+        auth.restore_order(order("7-5000003", "c", "w"), None, t)
+            .unwrap();
+        auth.restore_switch("c", Switch::Close).unwrap();
+        auth.restore_switch("s", Switch::Pause).unwrap();
+
+        let bytes = serde_json::to_vec(&auth.save()).unwrap();
+        let back = EmbeddedAuthority::new(7, 2, 3_600, 0).with_order_retention(60);
+        back.restore_saved(serde_json::from_slice(&bytes).unwrap())
+            .unwrap();
+        // A reservation of the closed sale logged after the close (decided
+        // before it) still finds its unit after the snapshot.
+        back.restore_order(order("7-5000004", "c", "x"), None, t)
+            .unwrap();
+        back.finish_restore();
+        for id in ["7-5000000", "7-5000001", "7-5000002", "7-5000003"] {
+            assert_eq!(
+                now(back.order(id)).unwrap().status,
+                now(auth.order(id)).unwrap().status,
+                "{id}"
+            );
+        }
+        let (s, c) = (back.sale("s").unwrap(), back.sale("c").unwrap());
+        assert_eq!((s.sold(), s.stock.available(), s.is_paused()), (2, 3, true));
+        assert_eq!((s.held_by("u"), s.held_by("v")), (2, 0));
+        assert_eq!((c.sold(), c.stock.available(), c.is_closed()), (2, 0, true));
+        let a = Attempt {
+            user_id: "u",
+            quantity: 1,
+            idempotency_key: Some("k"),
+            now: t,
+            core: 0,
+        };
+        // The key's record came back as saved (fingerprint 42).
+        assert!(matches!(
+            now(back.lookup_key(&s, &a)),
+            Err(StockError::KeyReused)
+        ));
+        // New ids continue after the saved ones; the finished orders are
+        // forgotten on time; the live one stays.
+        assert!(back.next_order_id().as_str() > "7-5000004");
+        assert_eq!(back.forget_finished(t + 61), 2);
+        assert!(now(back.order("7-5000000")).is_ok());
+    }
+
+    #[test]
     fn cancel_and_expiry_return_units_exactly_once() {
         let auth = authority();
         let sale = now(auth.create_sale(spec("s", 1, 1))).unwrap();
@@ -824,10 +1228,10 @@ mod tests {
             .unwrap();
         auth.restore_order(order("7-5000001", "v"), None, now_s())
             .unwrap();
-        auth.restore_transition("7-5000001", OrderStatus::Cancelled)
+        auth.restore_transition("7-5000001", OrderStatus::Cancelled, now_s())
             .unwrap();
         // A repeated transition record is harmless.
-        auth.restore_transition("7-5000001", OrderStatus::Cancelled)
+        auth.restore_transition("7-5000001", OrderStatus::Cancelled, now_s())
             .unwrap();
         assert_eq!((sale.sold(), sale.stock.available()), (1, 2));
         assert_eq!(sale.held_by("u"), 1);
@@ -845,6 +1249,80 @@ mod tests {
         assert!(auth
             .restore_order(order("7-2", "y"), None, now_s())
             .is_err());
+    }
+
+    #[test]
+    fn no_reservation_after_a_switch_is_applied_and_replay_honours_earlier_ones() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 3, 3))).unwrap();
+        // Units taken before the pause: the reservation is refused after it.
+        let units = sale.stock.take(0, 1).unwrap();
+        now(auth.switch("s", Switch::Pause)).unwrap();
+        assert!(matches!(
+            now(auth.reserve(&sale, &attempt("u", 1, None), units)),
+            Err(StockError::SaleNotOpen)
+        ));
+        now(auth.switch("s", Switch::Resume)).unwrap();
+        let units = sale.stock.take(0, 1).unwrap();
+        now(auth.switch("s", Switch::Close)).unwrap();
+        assert!(matches!(
+            now(auth.reserve(&sale, &attempt("u", 1, None), units)),
+            Err(StockError::SaleNotOpen)
+        ));
+        assert_eq!(sale.sold(), 0);
+
+        // Replay: an order logged after the close (decided before it) is
+        // kept; a resume after the close changes nothing; the rest of the
+        // stock is drained at the end.
+        let back = authority();
+        back.restore_sale(spec("s", 3, 3)).unwrap();
+        back.restore_switch("s", Switch::Close).unwrap();
+        let order = Order {
+            order_id: "7-9".into(),
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            quantity: 1,
+            status: OrderStatus::Reserved,
+            expires_at: u64::MAX,
+            shard: 0,
+        };
+        back.restore_order(order.clone(), None, now_s()).unwrap();
+        back.restore_switch("s", Switch::Resume).unwrap();
+        // Units an expiry logged after the close gave back (before the
+        // close was applied) may be sold again by orders logged after it.
+        back.restore_transition("7-9", OrderStatus::Expired, now_s())
+            .unwrap();
+        back.restore_order(
+            Order {
+                order_id: "7-10".into(),
+                ..order.clone()
+            },
+            None,
+            now_s(),
+        )
+        .unwrap();
+        back.restore_order(
+            Order {
+                order_id: "7-11".into(),
+                ..order.clone()
+            },
+            None,
+            now_s(),
+        )
+        .unwrap();
+        back.restore_order(
+            Order {
+                order_id: "7-12".into(),
+                ..order
+            },
+            None,
+            now_s(),
+        )
+        .unwrap();
+        back.finish_restore();
+        let sale = back.sale("s").unwrap();
+        assert!(sale.is_closed());
+        assert_eq!((sale.sold(), sale.stock.available()), (3, 0));
     }
 
     #[test]

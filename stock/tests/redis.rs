@@ -11,6 +11,8 @@
 //! - `faults`: SCRIPT FLUSH, Redis down and back, commands per reservation.
 //! - `abandon`: reconciling a reservation whose reply never came:
 //!   released, or tombstoned with its unit returned; the late reserve race.
+//! - `recall`: the cluster authority's key lookups across nodes (Redis and
+//!   memory), kept orders, the bound on lookups in flight.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +26,8 @@ mod abandon;
 mod faults;
 #[path = "redis/lease.rs"]
 mod lease;
+#[path = "redis/recall.rs"]
+mod recall;
 #[path = "redis/reserve.rs"]
 mod reserve;
 #[path = "redis/sale.rs"]

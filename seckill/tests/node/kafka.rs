@@ -3,7 +3,8 @@
 //! binary): every acknowledged order is in the topic exactly once across
 //! nodes; the settler expires orders without the node that took them,
 //! survives being killed, and reconciles a node that died between reserve
-//! and produce; a broker outage fails closed and loses nothing acknowledged.
+//! and produce; a broker outage fails closed and loses nothing acknowledged;
+//! an order a replay acknowledged is logged by the settler, never released.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -467,4 +468,60 @@ fn broker_down_mid_sale_fails_closed_and_loses_no_acknowledged_order() {
                 == refused.len()
         },
     );
+}
+
+#[test]
+fn a_replayed_order_whose_reservation_never_reached_the_log_is_logged_not_released() {
+    let redis = RedisServer::start();
+    let mut broker = Broker::start();
+    let healthy = kafka_node(&redis, &broker, 1, &[]);
+    healthy
+        .client()
+        .create_sale("kp", &json!({"stock": 10, "per_user_limit": 1}));
+    let mut doomed = kafka_node(
+        &redis,
+        &broker,
+        2,
+        &[("SECKILL_FAILPOINT", "after_reserve")],
+    );
+    wait_for_sale(&[&healthy, &doomed], "kp");
+
+    // Node 2 records the order and dies before logging it.
+    let body = br#"{"user_id": "victim", "quantity": 1}"#;
+    let answer = doomed.client().try_purchase_raw("kp", body, Some("kv"));
+    assert!(answer.is_err(), "the node should have died: {answer:?}");
+    doomed.kill();
+    let orders = redis_cli(&redis, &["HKEYS", "sk:{kp}:orders"]);
+    let order_id = orders.trim().to_owned();
+    assert!(!order_id.is_empty() && !order_id.contains('\n'), "{orders}");
+
+    // The buyer retries on node 1 while the broker is down: node 1 replays
+    // the order from Redis but cannot log it, so it answers 503.
+    broker.stop();
+    let retry = healthy.client().purchase_with_key("kp", "victim", 1, "kv");
+    assert_error(&retry, 503, "unavailable");
+    broker.start_again();
+
+    // The replay may have reached the buyer as a 200 (a 503 can follow a
+    // delivery that landed): the settler logs the order instead of
+    // releasing it.
+    let _settler = Settler::start(&redis, &broker);
+    eventually(Duration::from_secs(40), "order_reserved logged", || {
+        count_by_type(&read_topic(&broker))
+            .get("order_reserved")
+            .is_some_and(|m| m.contains_key(&order_id))
+    });
+    let by_type = count_by_type(&read_topic(&broker));
+    assert!(
+        !by_type
+            .get("stock_released")
+            .is_some_and(|m| m.contains_key(&order_id)),
+        "a replayed order was released"
+    );
+    assert_eq!(sold(&redis, "kp"), 1);
+    let order = healthy.client().get(&format!("/orders/{order_id}"));
+    assert_eq!(assert_ok(&order)["status"], "reserved");
+    let again = healthy.client().purchase_with_key("kp", "victim", 1, "kv");
+    assert_eq!(assert_ok(&again)["order_id"], order_id.as_str());
+    assert!(again.is_replayed(), "{again}");
 }

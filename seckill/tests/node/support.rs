@@ -159,6 +159,27 @@ impl Node {
         self.addr = addr;
     }
 
+    /// Replaces the environment variables set on every later start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
+    /// Waits for the node to exit by itself (a failpoint), within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the node is running");
+        match wait_with_limit(&mut child, limit) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node did not exit within {limit:?}");
+            }
+        }
+    }
+
     /// The last few KiB of every run's stderr, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
@@ -319,7 +340,7 @@ impl fmt::Debug for Response {
     }
 }
 
-/// Asserts an error answer of DESIGN.md's shape: the status, a JSON body
+/// Asserts an error answer of docs/api.md's shape: the status, a JSON body
 /// `{"error": code, "message": "..."}`, JSON content type.
 #[track_caller]
 pub fn assert_error(resp: &Response, status: u16, code: &str) {

@@ -55,7 +55,7 @@ pub mod fixture;
 mod store;
 
 pub use store::{
-    Abandoned, Created, LeaseGrant, Moved, RedisStore, ReserveCall, ReserveOutcome, SaleStatus,
-    SaleSwitchState, RESERVE_CALL_MAX,
+    Abandoned, Created, KeyRecall, LeaseGrant, Moved, Recalled, RedisStore, ReserveCall,
+    ReserveOutcome, SaleStatus, SaleSwitchState, RESERVE_CALL_MAX,
 };
 pub use store::{Ask, Tail};

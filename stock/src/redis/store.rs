@@ -35,11 +35,17 @@ pub struct RedisStore {
     /// Write every order change into the sale's not-yet-logged set (a
     /// Kafka order log; see [`RedisStore::tracking_log`]).
     track: bool,
+    /// Write pay, cancel and expiry (not reservations, not releases) into
+    /// it ([`RedisStore::tracking_moves`]).
+    track_moves: bool,
     /// How long past an order's `expires_at` a late copy of its reserve is
     /// still refused by its tombstone ([`RedisStore::abandon`]); a copy
     /// arriving later than that is refused by its age. Far above the
     /// response timeout: [`grace_for`].
     grace_s: u64,
+    /// How long an Idempotency-Key record lives after its order is made
+    /// (0: for ever); see [`RedisStore::with_key_ttl`].
+    key_ttl_s: u64,
 }
 
 /// The tombstone grace for a response `timeout`: at least a minute, and
@@ -134,7 +140,8 @@ pub enum ReserveOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Abandoned {
     /// Redis had recorded the reservation; it is released now (or was
-    /// already: `Unchanged`), as [`RedisStore::release`] does.
+    /// already: `Unchanged`; or a replay answered it 200 meanwhile:
+    /// `Kept`), as [`RedisStore::release`] does.
     Released(Moved),
     /// Redis never recorded it: a tombstone now refuses any late copy of
     /// the reserve, and `returned` units went from the node's lease back to
@@ -150,12 +157,42 @@ pub enum Moved {
     Changed(Order),
     /// The order already was in that status.
     Unchanged(Order),
+    /// The order already was in that status, and the move is still in the
+    /// not-yet-logged set (tracked moves only: [`RedisStore::tracking_log`],
+    /// [`RedisStore::tracking_moves`]): its event may never have reached
+    /// the order log. The caller logs it, then marks it logged.
+    Unlogged(Order),
     /// The move is not allowed; the status the order is in, except for two
     /// time-based refusals of a reserved order: paying at or after
     /// `expires_at` answers `Invalid(Expired)`, expiring before it answers
     /// `Invalid(Reserved)`.
     Invalid(OrderStatus),
     NotFound,
+    /// A release refused: a replay answered the order 200 on some node
+    /// (reserve.lua marked it acknowledged), so no compensation may take
+    /// it back. It stays as it is (reserved, until paid, cancelled or
+    /// expired).
+    Kept(Order),
+}
+
+/// One Idempotency-Key to look up ([`RedisStore::recall_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecall {
+    pub sale_id: String,
+    pub key: String,
+    /// What the request binds the key to ([`crate::Attempt::fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// What [`RedisStore::recall_keys`] found for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recalled {
+    /// No record (or one past its TTL).
+    Unused,
+    /// The key was used with another fingerprint.
+    KeyReused,
+    /// The key's order, with its current status; now marked acknowledged.
+    Replay(Order),
 }
 
 impl RedisStore {
@@ -193,7 +230,9 @@ impl RedisStore {
             timeout,
             scripts: Arc::new(Scripts::new()),
             track: false,
+            track_moves: false,
             grace_s: grace_for(timeout),
+            key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         })
     }
 
@@ -206,6 +245,26 @@ impl RedisStore {
     /// written in step with Redis (Kafka).
     pub fn tracking_log(mut self) -> Self {
         self.track = true;
+        self
+    }
+
+    /// The same store, writing pay, cancel and expiry (only) into the
+    /// sale's not-yet-logged set, for an order log written by the node
+    /// right after the move (the journal): the node removes the entry once
+    /// the move's event is durable ([`RedisStore::mark_logged`]), and a
+    /// repeat of a move whose entry is still there answers
+    /// [`Moved::Unlogged`], so the move's event is logged by the repeat.
+    pub fn tracking_moves(mut self) -> Self {
+        self.track_moves = true;
+        self
+    }
+
+    /// The same store, recording new Idempotency-Keys for `ttl_s` seconds
+    /// (Redis time) from their order (0: for ever; the default is
+    /// [`crate::embedded::DEFAULT_KEY_TTL_S`]). An expired record answers
+    /// as absent at once; [`RedisStore::expire_keys`] forgets it.
+    pub fn with_key_ttl(mut self, ttl_s: u64) -> Self {
+        self.key_ttl_s = ttl_s;
         self
     }
 
@@ -507,9 +566,10 @@ impl RedisStore {
     }
 
     /// Moves an order to `to` (`Paid`, `Cancelled` or `Expired`), exactly
-    /// once; `now_s` is the caller's Unix time.
+    /// once. Time is Redis's clock (`TIME`), so nodes with skewed clocks
+    /// judge alike; `_now_s`, the caller's clock, is not used.
     ///
-    /// - to `Paid`: only from reserved and while `now_s < expires_at`; at or
+    /// - to `Paid`: only from reserved and while now `< expires_at`; at or
     ///   after it the answer is `Invalid(Expired)` and the order stays
     ///   reserved until expiry runs.
     /// - to `Cancelled` / `Expired`: from reserved, the units go back to the
@@ -525,14 +585,14 @@ impl RedisStore {
         sale_id: &str,
         order_id: &str,
         to: OrderStatus,
-        now_s: u64,
+        _now_s: u64,
     ) -> Result<Moved, StockError> {
         if to == OrderStatus::Reserved {
             return Err(StockError::InvalidState(
                 "an order cannot move back to reserved",
             ));
         }
-        self.apply_move(sale_id, order_id, to.as_str(), now_s, None)
+        self.apply_move(sale_id, order_id, to.as_str(), None)
             .await
             .map(|found| match found {
                 Abandoned::Released(moved) => moved,
@@ -544,10 +604,12 @@ impl RedisStore {
     /// from reserved, the order is cancelled (units back to the pool, the
     /// user's count and `sold` drop) and its Idempotency-Key record is
     /// dropped, so the buyer's retry is a fresh attempt. An order already
-    /// cancelled is `Unchanged`; a paid or expired one `Invalid`.
+    /// cancelled is `Unchanged`; a paid or expired one `Invalid`; one a
+    /// replay answered 200 (on any node) is `Kept`, unchanged: a 200 once
+    /// given is never compensated away.
     /// Idempotent: repeat it to settle an `Undetermined` answer.
     pub async fn release(&self, sale_id: &str, order_id: &str) -> Result<Moved, StockError> {
-        self.apply_move(sale_id, order_id, "released", 0, None)
+        self.apply_move(sale_id, order_id, "released", None)
             .await
             .map(|found| match found {
                 Abandoned::Released(moved) => moved,
@@ -576,7 +638,6 @@ impl RedisStore {
             sale_id,
             order_id,
             "released",
-            0,
             Some((node, quantity, expires_at)),
         )
         .await
@@ -587,10 +648,10 @@ impl RedisStore {
         sale_id: &str,
         order_id: &str,
         to: &str,
-        now_s: u64,
         abandon: Option<(u32, u32, u64)>,
     ) -> Result<Abandoned, StockError> {
         let k = Keys::new(sale_id);
+        let track = self.track || (self.track_moves && to != "released");
         let mut inv = self.scripts.transition.prepare_invoke();
         inv.key(k.pool())
             .key(k.sold())
@@ -603,8 +664,8 @@ impl RedisStore {
             .key(k.tombstone(order_id))
             .arg(order_id)
             .arg(to)
-            .arg(now_s)
-            .arg(if self.track { "1" } else { "0" });
+            .arg(0)
+            .arg(if track { "1" } else { "0" });
         match abandon {
             Some((node, quantity, expires_at)) => inv
                 .arg(node)
@@ -625,10 +686,87 @@ impl RedisStore {
             [tag] if tag == "not_found" => Ok(Moved::NotFound),
             [tag, json] if tag == "changed" => Ok(Moved::Changed(order(json)?)),
             [tag, json] if tag == "unchanged" => Ok(Moved::Unchanged(order(json)?)),
+            [tag, json] if tag == "unlogged" => Ok(Moved::Unlogged(order(json)?)),
+            [tag, json] if tag == "kept" => Ok(Moved::Kept(order(json)?)),
             [tag, status] if tag == "invalid" => Ok(Moved::Invalid(parse_status(status)?)),
             _ => Err(unexpected("transition reply", &format!("{reply:?}"))),
         };
         moved.map(Abandoned::Released)
+    }
+
+    /// Looks Idempotency-Keys up in one pipeline (one `recall.lua` call per
+    /// sale); results in the batch's order. A replay marks its order
+    /// acknowledged, as [`RedisStore::reserve_batch`]'s replay does: the
+    /// caller answers it 200, and [`RedisStore::release`] and
+    /// [`RedisStore::abandon`] keep it ([`Moved::Kept`]).
+    pub async fn recall_keys(&self, keys: &[KeyRecall]) -> Vec<Result<Recalled, StockError>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|g| g.len() < RESERVE_CALL_MAX && keys[g[0]].sale_id == key.sale_id)
+            {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let invocations: Vec<_> = groups
+            .iter()
+            .map(|group| {
+                let k = Keys::new(&keys[group[0]].sale_id);
+                let mut inv = self.scripts.recall.prepare_invoke();
+                inv.key(k.idem()).key(k.idem_due()).key(k.orders());
+                for key in group.iter().map(|&i| &keys[i]) {
+                    inv.arg(&key.key).arg(format!("{:016x}", key.fingerprint));
+                }
+                inv
+            })
+            .collect();
+        let mut out: Vec<Result<Recalled, StockError>> = keys
+            .iter()
+            .map(|_| Err(StockError::Undetermined("no reply".into())))
+            .collect();
+        match self
+            .bounded(self.pipeline(&self.scripts.recall, &invocations))
+            .await
+        {
+            Ok(results) => {
+                for (group, result) in groups.iter().zip(results) {
+                    let replies: Result<Vec<Vec<String>>, StockError> = result
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| ::redis::from_redis_value(v).map_err(|e| e.to_string()))
+                        .map_err(|e| StockError::Unavailable(format!("recall failed: {e}")));
+                    match replies {
+                        Ok(replies) => {
+                            for (&i, reply) in group.iter().zip(replies) {
+                                out[i] = parse_recall(&keys[i].sale_id, &reply);
+                            }
+                        }
+                        Err(e) => {
+                            for &i in group {
+                                out[i] = Err(same_error(&e));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for slot in &mut out {
+                    *slot = Err(same_error(&e));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets up to `limit` Idempotency-Key records of the sale whose TTL
+    /// passed (Redis time); returns how many. Call again while it returns
+    /// `limit`.
+    pub async fn expire_keys(&self, sale_id: &str, limit: usize) -> Result<usize, StockError> {
+        let k = Keys::new(sale_id);
+        let mut inv = self.scripts.expire_keys.prepare_invoke();
+        inv.key(k.idem()).key(k.idem_due()).arg(limit);
+        self.invoke(&inv).await
     }
 
     /// The order with its current status, if it exists.
@@ -738,9 +876,11 @@ impl RedisStore {
             .key(k.orders())
             .key(k.due())
             .key(k.unlogged())
+            .key(k.idem_due())
             .arg(head.node)
             .arg(if self.track { "1" } else { "0" })
-            .arg(self.grace_s);
+            .arg(self.grace_s)
+            .arg(self.key_ttl_s);
         for call in group.iter().map(|&i| &calls[i]) {
             inv.key(k.tombstone(&call.order_id))
                 .arg(&call.order_id)
@@ -825,6 +965,8 @@ struct Scripts {
     reclaim: Script,
     reserve: Script,
     transition: Script,
+    recall: Script,
+    expire_keys: Script,
 }
 
 impl Scripts {
@@ -838,6 +980,8 @@ impl Scripts {
             reclaim: Script::new(include_str!("scripts/reclaim.lua")),
             reserve: Script::new(include_str!("scripts/reserve.lua")),
             transition: Script::new(include_str!("scripts/transition.lua")),
+            recall: Script::new(include_str!("scripts/recall.lua")),
+            expire_keys: Script::new(include_str!("scripts/expire_keys.lua")),
         }
     }
 }
@@ -877,6 +1021,9 @@ impl<'a> Keys<'a> {
     }
     fn idem(&self) -> String {
         self.key("idem")
+    }
+    fn idem_due(&self) -> String {
+        self.key("idem_due")
     }
     fn orders(&self) -> String {
         self.key("orders")
@@ -942,6 +1089,18 @@ fn parse_reserve(call: &ReserveCall, value: Value) -> Result<ReserveOutcome, Sto
         _ => return Err(unexpected("reserve reply", &format!("{reply:?}"))),
     };
     Ok(outcome)
+}
+
+fn parse_recall(sale_id: &str, reply: &[String]) -> Result<Recalled, StockError> {
+    match reply {
+        [tag] if tag == "unused" => Ok(Recalled::Unused),
+        [tag] if tag == "key_reused" => Ok(Recalled::KeyReused),
+        [tag, order_id, json] if tag == "replay" => {
+            Ok(Recalled::Replay(parse_order(sale_id, order_id, json)?))
+        }
+        [tag, message] if tag == "error" => Err(StockError::Unavailable(message.clone())),
+        _ => Err(unexpected("recall reply", &format!("{reply:?}"))),
+    }
 }
 
 fn parse_order(sale_id: &str, order_id: &str, json: &str) -> Result<Order, StockError> {

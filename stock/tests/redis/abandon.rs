@@ -253,3 +253,60 @@ async fn a_reserve_that_reaches_redis_after_its_abandon_is_refused() {
     };
     assert_eq!(users, None, "alice holds nothing");
 }
+
+/// A reservation with the Idempotency-Key `k1` (fingerprint 7).
+fn keyed(sale_id: &str, node: u32, order_id: &str, user_id: &str) -> stock::redis::ReserveCall {
+    let mut c = call(sale_id, node, order_id, user_id);
+    c.idempotency_key = Some("k1".into());
+    c.fingerprint = 7;
+    c
+}
+
+#[tokio::test]
+async fn an_order_replayed_on_another_node_is_not_released_by_its_abandon() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 20, 1)).await.unwrap();
+    store.lease("s1", 1, 5, TTL).await.unwrap();
+    store.lease("s1", 2, 5, TTL).await.unwrap();
+    // Node 1 records o1 under k1; its reply is lost (undetermined).
+    let first = keyed("s1", 1, "o1", "alice");
+    let answers = store.reserve_batch(std::slice::from_ref(&first)).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+    // The buyer retries k1 on node 2, which replays o1: a 200.
+    let replay = store.reserve_batch(&[keyed("s1", 2, "o2", "alice")]).await;
+    let Ok(ReserveOutcome::Replay(order)) = &replay[0] else {
+        panic!("expected a replay, got {replay:?}");
+    };
+    assert_eq!(order.order_id, "o1");
+    assert_eq!(counts(&store, "s1").await, (11, 8, 1));
+
+    // Node 1 now abandons o1, and the settler's reconciliation releases
+    // it: a 200 was given, so both leave it as it is.
+    let abandoned = store
+        .abandon("s1", "o1", 1, 1, first.expires_at)
+        .await
+        .unwrap();
+    assert!(
+        !matches!(abandoned, Abandoned::Released(Moved::Changed(_))),
+        "{abandoned:?}"
+    );
+    let released = store.release("s1", "o1").await.unwrap();
+    assert!(!matches!(released, Moved::Changed(_)), "{released:?}");
+    let order = store.order("s1", "o1").await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Reserved);
+    assert_eq!(counts(&store, "s1").await, (11, 8, 1), "nothing moved");
+
+    // The key still stands for o1: a third retry replays it, no new order.
+    let third = store.reserve_batch(&[keyed("s1", 2, "o3", "alice")]).await;
+    assert!(
+        matches!(&third[0], Ok(ReserveOutcome::Replay(o)) if o.order_id == "o1"),
+        "{third:?}"
+    );
+    assert_eq!(store.order("s1", "o3").await.unwrap(), None);
+    // It lives on as any reserved order: its buyer may still cancel it.
+    let cancelled = store
+        .transition("s1", "o1", OrderStatus::Cancelled, now_s())
+        .await
+        .unwrap();
+    assert!(matches!(cancelled, Moved::Changed(_)), "{cancelled:?}");
+}

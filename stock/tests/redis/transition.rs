@@ -96,28 +96,40 @@ async fn expiry_returns_the_unit_once_and_only_after_the_deadline() {
         .is_empty());
     assert_eq!(store.due("s1", expires_at, 10).await.unwrap(), vec!["o1"]);
 
+    // Before its deadline (Redis time) an order is not expired.
     let early = store
-        .transition("s1", "o1", OrderStatus::Expired, expires_at - 1)
+        .transition("s1", "o1", OrderStatus::Expired, expires_at)
         .await
         .unwrap();
     assert_eq!(early, Moved::Invalid(OrderStatus::Reserved));
     assert_eq!(counts(&store, "s1").await, (15, 4, 1));
 
+    // An order whose deadline passed a second ago.
+    let mut due = call("s1", 1, "o2", "bob");
+    due.expires_at = now_s() - 1;
+    store.reserve_batch(std::slice::from_ref(&due)).await[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(counts(&store, "s1").await, (15, 3, 2));
     let moved = store
-        .transition("s1", "o1", OrderStatus::Expired, expires_at)
+        .transition("s1", "o2", OrderStatus::Expired, 0)
         .await
         .unwrap();
     assert!(matches!(moved, Moved::Changed(ref o) if o.status == OrderStatus::Expired));
     let again = store
-        .transition("s1", "o1", OrderStatus::Expired, expires_at)
+        .transition("s1", "o2", OrderStatus::Expired, 0)
         .await
         .unwrap();
     assert!(matches!(again, Moved::Unchanged(_)));
-    assert_eq!(counts(&store, "s1").await, (16, 4, 0));
-    assert!(store.due("s1", expires_at, 10).await.unwrap().is_empty());
+    assert_eq!(counts(&store, "s1").await, (16, 3, 1));
+    assert!(store
+        .due("s1", due.expires_at, 10)
+        .await
+        .unwrap()
+        .is_empty());
 
     let cancel = store
-        .transition("s1", "o1", OrderStatus::Cancelled, expires_at)
+        .transition("s1", "o2", OrderStatus::Cancelled, 0)
         .await
         .unwrap();
     assert_eq!(cancel, Moved::Invalid(OrderStatus::Expired));
@@ -127,8 +139,9 @@ async fn expiry_returns_the_unit_once_and_only_after_the_deadline() {
 async fn pay_in_time_keeps_the_unit_and_pay_after_the_deadline_is_refused() {
     let (_server, store) = setup().await;
     one_order(&store).await;
+    // Its deadline passed a second ago (Redis time decides).
     let mut late = call("s1", 1, "o2", "bob");
-    late.expires_at = now_s() + 10;
+    late.expires_at = now_s() - 1;
     store.reserve_batch(std::slice::from_ref(&late)).await[0]
         .as_ref()
         .unwrap();
@@ -157,8 +170,8 @@ async fn pay_in_time_keeps_the_unit_and_pay_after_the_deadline_is_refused() {
     let answers = store.reserve_batch(&[call("s1", 1, "o3", "alice")]).await;
     assert_eq!(answers[0].as_ref().unwrap(), &ReserveOutcome::LimitExceeded);
 
-    // At expires_at the payment is refused as expired; the order waits for
-    // expiry, which then returns its unit.
+    // Past expires_at the payment is refused as expired; the order waits
+    // for expiry, which then returns its unit.
     let refused = store
         .transition("s1", "o2", OrderStatus::Paid, late.expires_at)
         .await
@@ -310,4 +323,66 @@ async fn a_tracking_store_records_every_change_until_it_is_marked_logged() {
     let left = store.unlogged("s1", later, 100).await.unwrap();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().all(|(o, _)| o == "o2"));
+}
+
+#[tokio::test]
+async fn moves_are_judged_by_redis_time_not_the_callers_clock() {
+    let (_server, store) = setup().await;
+    one_order(&store).await;
+    store.reserve_batch(&[call("s1", 1, "o2", "bob")]).await[0]
+        .as_ref()
+        .unwrap();
+    let expires_at = store.order("s1", "o1").await.unwrap().unwrap().expires_at;
+    // A caller whose clock runs an hour fast: the payment window is still
+    // open by Redis's clock, and the order is not due yet.
+    let skewed = expires_at + 3600;
+    let paid = store
+        .transition("s1", "o1", OrderStatus::Paid, skewed)
+        .await
+        .unwrap();
+    assert!(
+        matches!(paid, Moved::Changed(ref o) if o.status == OrderStatus::Paid),
+        "{paid:?}"
+    );
+    let early = store
+        .transition("s1", "o2", OrderStatus::Expired, skewed)
+        .await
+        .unwrap();
+    assert_eq!(early, Moved::Invalid(OrderStatus::Reserved));
+    assert_eq!(counts(&store, "s1").await, (15, 3, 2));
+}
+
+#[tokio::test]
+async fn a_tracked_move_repeats_as_unlogged_until_it_is_marked_logged() {
+    let (_server, store) = setup().await;
+    let store = store.tracking_moves();
+    one_order(&store).await;
+    let paid = store
+        .transition("s1", "o1", OrderStatus::Paid, 0)
+        .await
+        .unwrap();
+    assert!(matches!(paid, Moved::Changed(_)), "{paid:?}");
+    // The log append after it failed: a repeat is told to log it.
+    let again = store
+        .transition("s1", "o1", OrderStatus::Paid, 0)
+        .await
+        .unwrap();
+    assert!(matches!(again, Moved::Unlogged(ref o) if o.status == OrderStatus::Paid));
+    store
+        .mark_logged("s1", &[("o1".to_owned(), "paid")])
+        .await
+        .unwrap();
+    let logged = store
+        .transition("s1", "o1", OrderStatus::Paid, 0)
+        .await
+        .unwrap();
+    assert!(matches!(logged, Moved::Unchanged(_)), "{logged:?}");
+    // Reservations and releases are not tracked (the journal node logs
+    // or compensates them itself).
+    assert!(store.unlogged("s1", u64::MAX, 10).await.unwrap().is_empty());
+    store.reserve_batch(&[call("s1", 1, "o2", "bob")]).await[0]
+        .as_ref()
+        .unwrap();
+    store.release("s1", "o2").await.unwrap();
+    assert!(store.unlogged("s1", u64::MAX, 10).await.unwrap().is_empty());
 }

@@ -7,16 +7,22 @@
 --      an order Redis never recorded) or this call arrives more than
 --      grace_s after the order's expires_at (a copy delayed past any
 --      tombstone) -> 'gone', nothing charged;
---   2. an Idempotency-Key already recorded -> 'replay' of its order when the
---      fingerprint matches, else 'key_reused' (before the open check, so a
---      retry still gets its order after sell-out or close);
+--   2. an Idempotency-Key already recorded (and not past its TTL) ->
+--      'replay' of its order when the fingerprint matches, else
+--      'key_reused' (before the open check, so a retry still gets its order
+--      after sell-out or close). A replay is answered 200 by the node, so
+--      it marks the order acknowledged ("acked":1): transition.lua's
+--      release (the compensation of an order never acknowledged) then
+--      keeps it;
 --   3. the sale is open: switch live, starts_at <= now < ends_at (Redis TIME);
 --   4. the per-user limit (units held in live orders) is not exceeded;
 --   5. the units are charged to the node's lease (or, from_pool = 1, to the
 --      pool directly: the classic per-request design);
 --   6. writes: order record (status reserved), the user's count, the
---      expiry queue, the key record and, with a Kafka order log (track = 1),
---      the order's entry in the not-yet-logged set.
+--      expiry queue, the key record and its expiry (now + key_ttl_s; the
+--      backend trims expired records in batches, expire_keys.lua) and,
+--      with a Kafka order log (track = 1), the order's entry in the
+--      not-yet-logged set.
 -- Nothing is written for a reservation before its last check passes. What
 -- the whole batch charged to the lease, the pool and `sold` is written once
 -- at the end (nothing else runs in between: the script is atomic), which
@@ -33,9 +39,11 @@
 -- KEYS[8] sk:{S}:due     ZSET order_id by expires_at (reserved orders)
 -- KEYS[9] sk:{S}:unlogged ZSET "order_id|status" by Redis time (ms): changes
 --                         the order log has not been seen to record yet
--- KEYS[9 + i] sk:{S}:gone:<order_id of reservation i>  its tombstone, if any
+-- KEYS[10] sk:{S}:idem_due ZSET key -> when its record expires (Unix s)
+-- KEYS[10 + i] sk:{S}:gone:<order_id of reservation i>  its tombstone, if any
 -- ARGV[1] node, ARGV[2] track ('1': write the unlogged entries),
--- ARGV[3] grace_s, then 7 per reservation i (from ARGV[4 + 7 (i - 1)]):
+-- ARGV[3] grace_s, ARGV[4] key_ttl_s ('0': keys never expire), then 7 per
+-- reservation i (from ARGV[5 + 7 (i - 1)]):
 --   order_id, user_id, quantity, idempotency key ('' = none),
 --   fingerprint (16 hex digits), expires_at (Unix s), from_pool ('1' or '0')
 --
@@ -44,6 +52,7 @@
 -- {'not_open'}, {'limit'}, {'sold_out'}, {'no_lease'}, {'gone'},
 -- {'error', message}.
 local node, track, grace = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
+local key_ttl = tonumber(ARGV[4])
 
 local time = redis.call('TIME')
 local now = tonumber(time[1])
@@ -79,7 +88,7 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
   if redis.call('HEXISTS', KEYS[7], order_id) == 1 then
     return {'reserved'}
   end
-  if redis.call('EXISTS', KEYS[9 + i]) == 1 or now >= tonumber(expires_at) + grace then
+  if redis.call('EXISTS', KEYS[10 + i]) == 1 or now >= tonumber(expires_at) + grace then
     return {'gone'}
   end
   if not spec[1] then
@@ -87,6 +96,13 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
   end
   if key ~= '' then
     local record = redis.call('HGET', KEYS[6], key)
+    if record then
+      -- Past its TTL and not trimmed yet: as if absent (overwritten below).
+      local due = redis.call('ZSCORE', KEYS[10], key)
+      if due and tonumber(due) <= now then
+        record = nil
+      end
+    end
     if record then
       local sep = string.find(record, '|', 1, true)
       if string.sub(record, 1, sep - 1) ~= fp then
@@ -96,6 +112,10 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
       local order = redis.call('HGET', KEYS[7], first)
       if not order then
         return {'error', 'idempotency record without its order ' .. first}
+      end
+      if not string.find(order, '"acked":', 1, true) then
+        order = string.sub(order, 1, -2) .. ',"acked":1}'
+        redis.call('HSET', KEYS[7], first, order)
       end
       return {'replay', first, order}
     end
@@ -135,6 +155,9 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
   redis.call('ZADD', KEYS[8], expires_at, order_id)
   if key ~= '' then
     redis.call('HSET', KEYS[6], key, fp .. '|' .. order_id)
+    if key_ttl > 0 then
+      redis.call('ZADD', KEYS[10], now + key_ttl, key)
+    end
   end
   if track then
     redis.call('ZADD', KEYS[9], now_ms, order_id .. '|reserved')
@@ -143,7 +166,7 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
 end
 
 local replies = {}
-local i, a = 1, 4
+local i, a = 1, 5
 while a + 6 <= #ARGV do
   replies[i] = reserve(i, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == '1')

@@ -12,9 +12,17 @@
 --                          the Idempotency-Key record is dropped so that the
 --                          buyer's retry is a fresh attempt, not a replay of
 --                          an order nobody was told about.
+--   An order a replay answered 200 on some node ("acked":1, written by
+--   reserve.lua's replay) is never released: the answer is {'kept',
+--   order_json} and nothing changes; it lives on as any reserved order
+--   (paid, cancelled by its buyer, or expired).
 -- Repeating the move that already happened is 'unchanged' (released: the
--- order is cancelled); any other move from a non-reserved order is
--- 'invalid' with the current status.
+-- order is cancelled) or, with track = 1, 'unlogged' while the move's
+-- entry is still in the not-yet-logged set (its event may never have
+-- reached the log: the caller logs it); any other move from a non-reserved
+-- order is
+-- 'invalid' with the current status. Time is Redis's clock (TIME), never
+-- the caller's.
 --   released of an order id Redis never recorded, with ARGV[5] = node (the
 --   node settles a reservation whose reply it never got, and will not
 --   acknowledge it): writes the tombstone KEYS[9] (SET NX, expiring
@@ -39,14 +47,16 @@
 -- KEYS[8] sk:{S}:leases   HASH node -> units leased and not yet sold
 -- KEYS[9] sk:{S}:gone:<order_id>  the order id's tombstone (string, TTL)
 -- ARGV[1] order_id, ARGV[2] paid | cancelled | expired | released,
--- ARGV[3] now (Unix s), ARGV[4] track ('1' or '0'),
+-- ARGV[3] unused (was the caller's clock), ARGV[4] track ('1' or '0'),
 -- ARGV[5] node ('' = no tombstone), ARGV[6] quantity, ARGV[7] expires_at
 -- (Unix s), ARGV[8] grace_s (with ARGV[5] only)
 --
 -- Returns {'not_found'}, {'unchanged', order_json}, {'invalid', status},
--- {'changed', order_json} or {'gone', units_returned_to_the_pool}.
+-- {'unlogged', order_json}, {'changed', order_json}, {'kept', order_json} or
+-- {'gone', units_returned_to_the_pool}.
 local order_id, to = ARGV[1], ARGV[2]
-local now = tonumber(ARGV[3])
+local time = redis.call('TIME')
+local now = tonumber(time[1])
 
 if to ~= 'paid' and to ~= 'cancelled' and to ~= 'expired' and to ~= 'released' then
   return redis.error_reply('ERR unknown order status ' .. tostring(to))
@@ -63,8 +73,7 @@ if not raw then
   end
   local qty = tonumber(ARGV[6])
   local grace = tonumber(ARGV[8])
-  local clock = tonumber(redis.call('TIME')[1])
-  local ttl = math.max(tonumber(ARGV[7]) + grace - clock, grace)
+  local ttl = math.max(tonumber(ARGV[7]) + grace - now, grace)
   if not redis.call('SET', KEYS[9], '1', 'NX', 'EX', ttl) then
     return {'gone', '0'}
   end
@@ -79,10 +88,17 @@ end
 local order = cjson.decode(raw)
 
 if order.status == status then
+  if to ~= 'released' and ARGV[4] == '1'
+      and redis.call('ZSCORE', KEYS[7], order_id .. '|' .. to) then
+    return {'unlogged', raw}
+  end
   return {'unchanged', raw}
 end
 if order.status ~= 'reserved' then
   return {'invalid', order.status}
+end
+if to == 'released' and order.acked then
+  return {'kept', raw}
 end
 if to == 'paid' and now >= order.expires_at then
   return {'invalid', 'expired'}
@@ -109,8 +125,7 @@ if to == 'released' and order.key then
   end
 end
 if ARGV[4] == '1' then
-  local time = redis.call('TIME')
-  local ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local ms = now * 1000 + math.floor(tonumber(time[2]) / 1000)
   redis.call('ZADD', KEYS[7], ms, order_id .. '|' .. to)
 end
 return {'changed', encoded}
