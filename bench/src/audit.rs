@@ -115,10 +115,9 @@ pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
                 "log_readable",
                 true,
                 format!(
-                    "{} events, torn tail {} bytes, {} of unknown versions, {} redeliveries counted once",
+                    "{} events, torn tail {} bytes, {} redeliveries counted once",
                     log.events.len(),
                     log.torn_tail_bytes,
-                    log.unknown_versions,
                     log.redeliveries
                 ),
             ));

@@ -49,8 +49,6 @@ pub struct LogContents {
     pub events: Vec<Event>,
     /// Bytes at the end that did not make a whole valid frame.
     pub torn_tail_bytes: usize,
-    /// Events of a schema version newer than this build knows (skipped).
-    pub unknown_versions: usize,
     /// Redeliveries of an event already read (at-least-once Kafka), left
     /// out of `events`. Always 0 for the journal, which is exactly once.
     pub redeliveries: usize,
@@ -148,11 +146,9 @@ impl OrderLogSource for JournalFile {
                 )));
             }
             out.events.extend(part.events);
-            out.unknown_versions += part.unknown_versions;
         }
         let live = read_journal_file(&self.path)?;
         out.events.extend(live.events);
-        out.unknown_versions += live.unknown_versions;
         out.torn_tail_bytes = live.torn_tail_bytes;
         Ok(out)
     }
@@ -185,10 +181,8 @@ pub fn parse_journal(bytes: &[u8]) -> Result<LogContents, String> {
     while at < bytes.len() {
         match frame_at(bytes, at) {
             Some(payload) => {
-                match decode_event(payload).map_err(|e| format!("frame at byte {at} {e}"))? {
-                    Some(event) => out.events.push(event),
-                    None => out.unknown_versions += 1,
-                }
+                let event = decode_event(payload).map_err(|e| format!("frame at byte {at} {e}"))?;
+                out.events.push(event);
                 at += FRAME_HEADER + payload.len();
             }
             None => {
@@ -205,18 +199,24 @@ pub fn parse_journal(bytes: &[u8]) -> Result<LogContents, String> {
     Ok(out)
 }
 
-/// Decodes one event record: `None` for a schema version newer than this
-/// build knows (to be skipped, not misread); an error when it is not an
-/// event.
-pub fn decode_event(payload: &[u8]) -> Result<Option<Event>, String> {
+/// Decodes one event record: an error when it is not an event, or is one
+/// of a schema version newer than this build knows. The audit cannot
+/// account for what it cannot read (that record may be an order answered
+/// 200), so such a log is unreadable, never "that order is absent".
+pub fn decode_event(payload: &[u8]) -> Result<Event, String> {
     let event: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("is not JSON: {e}"))?;
-    if event.get("v").and_then(|v| v.as_u64()) > Some(u64::from(queue::event::SCHEMA_VERSION)) {
-        return Ok(None);
+    if let Some(v) = event
+        .get("v")
+        .and_then(|v| v.as_u64())
+        .filter(|v| *v > u64::from(queue::event::SCHEMA_VERSION))
+    {
+        return Err(format!(
+            "is of schema version {v}, newer than this build's {}: cannot audit it",
+            queue::event::SCHEMA_VERSION
+        ));
     }
-    serde_json::from_value(event)
-        .map(Some)
-        .map_err(|e| format!("is not an event: {e}"))
+    serde_json::from_value(event).map_err(|e| format!("is not an event: {e}"))
 }
 
 /// The payload of a whole, CRC-valid frame starting at `at`.
@@ -308,8 +308,8 @@ impl KafkaTopic {
     }
 
     /// Reads every partition up to its high watermark; the events of each
-    /// partition in offset order.
-    fn read_partitions(&self) -> Result<(Vec<Vec<Event>>, usize), String> {
+    /// partition in offset order. A message it cannot read is an error.
+    fn read_partitions(&self) -> Result<Vec<Vec<Event>>, String> {
         let deadline = Instant::now() + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         let consumer = self.consumer()?;
@@ -334,14 +334,13 @@ impl KafkaTopic {
             }
         }
         let mut events: Vec<Vec<Event>> = vec![Vec::new(); n];
-        let mut unknown = 0;
         let done = |next: &[i64]| {
             partitions
                 .iter()
                 .all(|&p| next[p as usize] >= high[p as usize])
         };
         if done(&next) {
-            return Ok((events, unknown));
+            return Ok(events);
         }
         consumer
             .assign(&assignment)
@@ -379,12 +378,9 @@ impl KafkaTopic {
                             m.offset()
                         )
                     })?;
-                    match decode_event(payload)
-                        .map_err(|e| format!("{}/{p} offset {} {e}", self.topic, m.offset()))?
-                    {
-                        Some(e) => events[p].push(e),
-                        None => unknown += 1,
-                    }
+                    let event = decode_event(payload)
+                        .map_err(|e| format!("{}/{p} offset {} {e}", self.topic, m.offset()))?;
+                    events[p].push(event);
                     next[p] = m.offset() + 1;
                 }
                 Some(Err(e)) => last_error = Some(e.to_string()),
@@ -403,7 +399,7 @@ impl KafkaTopic {
                 }
             }
         }
-        Ok((events, unknown))
+        Ok(events)
     }
 }
 
@@ -413,12 +409,11 @@ impl OrderLogSource for KafkaTopic {
     }
 
     fn read(&self) -> Result<LogContents, BenchError> {
-        let (partitions, unknown_versions) = self.read_partitions().map_err(BenchError::Log)?;
+        let partitions = self.read_partitions().map_err(BenchError::Log)?;
         let (events, redeliveries) = drop_redeliveries(merge_by_time(partitions));
         Ok(LogContents {
             events,
             torn_tail_bytes: 0,
-            unknown_versions,
             redeliveries,
         })
     }
@@ -662,16 +657,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_versions_are_skipped_and_garbage_is_an_error() {
+    fn newer_versions_and_garbage_are_errors() {
         let mut newer: serde_json::Value =
             serde_json::from_slice(&reserved("n").to_json()).unwrap();
         newer["v"] = 99.into();
+        assert!(decode_event(newer.to_string().as_bytes()).is_err());
         newer["type"] = "order_teleported".into();
-        assert_eq!(decode_event(newer.to_string().as_bytes()), Ok(None));
-        assert_eq!(
-            decode_event(&reserved("o").to_json()),
-            Ok(Some(reserved("o")))
-        );
+        assert!(decode_event(newer.to_string().as_bytes()).is_err());
+        assert_eq!(decode_event(&reserved("o").to_json()), Ok(reserved("o")));
         assert!(decode_event(b"{\"v\":1,\"type\":\"nope\"}").is_err());
         assert!(decode_event(b"\x00\x01").is_err());
     }

@@ -9,8 +9,9 @@
 //!  "idempotency_key":"k-1","fingerprint":"9f..."}
 //! ```
 //!
-//! - `v`: schema version; readers must skip events with a larger `v` they do
-//!   not know rather than misread them.
+//! - `v`: schema version; a reader that meets a larger `v` than it knows
+//!   must stop there (alert, do not advance) rather than skip or misread
+//!   it: the journal refuses to open, the settler exits, the audit fails.
 //! - `type`: one of the [`EventKind`] variants in snake case.
 //! - `at`: when the event was made, Unix milliseconds.
 //!

@@ -144,6 +144,13 @@ pub enum JournalError {
     /// An empty payload or one over [`MAX_RECORD_BYTES`]; nothing was queued.
     #[error("journal record of {len} bytes is outside 1..={MAX_RECORD_BYTES}")]
     RecordSize { len: usize },
+    /// A record of a schema version newer than this build knows: the node
+    /// must not start without it (a newer build reads it).
+    #[error(
+        "journal record at byte offset {offset} has schema version {v}, newer than this build \
+         reads ({SCHEMA_VERSION}): run a newer seckill"
+    )]
+    NewerSchema { offset: u64, v: u32 },
     /// The journal was closed before this append.
     #[error("journal is closed")]
     Closed,
@@ -191,8 +198,10 @@ impl Journal {
     /// so a damaged length field cannot hide acknowledged records. Any other
     /// bad frame is [`JournalError::Corrupt`].
     ///
-    /// Events of a newer schema version than this build knows are skipped
-    /// (with a warning), as the event schema asks.
+    /// An event of a newer schema version than this build knows stops the
+    /// open ([`JournalError::NewerSchema`]): skipping it would forget what
+    /// it records (an order's units could be sold again). A newer build
+    /// reads it.
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<(Journal, Vec<Event>), JournalError> {
         let (journal, recovered) = Journal::recover(dir, opts)?;
         if recovered.snapshot.is_some() {
@@ -240,6 +249,34 @@ impl Journal {
         };
         let journal = Journal::start(Box::new(sink), opts)?;
         Ok((journal, out))
+    }
+
+    /// Opens a journal that is only an order log, not the node's state (a
+    /// cluster node's: Redis holds the state): `orders.journal` is checked
+    /// and cut at a torn tail as [`Journal::open`] does, but its events are
+    /// not returned, and the sealed segments `orders.journal.<gen>` (sealed
+    /// every `opts.segment_bytes`) are kept for the log's readers and never
+    /// read here. So a restart reads at most one segment's worth, however
+    /// many orders the node took. A data dir with a snapshot is refused (it
+    /// holds an embedded node's state).
+    pub fn open_log(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
+        if dir.join(snapshot::FILE_NAME).exists() {
+            return Err(JournalError::HasSnapshot {
+                dir: dir.to_owned(),
+            });
+        }
+        let (file, _) = open_file(dir)?;
+        let last_gen = sealed_segments(dir)?.last().map_or(0, |(gen, _)| *gen);
+        let len = file.metadata()?.len();
+        let sink = FileSink {
+            dir: dir.to_owned(),
+            file,
+            len,
+            next_gen: last_gen + 1,
+            limit: opts.segment_bytes,
+            on_seal: opts.on_seal.clone(),
+        };
+        Journal::start(Box::new(sink), opts)
     }
 
     /// Queues one event. The returned future resolves once the record is
@@ -719,13 +756,6 @@ fn open_file(dir: &Path) -> Result<(File, Vec<Event>), JournalError> {
         file.set_len(replay.end)?;
         file.sync_all()?;
     }
-    if replay.skipped_newer > 0 {
-        tracing::warn!(
-            path = %path.display(),
-            skipped = replay.skipped_newer,
-            "journal has events of a newer schema version; skipped them"
-        );
-    }
     file.seek(SeekFrom::Start(replay.end))?;
     Ok((file, replay.events))
 }
@@ -743,7 +773,6 @@ struct Replay {
     events: Vec<Event>,
     /// End of the last good frame: where the file is cut and appends go.
     end: u64,
-    skipped_newer: u64,
 }
 
 /// Reads every frame of a file of `len` bytes.
@@ -761,7 +790,6 @@ fn replay(file: &mut File, len: u64, path: &Path) -> Result<Replay, JournalError
     let mut out = Replay {
         events: Vec::new(),
         end: MAGIC.len() as u64,
-        skipped_newer: 0,
     };
     let mut payload = Vec::new();
     loop {
@@ -781,7 +809,7 @@ fn replay(file: &mut File, len: u64, path: &Path) -> Result<Replay, JournalError
         out.end = offset + (FRAME_HEADER + payload.len()) as u64;
         match decode(&payload) {
             Decoded::Known(event) => out.events.push(event),
-            Decoded::Newer => out.skipped_newer += 1,
+            Decoded::Newer(v) => return Err(JournalError::NewerSchema { offset, v }),
             Decoded::Bad(source) => return Err(JournalError::Undecodable { offset, source }),
         }
     }
@@ -844,7 +872,7 @@ fn is_valid_frame(bytes: &[u8]) -> bool {
 
 enum Decoded {
     Known(Event),
-    Newer,
+    Newer(u32),
     Bad(serde_json::Error),
 }
 
@@ -855,9 +883,9 @@ fn decode(payload: &[u8]) -> Decoded {
     }
     match Event::from_json(payload) {
         Ok(event) if event.v <= SCHEMA_VERSION => Decoded::Known(event),
-        Ok(_) => Decoded::Newer,
+        Ok(event) => Decoded::Newer(event.v),
         Err(e) => match serde_json::from_slice::<Version>(payload) {
-            Ok(version) if version.v > SCHEMA_VERSION => Decoded::Newer,
+            Ok(version) if version.v > SCHEMA_VERSION => Decoded::Newer(version.v),
             _ => Decoded::Bad(e),
         },
     }
@@ -1204,19 +1232,33 @@ mod tests {
     }
 
     #[test]
-    fn newer_schema_versions_are_skipped() {
-        let tmp = tempfile::tempdir().unwrap();
-        write_events(tmp.path(), 1);
-        append_raw(
-            tmp.path(),
-            &frame(b"{\"v\":2,\"type\":\"from_the_future\"}"),
-        );
-        let mut newer = event(7);
-        newer.v = SCHEMA_VERSION + 1;
-        append_raw(tmp.path(), &frame(&newer.to_json()));
-        append_raw(tmp.path(), &frame(&event(1).to_json()));
-        let (_, events) = Journal::open(tmp.path(), JournalOptions::default()).unwrap();
-        assert_eq!(events, vec![event(0), event(1)]);
+    fn an_event_of_a_newer_schema_stops_the_open() {
+        // Skipping it would forget an order: its units could be sold again.
+        for newer in [
+            b"{\"v\":2,\"type\":\"from_the_future\"}".to_vec(),
+            Event {
+                v: SCHEMA_VERSION + 1,
+                ..event(7)
+            }
+            .to_json(),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            write_events(tmp.path(), 1);
+            append_raw(tmp.path(), &frame(&newer));
+            append_raw(tmp.path(), &frame(&event(1).to_json()));
+            let before = std::fs::read(tmp.path().join(FILE_NAME)).unwrap();
+            let err = match Journal::open(tmp.path(), JournalOptions::default()) {
+                Ok((_, events)) => panic!("opened, skipping the newer event: {events:?}"),
+                Err(err) => err,
+            };
+            assert!(
+                matches!(err, JournalError::NewerSchema { v: 2, .. }),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("newer"), "{err}");
+            // Nothing was cut or rewritten.
+            assert_eq!(std::fs::read(tmp.path().join(FILE_NAME)).unwrap(), before);
+        }
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct Config {
     /// 64 MiB (about 250,000 events). A compaction reads the segments and
     /// rebuilds the state in a second authority on its own thread: it
     /// costs as much memory as the node's live orders, while it runs.
+    /// Cluster mode without Kafka: the node's journal (its share of the
+    /// order log) is sealed at this size too; the segments are kept for
+    /// the log's readers and never read at start.
     pub journal_segment_bytes: u64,
     /// Purchase requests per second one user id may send to one core
     /// (429 `rate_limited` above it); 0 turns it off. Default 0 (off): the

@@ -11,7 +11,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let mut flags = <seckill::config::Flags as clap::Parser>::parse();
     match flags.command.take() {
-        Some(seckill::config::Command::Settle(settle)) => seckill::settle::run(settle),
+        Some(seckill::config::Command::Settle(settle)) => match seckill::settle::run(settle) {
+            // Stopped at an event it cannot read (logged): a status of its
+            // own, so that a supervisor can tell it from a crash.
+            Err(e) if e.is::<seckill::settle::Unreadable>() => {
+                std::process::exit(seckill::settle::EXIT_UNREADABLE)
+            }
+            other => other,
+        },
         None => seckill::app::run(seckill::config::Config::from_flags(flags)?),
     }
 }

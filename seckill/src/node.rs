@@ -255,7 +255,7 @@ impl ClusterNode {
     /// the node. Redis holds the sales and orders, so the journal is not
     /// replayed into the authority: it only records what this node logged.
     pub fn open_cluster(config: Config, admin_token: String) -> anyhow::Result<Arc<Self>> {
-        let (journal, _) = open_journal(&config)?;
+        let journal = open_log_journal(&config)?;
         let authority = connect_redis(&config)?;
         Ok(Arc::new(Node::new(config, authority, journal, admin_token)))
     }
@@ -301,6 +301,7 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;
+        opts.kafka_timeout_ms = config.kafka_timeout_ms;
     }
     RedisAuthority::connect(&url, opts, now_micros())
         .map_err(|e| anyhow::anyhow!("cannot use Redis at {url}: {e}"))
@@ -311,10 +312,16 @@ fn create_data_dir(config: &Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))
 }
 
-/// Opens the journal in `config.data_dir` and returns its events.
-fn open_journal(config: &Config) -> anyhow::Result<(Journal, Vec<Event>)> {
+/// Opens the journal in `config.data_dir` as the node's share of the order
+/// log (cluster mode: Redis holds the state): sealed every
+/// `journal_segment_bytes`, the segments kept and never read at start.
+fn open_log_journal(config: &Config) -> anyhow::Result<Journal> {
     create_data_dir(config)?;
-    Journal::open(&config.data_dir, JournalOptions::default()).map_err(|e| {
+    let opts = JournalOptions {
+        segment_bytes: config.journal_segment_bytes,
+        ..JournalOptions::default()
+    };
+    Journal::open_log(&config.data_dir, opts).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the journal in {}: {e}",
             config.data_dir.display()

@@ -25,6 +25,26 @@
 //!    is released (compensation: units back, `stock_released` logged); any
 //!    other change has its missing event logged.
 //!
+//! **An event it cannot read stops the settler.** A message that is not an
+//! order event, or an event of a newer schema version (`v`), may be the
+//! very record of an order: taking it as absent would let reconciliation
+//! release an order answered 200. So the settler applies what it read
+//! before that message, commits up to it (never past it), logs an ERROR
+//! naming the partition and offset, and exits with status 3
+//! ([`EXIT_UNREADABLE`]) before any further pass. A restart (a supervisor's
+//! loop) reads the same message again and stops again: nothing is skipped
+//! and nothing is released until an operator acts (a settler that reads
+//! the newer schema, or the group's offset moved past the message by hand
+//! once its order is accounted for). Expiry and reconciliation stop with
+//! it; orders in flight keep their reservations meanwhile.
+//!
+//! **Its grace outlasts every live node's delivery timeout.** A node's
+//! produce may land up to its `kafka_timeout_ms` after the change; nodes
+//! publish that timeout with their id claim in Redis
+//! ([`RedisStore::live_nodes`]). The settler refuses to start when its
+//! grace is not above the largest live one, and skips reconciliation
+//! (ERROR, once) while such a node lives.
+//!
 //! The settler reads every partition itself (manual assignment; the group
 //! id only keeps its committed offsets), so a restarted settler resumes at
 //! once from the last commit. Group rebalancing was not used because the
@@ -46,9 +66,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use stock::redis::{Moved, RedisStore};
+use stock::redis::{LiveNode, Moved, RedisStore};
 use stock::{Order, OrderStatus};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::node::{now_ms, now_s};
 
@@ -83,7 +103,28 @@ pub struct SettleFlags {
     pub kafka_timeout_ms: u64,
 }
 
-/// Runs the settler until SIGTERM or SIGINT.
+/// The settler's exit status when it stopped at an event it cannot read
+/// ([`Unreadable`]); a supervisor may stop restarting on it.
+pub const EXIT_UNREADABLE: i32 = 3;
+
+/// A message of the order log this settler cannot read: not an order
+/// event, or an event of a newer schema version. The settler stops there.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the order log has a message this settler cannot read at {topic}/{partition} offset \
+     {offset} ({why}); stopped without committing past it or releasing anything: run a \
+     settler that reads it, or, once its order is accounted for, move the group's offset \
+     past it by hand"
+)]
+pub struct Unreadable {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub why: String,
+}
+
+/// Runs the settler until SIGTERM or SIGINT; `Err(Unreadable)` when it
+/// stopped at a message it cannot read.
 pub fn run(flags: SettleFlags) -> anyhow::Result<()> {
     anyhow::ensure!(
         flags.grace_ms > flags.kafka_timeout_ms,
@@ -103,7 +144,15 @@ pub fn run(flags: SettleFlags) -> anyhow::Result<()> {
             group = flags.group,
             "settler running"
         );
-        settler.run(&stop).await;
+        if let Err(stop) = settler.run(&stop).await {
+            error!(
+                topic = stop.topic,
+                partition = stop.partition,
+                offset = stop.offset,
+                "{stop}"
+            );
+            return Err(stop.into());
+        }
         info!("settler stopped");
         Ok(())
     })
@@ -138,6 +187,9 @@ struct Settler {
     /// Read, effects not applied yet: entries per sale, next offsets.
     batch: Batch,
     pass: Option<Pass>,
+    /// Reconciliation is held back by a live node whose delivery timeout
+    /// is not below the grace (logged once per episode).
+    held_back: bool,
 }
 
 #[derive(Default)]
@@ -240,6 +292,23 @@ impl Settler {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", flags.redis))?
                 .tracking_log();
+        store.persistence().await.warn_if_at_risk();
+        // A few tries: a slow Redis reply at start is no reason to exit.
+        let mut tries = 0;
+        let nodes = loop {
+            match store.live_nodes().await {
+                Ok(nodes) => break nodes,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    debug!(error = %e, "cannot read the live nodes yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => anyhow::bail!("cannot read the live nodes from Redis: {e}"),
+            }
+        };
+        if let Some(why) = grace_too_short(&nodes, flags.grace_ms) {
+            anyhow::bail!("{why}; the settler does not start");
+        }
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &flags.kafka)
             .set("group.id", &flags.group)
@@ -274,10 +343,11 @@ impl Settler {
             done: HashMap::new(),
             batch: Batch::default(),
             pass: None,
+            held_back: false,
         })
     }
 
-    async fn run(&mut self, stop: &AtomicBool) {
+    async fn run(&mut self, stop: &AtomicBool) -> Result<(), Unreadable> {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = self.consumer.clone();
@@ -285,7 +355,12 @@ impl Settler {
             tokio::select! {
                 read = consumer.recv() => match read {
                     Ok(msg) => {
-                        self.read(msg.partition(), msg.offset(), msg.payload());
+                        if let Err(stop) = self.read(msg.partition(), msg.offset(), msg.payload()) {
+                            // What was read before it is done and committed;
+                            // nothing after it is.
+                            self.apply_batch().await;
+                            return Err(stop);
+                        }
                         if self.batch.len >= 512 {
                             self.apply_batch().await;
                         }
@@ -298,7 +373,7 @@ impl Settler {
                 _ = tick.tick() => {
                     self.apply_batch().await;
                     if stop.load(Ordering::Relaxed) {
-                        return;
+                        return Ok(());
                     }
                     let mut tally = Tally::default();
                     self.expire_due(&mut tally).await;
@@ -311,25 +386,21 @@ impl Settler {
         }
     }
 
-    /// Takes one message into the batch.
-    fn read(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
+    /// Takes one message into the batch; a message it cannot read is not
+    /// taken (its offset is not passed).
+    fn read(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+    ) -> Result<(), Unreadable> {
+        let event = decode(payload).map_err(|why| Unreadable {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            why,
+        })?;
         self.batch.offsets.insert(partition, offset + 1);
-        let Some(event) = payload.and_then(|p| Event::from_json(p).ok()) else {
-            warn!(
-                partition,
-                offset, "skipping a message that is not an order event"
-            );
-            return;
-        };
-        if event.v > queue::event::SCHEMA_VERSION {
-            warn!(
-                partition,
-                offset,
-                v = event.v,
-                "skipping an event of a newer schema"
-            );
-            return;
-        }
         if let Some((sale, order, change)) = logged_entry(&event.kind) {
             self.batch
                 .entries
@@ -338,6 +409,7 @@ impl Settler {
                 .push((order.to_owned(), change));
             self.batch.len += 1;
         }
+        Ok(())
     }
 
     /// Applies the batch's effects (retrying until Redis takes them), then
@@ -445,6 +517,29 @@ impl Settler {
         {
             self.pass = Some(pass);
             return;
+        }
+        // Consumption reached the pass's watermarks. A node whose produce
+        // may still land past the grace holds reconciliation back.
+        match self.store.live_nodes().await {
+            Ok(nodes) => {
+                match grace_too_short(&nodes, self.grace_ms) {
+                    Some(why) => {
+                        if !std::mem::replace(&mut self.held_back, true) {
+                            error!("{why}; not reconciling while it lives");
+                        }
+                        return;
+                    }
+                    None => {
+                        if std::mem::replace(&mut self.held_back, false) {
+                            info!("no live node's delivery timeout reaches the grace: reconciling again");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot read the live nodes; not reconciling now");
+                return;
+            }
         }
         let cutoff = pass.began_ms.saturating_sub(self.grace_ms);
         let Ok(sales) = self.store.sale_ids().await else {
@@ -583,6 +678,55 @@ impl Settler {
     }
 }
 
+/// Decodes one message of the order log: an error (why) for a message
+/// without a value, one that is not an order event, or one of a newer
+/// schema version than this build's.
+fn decode(payload: Option<&[u8]>) -> Result<Event, String> {
+    let payload = payload.ok_or("a message without a value")?;
+    match Event::from_json(payload) {
+        Ok(event) if event.v <= queue::event::SCHEMA_VERSION => Ok(event),
+        Ok(event) => Err(format!(
+            "schema version {} is newer than this build's {}",
+            event.v,
+            queue::event::SCHEMA_VERSION
+        )),
+        Err(e) => {
+            let v = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|j| j.get("v").and_then(serde_json::Value::as_u64));
+            Err(match v {
+                Some(v) if v > u64::from(queue::event::SCHEMA_VERSION) => format!(
+                    "schema version {v} is newer than this build's {}",
+                    queue::event::SCHEMA_VERSION
+                ),
+                _ => format!("not an order event: {e}"),
+            })
+        }
+    }
+}
+
+/// Why `grace_ms` is too short for the live `nodes`: the node with the
+/// longest delivery timeout not below it (or whose timeout is unknown).
+fn grace_too_short(nodes: &[LiveNode], grace_ms: u64) -> Option<String> {
+    let worst = nodes
+        .iter()
+        .max_by_key(|n| n.kafka_timeout_ms.unwrap_or(u64::MAX))?;
+    match worst.kafka_timeout_ms {
+        Some(t) if t < grace_ms => None,
+        Some(t) => Some(format!(
+            "the grace ({grace_ms} ms) is not above the delivery timeout of live node {} \
+             (kafka_timeout_ms {t}): an order event of that node may land after the grace; \
+             raise --grace-ms above {t}",
+            worst.node
+        )),
+        None => Some(format!(
+            "the claim of live node {} in Redis cannot be read (its delivery timeout is \
+             unknown)",
+            worst.node
+        )),
+    }
+}
+
 /// The partition ids of `topic`.
 fn topic_partitions(
     consumer: &StreamConsumer,
@@ -603,4 +747,56 @@ fn topic_partitions(
         "the topic {topic} has no partitions"
     );
     Ok(partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved() -> Event {
+        Event::new(
+            1,
+            EventKind::OrderReserved {
+                order_id: "1-1-s".into(),
+                sale_id: "s".into(),
+                user_id: "u".into(),
+                quantity: 1,
+                expires_at: 9,
+                idempotency_key: None,
+                fingerprint: None,
+            },
+        )
+    }
+
+    #[test]
+    fn only_events_of_a_known_version_are_read() {
+        assert_eq!(decode(Some(&reserved().to_json())), Ok(reserved()));
+        let mut newer: serde_json::Value = serde_json::from_slice(&reserved().to_json()).unwrap();
+        newer["v"] = 2.into();
+        let why = decode(Some(newer.to_string().as_bytes())).unwrap_err();
+        assert!(why.contains("schema version 2"), "{why}");
+        newer["type"] = "order_teleported".into();
+        let why = decode(Some(newer.to_string().as_bytes())).unwrap_err();
+        assert!(why.contains("schema version 2"), "{why}");
+        assert!(decode(Some(b"\x00garbage")).is_err());
+        assert!(decode(Some(br#"{"v":1,"type":"nope"}"#)).is_err());
+        assert!(decode(None).is_err());
+    }
+
+    #[test]
+    fn the_grace_must_be_above_every_live_delivery_timeout() {
+        let node = |node, t: Option<u64>| LiveNode {
+            node,
+            kafka_timeout_ms: t,
+            expires_at_ms: 0,
+        };
+        assert_eq!(grace_too_short(&[], 100), None);
+        let nodes = [node(1, Some(2_000)), node(2, Some(0))];
+        assert_eq!(grace_too_short(&nodes, 4_000), None);
+        let nodes = [node(1, Some(2_000)), node(3, Some(4_000))];
+        let why = grace_too_short(&nodes, 4_000).unwrap();
+        assert!(why.contains("node 3") && why.contains("4000"), "{why}");
+        let why = grace_too_short(&[node(4, None)], 4_000).unwrap();
+        assert!(why.contains("node 4"), "{why}");
+    }
 }

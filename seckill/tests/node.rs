@@ -24,6 +24,11 @@
 //! - `switch_crash`: pause/resume/close racing with purchases, then
 //!   SIGKILL: the restart shows the same sales and orders.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `cluster_journal`: a cluster node's own journal is sealed into kept
+//!   segments, and a restart reads only the live file.
+//! - `hygiene`: one live node per node id; the settler stops at an
+//!   unreadable event and keeps its grace above the nodes' delivery
+//!   timeouts; start-up warnings about persistence and replication.
 //! - `replay`: idempotency across cluster nodes: replays after sell-out,
 //!   pause, close and restart; replays log the current state; key TTL;
 //!   a move whose log append failed.
@@ -41,12 +46,16 @@ mod admin;
 mod bad_input;
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/cluster_journal.rs"]
+mod cluster_journal;
 #[path = "node/compaction.rs"]
 mod compaction;
 #[path = "node/contention.rs"]
 mod contention;
 #[path = "node/crash.rs"]
 mod crash;
+#[path = "node/hygiene.rs"]
+mod hygiene;
 #[path = "node/idempotency.rs"]
 mod idempotency;
 #[path = "node/journal_replay.rs"]

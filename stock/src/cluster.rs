@@ -25,7 +25,10 @@
 //! other nodes, cluster-wide sold count, pool, other nodes' leases and
 //! wants, due orders, units given back, top-up leases where buyers are),
 //! heartbeats for held leases, reclaiming dead nodes' leases, and
-//! reconciling reservations whose outcome is undetermined.
+//! reconciling reservations whose outcome is undetermined. With the
+//! heartbeats, the backend refreshes this process's claim on its node id
+//! (`RedisStore::claim_node`, made in `connect`); a claim found taken by
+//! another process makes every later call answer `Unavailable`.
 
 use std::collections::HashMap;
 use std::future::{ready, Future};
@@ -35,15 +38,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::authority::{
     Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
     Switch, Transition,
 };
 use crate::redis::{
-    Abandoned, Created, KeyRecall, Moved, Recalled, RedisStore, ReserveCall, ReserveOutcome,
-    SaleSwitchState,
+    Abandoned, ClaimOutcome, Created, KeyRecall, Moved, NodeClaim, Recalled, RedisStore,
+    ReserveCall, ReserveOutcome, SaleSwitchState,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -82,6 +85,9 @@ pub struct ClusterOptions {
     /// settler's reconciliation (a Kafka order log: see
     /// [`RedisStore::tracking_log`]).
     pub track_log: bool,
+    /// The node's Kafka delivery timeout, published in its id claim for
+    /// the settler (0: no Kafka order log).
+    pub kafka_timeout_ms: u64,
     /// How long an Idempotency-Key stands for its order, from the order's
     /// making (0: for ever), in Redis and in this node's memory.
     pub key_ttl_s: u64,
@@ -98,6 +104,7 @@ impl ClusterOptions {
             poll_interval: Duration::from_millis(200),
             expiry: true,
             track_log: false,
+            kafka_timeout_ms: 0,
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
         }
     }
@@ -233,6 +240,10 @@ struct Shared {
     keys: Striped<HashMap<Box<str>, KnownKey>>,
     /// Reserved orders found due by the poller, per shard.
     due: Box<[Mutex<Vec<String>>]>,
+    /// This process's claim on its node id (refreshed with the heartbeats).
+    claim: NodeClaim,
+    /// Another process took the node id: this one sells nothing more.
+    id_lost: AtomicBool,
     /// Key lookups (`recall_key`) waiting for Redis.
     recalls: AtomicUsize,
 }
@@ -328,6 +339,35 @@ impl RedisAuthority {
         } else {
             store = store.tracking_moves();
         }
+        runtime.block_on(store.persistence()).warn_if_at_risk();
+        // One live process per node id: two would share a lease.
+        let claim = NodeClaim::new(opts.node_id, opts.lease_ttl, opts.kafka_timeout_ms)?;
+        // A process restarted right after a crash finds its predecessor's
+        // claim: wait for it to lapse (a live duplicate keeps refreshing
+        // its claim, so it is still refused, only later).
+        let patience = Instant::now() + opts.lease_ttl + Duration::from_secs(1);
+        let mut outcome = runtime.block_on(store.claim_node(&claim))?;
+        if matches!(outcome, ClaimOutcome::InUse { .. }) {
+            warn!(
+                node = opts.node_id,
+                "node id claimed by another process; waiting up to {:?} for the claim to lapse",
+                opts.lease_ttl + Duration::from_secs(1)
+            );
+        }
+        while matches!(outcome, ClaimOutcome::InUse { .. }) && Instant::now() < patience {
+            std::thread::sleep(Duration::from_millis(200));
+            outcome = runtime.block_on(store.claim_node(&claim))?;
+        }
+        if let ClaimOutcome::InUse { expires_at_ms } = outcome {
+            return Err(StockError::Unavailable(format!(
+                "node id {} is in use by another live node (its claim runs to {}, Unix ms, \
+                 unless refreshed): give every node its own --node-id, or wait {:?} after \
+                 the other one stopped",
+                opts.node_id,
+                expires_at_ms.map_or("?".into(), |t| t.to_string()),
+                opts.lease_ttl
+            )));
+        }
         store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
@@ -335,6 +375,8 @@ impl RedisAuthority {
             sales: Registry::default(),
             retry_log: LogThrottle::new(),
             keys: Striped::new(),
+            claim,
+            id_lost: AtomicBool::new(false),
             recalls: AtomicUsize::new(0),
         });
         // Learn the sales that exist before serving.
@@ -357,6 +399,11 @@ impl RedisAuthority {
     }
 
     fn send(&self, call: Call) -> Result<(), StockError> {
+        if self.shared.id_lost.load(Ordering::Relaxed) {
+            return Err(StockError::Unavailable(
+                "this node's id was taken by another node process".into(),
+            ));
+        }
         self.calls
             .send(call)
             .map_err(|_| StockError::Unavailable("the backend has stopped".into()))
@@ -836,7 +883,8 @@ impl StockAuthority for RedisAuthority {
             return;
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.send(Call::Stop(tx)).is_ok() {
+        // Straight to the channel: `send` refuses calls once the id is lost.
+        if self.calls.send(Call::Stop(tx)).is_ok() {
             // Lease returns take one round trip per sale.
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
@@ -897,7 +945,12 @@ async fn backend_main(
                     // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
                     reserve_and_reply(&store, batch, replies).await;
-                    return_leases(&store, &shared).await;
+                    // A node that lost its id leaves that id's lease to
+                    // the process that holds it now.
+                    if !shared.id_lost.load(Ordering::Relaxed) {
+                        return_leases(&store, &shared).await;
+                        release_claim(&store, &shared).await;
+                    }
                     let _ = done.send(());
                     return;
                 }
@@ -1171,6 +1224,7 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
                 .iter()
                 .map(|s| s.id().to_owned())
                 .collect();
+            refresh_claim(&store, &shared).await;
             if let Err(e) = store
                 .heartbeat(&ids, shared.opts.node_id, shared.opts.lease_ttl)
                 .await
@@ -1183,7 +1237,44 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
                 }
             }
         }
-        top_up.run(&store, &shared);
+        if !shared.id_lost.load(Ordering::Relaxed) {
+            top_up.run(&store, &shared);
+        }
+    }
+}
+
+/// Refreshes this process's claim on its node id. Another process's claim
+/// in its place means this one lost the id (it was cut off past the TTL
+/// and another took it): it stops selling for good.
+async fn refresh_claim(store: &RedisStore, shared: &Shared) {
+    if shared.id_lost.load(Ordering::Relaxed) {
+        return;
+    }
+    let node = shared.opts.node_id;
+    match store.claim_node(&shared.claim).await {
+        Ok(ClaimOutcome::Refreshed) => {}
+        Ok(ClaimOutcome::Claimed) => {
+            warn!(
+                node,
+                "this node's claim on its id had lapsed; claimed it again"
+            );
+        }
+        Ok(ClaimOutcome::InUse { .. }) => {
+            shared.id_lost.store(true, Ordering::Relaxed);
+            error!(
+                node,
+                "node id {node} was taken by another node process: this node stops selling \
+                 (503 to every purchase) and must be restarted with a free --node-id"
+            );
+        }
+        Err(e) => warn!(node, error = %e, "cannot refresh the claim on the node id"),
+    }
+}
+
+/// Gives the node id back on a clean stop.
+async fn release_claim(store: &RedisStore, shared: &Shared) {
+    if let Err(e) = store.release_node(&shared.claim).await {
+        warn!(error = %e, "node id not released; its claim lapses by itself");
     }
 }
 

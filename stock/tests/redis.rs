@@ -9,6 +9,8 @@
 //! - `reserve`: limits across nodes, keys, leases, retries, classic mode.
 //! - `transition`: pay, cancel, expire exactly once (also concurrently), due.
 //! - `faults`: SCRIPT FLUSH, Redis down and back, commands per reservation.
+//! - `node`: node id claims (one live process per id, lapse, release),
+//!   the published delivery timeouts, Redis persistence from its config.
 //! - `abandon`: reconciling a reservation whose reply never came:
 //!   released, or tombstoned with its unit returned; the late reserve race.
 //! - `recall`: the cluster authority's key lookups across nodes (Redis and
@@ -26,6 +28,8 @@ mod abandon;
 mod faults;
 #[path = "redis/lease.rs"]
 mod lease;
+#[path = "redis/node.rs"]
+mod node;
 #[path = "redis/recall.rs"]
 mod recall;
 #[path = "redis/reserve.rs"]

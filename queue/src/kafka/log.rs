@@ -212,8 +212,11 @@ impl KafkaLog {
 }
 
 /// Makes sure `topic` exists on `brokers`, creating it with `partitions`
-/// partitions (replication 1) if not; waits up to about `timeout`. Blocks
-/// the calling thread: call it at start-up, not on a core.
+/// partitions if not (replicated on up to 3 brokers, as many as the
+/// cluster has); waits up to about `timeout`. Warns (one WARN line) when
+/// the topic has replication 1, or its replication is unknown: losing that
+/// broker loses acknowledged orders. Blocks the calling thread: call it at
+/// start-up, not on a core.
 pub fn ensure_topic(
     brokers: &str,
     topic: &str,
@@ -231,14 +234,22 @@ pub fn ensure_topic(
         .inner()
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| LogError::Unavailable(format!("no metadata from Kafka at {brokers}: {e}")))?;
-    if known
+    if let Some(t) = known
         .topics()
         .iter()
-        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
     {
+        // The fewest replicas of any partition.
+        let replication = t.partitions().iter().map(|p| p.replicas().len()).min();
+        warn_if_unreplicated(topic, replication.filter(|r| *r > 0));
         return Ok(());
     }
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let replication = known.brokers().len().clamp(1, 3);
+    let new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(i32::try_from(replication).unwrap_or(1)),
+    );
     // Both timeouts bound the call: the future then resolves by itself
     // (librdkafka's admin thread drives it), so any thread may wait on it.
     let opts = AdminOptions::new()
@@ -249,7 +260,19 @@ pub fn ensure_topic(
     })?;
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => warn_if_unreplicated(topic, Some(replication)),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                // Made by another process meanwhile: read what it made.
+                let replication = admin
+                    .inner()
+                    .fetch_metadata(Some(topic), timeout)
+                    .ok()
+                    .and_then(|m| {
+                        let t = m.topics().iter().find(|t| t.name() == topic)?;
+                        t.partitions().iter().map(|p| p.replicas().len()).min()
+                    });
+                warn_if_unreplicated(topic, replication.filter(|r| *r > 0));
+            }
             Err((name, code)) => {
                 return Err(LogError::Unavailable(format!(
                     "cannot create topic {name}: {code}"
@@ -258,6 +281,24 @@ pub fn ensure_topic(
         }
     }
     Ok(())
+}
+
+/// One WARN line when the order topic's replication (`None`: unknown) may
+/// be 1.
+fn warn_if_unreplicated(topic: &str, replication: Option<usize>) {
+    match replication {
+        Some(r) if r > 1 => {}
+        Some(r) => tracing::warn!(
+            topic,
+            "the order topic {topic} has replication {r}: losing that broker loses acknowledged \
+             orders; give it replication 3 (min.insync.replicas 2)"
+        ),
+        None => tracing::warn!(
+            topic,
+            "the replication of the order topic {topic} is unknown (no replicas in the broker's \
+             metadata): if it is 1, losing that broker loses acknowledged orders"
+        ),
+    }
 }
 
 /// Waits for `fut` on this thread (parking between wakes).

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,31 @@ use stock::redis::fixture::RedisServer;
 use crate::cluster::{buy_the_rest, load, redis_cli, redis_int, wait_for_sale};
 use crate::support::{assert_error, assert_ok, Client, Node};
 
-const TOPIC: &str = "seckill.orders";
+pub(crate) const TOPIC: &str = "seckill.orders";
 /// The nodes' delivery timeout in these tests (`kafka_timeout_ms`).
-const PRODUCE_TIMEOUT_MS: u64 = 2_000;
+pub(crate) const PRODUCE_TIMEOUT_MS: u64 = 2_000;
 /// The settler's reconciliation grace in these tests: longer than the
 /// delivery timeout, as it must be.
-const GRACE_MS: u64 = 4_000;
+pub(crate) const GRACE_MS: u64 = 4_000;
 
 /// A node on `redis` and `broker` with node id `id`.
-fn kafka_node(redis: &RedisServer, broker: &Broker, id: u32, env: &[(&str, &str)]) -> Node {
+pub(crate) fn kafka_node(
+    redis: &RedisServer,
+    broker: &Broker,
+    id: u32,
+    env: &[(&str, &str)],
+) -> Node {
+    kafka_node_timeout(redis, broker, id, env, PRODUCE_TIMEOUT_MS)
+}
+
+/// [`kafka_node`] with its delivery timeout (`kafka_timeout_ms`) given.
+pub(crate) fn kafka_node_timeout(
+    redis: &RedisServer,
+    broker: &Broker,
+    id: u32,
+    env: &[(&str, &str)],
+    produce_timeout_ms: u64,
+) -> Node {
     let root = tempfile::Builder::new()
         .prefix("seckill-kafka-")
         .tempdir()
@@ -42,7 +58,7 @@ fn kafka_node(redis: &RedisServer, broker: &Broker, id: u32, env: &[(&str, &str)
     std::fs::write(
         root.path().join("seckill.toml"),
         format!(
-            "lease_ttl_s = 2\nredis_timeout_ms = 300\nkafka_timeout_ms = {PRODUCE_TIMEOUT_MS}\n"
+            "lease_ttl_s = 2\nredis_timeout_ms = 300\nkafka_timeout_ms = {produce_timeout_ms}\n"
         ),
     )
     .expect("write config");
@@ -61,7 +77,7 @@ fn kafka_node(redis: &RedisServer, broker: &Broker, id: u32, env: &[(&str, &str)
 }
 
 /// A `seckill settle` process. Killed on drop.
-struct Settler {
+pub(crate) struct Settler {
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -69,7 +85,17 @@ struct Settler {
 }
 
 impl Settler {
-    fn start(redis: &RedisServer, broker: &Broker) -> Settler {
+    pub(crate) fn start(redis: &RedisServer, broker: &Broker) -> Settler {
+        Settler::start_with(redis, broker, GRACE_MS, PRODUCE_TIMEOUT_MS)
+    }
+
+    /// A settler with the given grace and its own delivery timeout.
+    pub(crate) fn start_with(
+        redis: &RedisServer,
+        broker: &Broker,
+        grace_ms: u64,
+        kafka_timeout_ms: u64,
+    ) -> Settler {
         let args = vec![
             "settle".to_owned(),
             "--redis".to_owned(),
@@ -77,9 +103,9 @@ impl Settler {
             "--kafka".to_owned(),
             broker.bootstrap(),
             "--grace-ms".to_owned(),
-            GRACE_MS.to_string(),
+            grace_ms.to_string(),
             "--kafka-timeout-ms".to_owned(),
-            PRODUCE_TIMEOUT_MS.to_string(),
+            kafka_timeout_ms.to_string(),
             "--interval-ms".to_owned(),
             "200".to_owned(),
         ];
@@ -128,9 +154,29 @@ impl Settler {
         }
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// How the settler exited, if it did within `limit`.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("the settler was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the settler") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The whole stderr of run `n` (0 is the first).
+    pub(crate) fn log_text(&self, n: usize) -> String {
+        std::fs::read_to_string(self.log(n)).unwrap_or_default()
     }
 
     fn log_tail(&self) -> String {
@@ -216,7 +262,7 @@ fn count_by_type(events: &[Event]) -> HashMap<&'static str, HashMap<String, usiz
 }
 
 /// Waits until `check` holds, or panics with `what`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
@@ -224,7 +270,7 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn sold(redis: &RedisServer, sale: &str) -> u64 {
+pub(crate) fn sold(redis: &RedisServer, sale: &str) -> u64 {
     redis_int(redis, &format!("sk:{{{sale}}}:sold"))
 }
 

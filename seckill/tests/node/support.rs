@@ -691,18 +691,41 @@ impl Journal {
     }
 }
 
-/// Reads `<dir>/orders.journal`: the magic, then `u32 LE len | u32 LE crc |
-/// JSON payload` frames. Every good frame must decode as an event of schema
-/// version 1; reading stops at the first short or bad-CRC frame.
+/// Reads the journal of `dir`: its sealed segments `orders.journal.<gen>`
+/// (oldest first), then `orders.journal`. Each file is the magic, then
+/// `u32 LE len | u32 LE crc | JSON payload` frames. Every good frame must
+/// decode as an event of schema version 1; reading a file stops at its
+/// first short or bad-CRC frame (`torn_bytes` counts the live file's).
 pub fn read_journal(dir: &Path) -> Journal {
-    let path = dir.join("orders.journal");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("orders.journal."))
+                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    segments.sort();
+    let mut events = Vec::new();
+    for segment in &segments {
+        read_journal_file(segment, &mut events);
+    }
+    let torn_bytes = read_journal_file(&dir.join("orders.journal"), &mut events);
+    Journal { events, torn_bytes }
+}
+
+/// Appends the events of one journal file to `events`; returns the bytes
+/// after its last good frame.
+fn read_journal_file(path: &Path, events: &mut Vec<Value>) -> usize {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     assert!(
         bytes.starts_with(b"SKJRNL01"),
-        "the journal does not start with the magic"
+        "{} does not start with the magic",
+        path.display()
     );
     let mut at = 8;
-    let mut events = Vec::new();
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
@@ -718,10 +741,7 @@ pub fn read_journal(dir: &Path) -> Journal {
         events.push(event);
         at = end;
     }
-    Journal {
-        events,
-        torn_bytes: bytes.len() - at,
-    }
+    bytes.len() - at
 }
 
 /// Unix time in seconds.

@@ -6,8 +6,12 @@
 //! - `store`: [`RedisStore`], the async client (redis crate 1.x, tokio),
 //!   one round trip per call; a batch of reservations is one pipeline.
 //! - `scripts/*.lua`: one script per change (create, switch, lease,
-//!   heartbeat, return_lease, reclaim, reserve, transition), each opening
+//!   heartbeat, return_lease, reclaim, reserve, transition; node_claim,
+//!   node_release, nodes_live), each opening
 //!   with its KEYS/ARGV/return contract; loaded with `include_str!`.
+//! - `node`: [`NodeClaim`], a node process's claim on its node id (one
+//!   live process per id; lapses unless refreshed) with its published
+//!   Kafka delivery timeout; [`Persistence`], whether Redis persists.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
 //!
@@ -33,7 +37,9 @@
 //! | `unlogged` | ZSET | with a Kafka order log only: `order_id\|change` (reserved, paid, cancelled, expired, released) by Redis time in ms, written with the change, removed by the settler once the log shows it |
 //!
 //! `sk:sales` (a SET of sale ids, another slot) is written by a plain SADD
-//! beside the create script.
+//! beside the create script. `sk:nodes` (a HASH, another slot) holds the
+//! node claims: node id → JSON `{token, kafka_timeout_ms, started_at,
+//! expires_at}` (`node_claim.lua`, `node_release.lua`, `nodes_live.lua`).
 //!
 //! Invariant (every script keeps it): `pool + sum(leases) + sold == stock`.
 //! A lease moves units pool → leases; a reservation leases → sold (or pool
@@ -52,7 +58,10 @@
 //! repeating it or reading the order.
 
 pub mod fixture;
+mod node;
 mod store;
+
+pub use node::{ClaimOutcome, LiveNode, NodeClaim, Persistence, NODES_KEY};
 
 pub use store::{
     Abandoned, Created, KeyRecall, LeaseGrant, Moved, Recalled, RedisStore, ReserveCall,

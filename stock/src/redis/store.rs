@@ -918,7 +918,7 @@ impl RedisStore {
     }
 
     /// One script call (EVALSHA, loading the script on NOSCRIPT).
-    async fn invoke<T: ::redis::FromRedisValue>(
+    pub(super) async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StockError> {
@@ -927,7 +927,10 @@ impl RedisStore {
     }
 
     /// One plain command.
-    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, StockError> {
+    pub(super) async fn query<T: ::redis::FromRedisValue>(
+        &self,
+        cmd: &::redis::Cmd,
+    ) -> Result<T, StockError> {
         let mut conn = self.conn.clone();
         self.bounded(cmd.query_async(&mut conn)).await
     }
