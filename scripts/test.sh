@@ -6,7 +6,9 @@
 #   3. loom model checks of the stock shards' stealing and sold-out flag.
 # Embedded mode needs nothing installed beyond the Rust toolchain; the
 # cluster tests need redis-server, which scripts/redis.sh installs (apt-get)
-# when missing, and the Kafka tests a Kafka-API broker (tansu), which
+# when missing, the dashboard's browser test Debian's chromium and the
+# alert rules' check promtool (scripts/chromium.sh, scripts/prometheus.sh,
+# apt-get when missing), and the Kafka tests a Kafka-API broker (tansu), which
 # scripts/kafka.sh builds once (~15 minutes) into ~/.cache/seckill and
 # reuses. Tests start their own servers on free loopback ports.
 set -euo pipefail
@@ -27,6 +29,11 @@ bash scripts/kafka.sh toolchain
 tansu_log=$(mktemp)
 bash scripts/kafka.sh >"$tansu_log" 2>&1 &
 tansu_pid=$!
+
+# apt-get installs overlap with the broker's build.
+step "chromium and promtool (the dashboard's browser test, the alert rules)"
+bash scripts/chromium.sh
+bash scripts/prometheus.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

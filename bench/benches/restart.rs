@@ -91,6 +91,7 @@ fn write_history(dir: &Path, orders: u64, segment_bytes: u64) {
         starts_at: 0,
         ends_at: None,
         payment_timeout_s: 900,
+        ticket_required: false,
     };
     block_on(journal.append(&Event::new(long_ago, sale))).expect("durable");
     let mut last = None;

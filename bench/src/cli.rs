@@ -179,6 +179,12 @@ pub struct Common {
     pub no_create: bool,
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", default_value = "")]
     pub admin_token: String,
+    /// A buyer key of the nodes (their `buyer_keys`): every buyer gets a
+    /// token signed with it, minted before the load (about 100 bytes per
+    /// buyer, so --users is at most 2,000,000). Each token is also the
+    /// ticket of the run's sale.
+    #[arg(long, env = "SECKILL_BENCH_BUYER_KEY")]
+    pub buyer_key: Option<String>,
 
     /// Cold buyers, each of whom comes once.
     #[arg(long, default_value_t = 10_000_000)]
@@ -343,8 +349,26 @@ fn prepare_first(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
         .next()
         .ok_or_else(|| BenchError::Usage("no --target".into()))?;
     let more: Vec<SocketAddr> = addrs.collect();
+    let tokens = match &c.buyer_key {
+        None => None,
+        Some(_) if c.users > crate::tokens::MAX_MINTED => {
+            return Err(BenchError::Usage(format!(
+                "--buyer-key pre-mints a token per buyer: use --users <= {}",
+                crate::tokens::MAX_MINTED
+            )))
+        }
+        Some(key) => Some(std::sync::Arc::new(crate::tokens::BuyerTokens::mint(
+            key.as_bytes(),
+            sale_id,
+            c.hot_users,
+            c.users.max(1),
+            report::now_unix(),
+            86_400,
+        ))),
+    };
     let workload_for = |sale: &str| {
         Workload::Purchase(PurchaseMix {
+            tokens: tokens.clone(),
             sale: sale.to_string(),
             users: c.users.max(1),
             hot_users: c.hot_users,
@@ -396,12 +420,22 @@ fn prepare_first(c: &Common, sale_id: &str) -> Result<Prepared, BenchError> {
                 admin::create_sale(addr, &c.admin_token, sale_id, &setup)?;
                 // Buy every unit before the load, one buyer per unit.
                 for i in 0..setup.stock {
-                    let body = format!("{{\"user_id\":\"early-{i}\",\"quantity\":1}}");
+                    let user = format!("early-{i}");
+                    let body = format!("{{\"user_id\":\"{user}\",\"quantity\":1}}");
+                    let auth = c.buyer_key.as_ref().map(|key| {
+                        let exp = report::now_unix() + 3_600;
+                        let token = crate::tokens::mint_one(key.as_bytes(), &user, sale_id, exp);
+                        format!("Bearer {token}")
+                    });
+                    let headers: Vec<(&str, &str)> = auth
+                        .as_deref()
+                        .map(|a| vec![("Authorization", a)])
+                        .unwrap_or_default();
                     let (status, answer) = admin::request(
                         addr,
                         "POST",
                         &format!("/sales/{sale_id}/purchase"),
-                        &[],
+                        &headers,
                         body.as_bytes(),
                     )?;
                     if status != 200 {

@@ -29,6 +29,8 @@
 //!   SLO; capacity per node, per core, and nodes needed.
 //! - `report`: the run directory: JSON, HTML with inline SVG plots, the
 //!   `.hgrm` percentile table, machine and versions.
+//! - `tokens`: [`tokens::BuyerTokens`], one pre-minted buyer token per
+//!   simulated buyer (`--buyer-key`), for nodes with `buyer_keys`.
 //! - `cli`: the command line of `seckill-bench` (`run`, `find-max`).
 
 pub mod admin;
@@ -42,6 +44,7 @@ pub mod recorder;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod tokens;
 
 pub use engine::{run_load, LoadConfig, Mode};
 pub use orderlog::{LogSpec, OrderLogSource};

@@ -19,6 +19,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use crate::tokens::BuyerTokens;
+
 /// Which requests the connections send.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Workload {
@@ -45,6 +47,8 @@ pub struct PurchaseMix {
     pub keys: KeyMode,
     /// Units per purchase.
     pub quantity: u32,
+    /// Pre-minted buyer tokens (`--buyer-key`), for nodes with buyer keys.
+    pub tokens: Option<Arc<BuyerTokens>>,
 }
 
 impl Default for PurchaseMix {
@@ -57,6 +61,7 @@ impl Default for PurchaseMix {
             retry: 0.5,
             keys: KeyMode::Hot,
             quantity: 1,
+            tokens: None,
         }
     }
 }
@@ -178,6 +183,9 @@ impl RequestGen {
                     self.host,
                     self.body.len()
                 );
+                if let Some(tokens) = &mix.tokens {
+                    out.extend_from_slice(tokens.header(meta.user));
+                }
                 if let Some(k) = meta.key {
                     let _ = write!(
                         out,
@@ -268,6 +276,7 @@ mod tests {
             retry: 0.5,
             keys: KeyMode::Hot,
             quantity: 1,
+            tokens: None,
         }
     }
 
@@ -300,6 +309,31 @@ mod tests {
                 .map(|h| String::from_utf8(h.value.to_vec()).unwrap());
             assert_eq!(key, meta.key_text());
             assert_eq!(key.is_some(), meta.user.hot, "keys only on hot users");
+        }
+    }
+
+    #[test]
+    fn purchases_carry_their_buyers_token() {
+        let key = b"bench-key-0123456789abcdef";
+        let mix = PurchaseMix {
+            tokens: Some(Arc::new(BuyerTokens::mint(key, "s1", 10, 1000, 0, 60))),
+            ..mix()
+        };
+        let mut g = RequestGen::new(Arc::new(Workload::Purchase(mix)), "h:1", 0, 1, 7);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            let meta = g.next(&mut out).unwrap();
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut headers);
+            assert!(req.parse(&out).unwrap().is_complete());
+            let auth = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                .map(|h| h.value.strip_prefix(b"Bearer ").unwrap().to_vec())
+                .unwrap();
+            let token = crate::tokens::mint_one(key, &meta.user.id(), "s1", 60);
+            assert_eq!(auth, token.as_bytes());
         }
     }
 

@@ -79,6 +79,10 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ends_at: Option<u64>,
         payment_timeout_s: u64,
+        /// Buyers need a ticket for this sale. Absent in older journals:
+        /// false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ticket_required: bool,
     },
     /// An operator paused, resumed or closed a sale.
     SaleSwitched { sale_id: String, switch: SaleSwitch },
@@ -190,5 +194,22 @@ mod tests {
         assert!(text.contains(r#""type":"sale_switched""#), "{text}");
         assert!(text.contains(r#""switch":"closed""#), "{text}");
         assert_eq!(Event::from_json(text.as_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn sale_created_without_ticket_required_replays_as_false() {
+        let old = br#"{"v":1,"type":"sale_created","at":1,"sale_id":"s","stock":5,"per_user_limit":1,"starts_at":0,"payment_timeout_s":900}"#;
+        let e = Event::from_json(old).unwrap();
+        assert!(matches!(
+            e.kind,
+            EventKind::SaleCreated {
+                ticket_required: false,
+                ..
+            }
+        ));
+        // And false is not written, so older readers see the same event.
+        assert!(!String::from_utf8(e.to_json())
+            .unwrap()
+            .contains("ticket_required"));
     }
 }

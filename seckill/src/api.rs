@@ -24,6 +24,7 @@ use stock::{
     StockError, Switch, Transition,
 };
 
+use crate::auth::{self, PayloadBuf};
 use crate::error::ApiError;
 use crate::http::{Method, Request, Response};
 use crate::node::{now_ms, now_s, Core, Failpoint};
@@ -95,7 +96,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         let method = req.method;
         if let Some(rest) = path.strip_prefix("/sales/") {
             return match (method, rest.split_once('/')) {
-                (Method::Post, Some((id, "purchase"))) => self.purchase(id, req, peer, body).await,
+                (Method::Post, Some((id, "purchase"))) => {
+                    let answer = self.purchase(id, req, peer, body).await;
+                    crate::stats::count_purchase(self, &answer);
+                    answer
+                }
                 (Method::Get, None) => self.get_sale(rest, body),
                 (_, Some((_, "purchase"))) | (_, None) => Err(ApiError::MethodNotAllowed),
                 _ => Err(ApiError::NotFound("no such route")),
@@ -103,12 +108,13 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         }
         if let Some(rest) = path.strip_prefix("/orders/") {
             return match (method, rest.split_once('/')) {
-                (Method::Get, None) => self.get_order(rest, body).await,
+                (Method::Get, None) => self.get_order(rest, req, body).await,
                 (Method::Post, Some((id, "pay"))) => {
-                    self.pay_or_cancel(id, OrderStatus::Paid, body).await
+                    self.pay_or_cancel(id, OrderStatus::Paid, req, body).await
                 }
                 (Method::Post, Some((id, "cancel"))) => {
-                    self.pay_or_cancel(id, OrderStatus::Cancelled, body).await
+                    self.pay_or_cancel(id, OrderStatus::Cancelled, req, body)
+                        .await
                 }
                 (_, None) | (_, Some((_, "pay" | "cancel"))) => Err(ApiError::MethodNotAllowed),
                 _ => Err(ApiError::NotFound("no such route")),
@@ -148,7 +154,17 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     ..Reply::json()
                 })
             }
-            (_, "/healthz" | "/metrics") => Err(ApiError::MethodNotAllowed),
+            (Method::Get, "/admin/stats") => {
+                if !self.node.is_admin(req.authorization) {
+                    return Err(ApiError::Unauthorized);
+                }
+                crate::stats::render(&self.node, body);
+                Ok(Reply::json())
+            }
+            (Method::Get, "/dashboard") => Ok(crate::dashboard::page(body)),
+            (_, "/healthz" | "/metrics" | "/admin/stats" | "/dashboard") => {
+                Err(ApiError::MethodNotAllowed)
+            }
             _ => Err(ApiError::NotFound("no such route")),
         }
     }
@@ -162,7 +178,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         let started = Instant::now();
-        let input = PurchaseInput::parse(req)?;
+        let mut token = PayloadBuf::default();
+        let input = PurchaseInput::parse(req, sale_id, &self.node.config.buyer_keys, &mut token)?;
         let now = now_s();
         let attempt = Attempt {
             user_id: &input.user_id,
@@ -186,6 +203,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 Ok(sale.clone())
             })
             .ok_or(StockError::SaleNotFound)??;
+        if sale.spec().ticket_required && !input.ticket {
+            return Err(ApiError::Unauthenticated("this sale needs a ticket for it"));
+        }
         self.rate_limit(&attempt, peer, started)?;
         if attempt.idempotency_key.is_some() {
             if let KeyLookup::Replay(order) =
@@ -224,7 +244,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         };
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
             Reservation::Replay(order) => {
-                return self.replayed_from_authority(&order, &attempt, body).await;
+                return self
+                    .replayed_from_authority(&sale, &order, &attempt, body)
+                    .await;
             }
             Reservation::New { order, pending } => (order, pending),
         };
@@ -273,7 +295,10 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         match self.node.authority.recall_key(sale, attempt).await? {
-            KeyLookup::Replay(order) => self.replayed_from_authority(&order, attempt, body).await,
+            KeyLookup::Replay(order) => {
+                self.replayed_from_authority(sale, &order, attempt, body)
+                    .await
+            }
             KeyLookup::Unused => Err(refused.into()),
         }
     }
@@ -286,17 +311,24 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     /// Consumers dedupe by order id.
     async fn replayed_from_authority(
         &self,
+        sale: &Sale,
         order: &Order,
         attempt: &Attempt<'_>,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
         if self.node.relog_replays {
+            if self.node.fails_once(Failpoint::ReplayLog) {
+                return Err(ApiError::Log(queue::LogError::Unavailable(
+                    "failpoint replay_log".into(),
+                )));
+            }
             let reserved = reserved_event(order, attempt, &order.sale_id);
             self.node.log.append(&reserved).await?;
             if let Some(event) = transition_event(order, order.status) {
                 self.node.log.append(&event).await?;
             }
         }
+        self.node.authority.replay_answered(sale, attempt, order);
         self.replayed(order, body)
     }
 
@@ -319,21 +351,71 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         Ok(Reply::json())
     }
 
-    async fn get_order(&self, order_id: &str, body: &mut Vec<u8>) -> Result<Reply, ApiError> {
+    async fn get_order(
+        &self,
+        order_id: &str,
+        req: &Request<'_>,
+        body: &mut Vec<u8>,
+    ) -> Result<Reply, ApiError> {
+        let mut token = PayloadBuf::default();
+        let caller = self.order_caller(req, &mut token)?;
         let order = self.node.authority.order(order_id).await?;
+        owned_by(&order, caller)?;
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
     }
 
+    /// `/pay` is the payment service's callback (admin or payment token);
+    /// `/cancel` is the buyer's (or the admin's).
     async fn pay_or_cancel(
         &self,
         order_id: &str,
         to: OrderStatus,
+        req: &Request<'_>,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
+        let mut token = PayloadBuf::default();
+        if to == OrderStatus::Paid {
+            self.check_payer(req)?;
+        } else if let Some(buyer) = self.order_caller(req, &mut token)? {
+            let order = self.node.authority.order(order_id).await?;
+            owned_by(&order, Some(buyer))?;
+        }
         let order = self.move_order(order_id, to).await?;
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
+    }
+
+    /// Who asks about an order: `None` may see every order (the admin, or
+    /// anyone in trusted mode), `Some(buyer)` only the buyer's own. A
+    /// missing or invalid buyer token is 401.
+    fn order_caller<'t>(
+        &self,
+        req: &Request<'_>,
+        token: &'t mut PayloadBuf,
+    ) -> Result<Option<&'t str>, ApiError> {
+        let keys = &self.node.config.buyer_keys;
+        if !keys.is_on() || self.node.is_admin(req.authorization) {
+            return Ok(None);
+        }
+        Ok(Some(keys.verify(req.authorization, now_s(), token)?.sub))
+    }
+
+    /// The payment callback's caller: the admin, or whoever holds the
+    /// payment token; open only in trusted mode without a payment token.
+    fn check_payer(&self, req: &Request<'_>) -> Result<(), ApiError> {
+        let config = &self.node.config;
+        let paid_by_token = config
+            .payment_token
+            .as_deref()
+            .is_some_and(|t| auth::bearer_is(req.authorization, t));
+        let open = config.payment_token.is_none() && !config.buyer_keys.is_on();
+        if open || paid_by_token || self.node.is_admin(req.authorization) {
+            return Ok(());
+        }
+        Err(ApiError::Unauthenticated(
+            "paying needs the payment service's token",
+        ))
     }
 
     /// Moves an order to `to` (paid, cancelled or expired): the authority
@@ -376,6 +458,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         // starts at the time of the retry.
         let default_start = existing.as_ref().map_or_else(now_s, |s| s.spec().starts_at);
         let spec = SaleInput::parse(sale_id, input, default_start)?;
+        if spec.ticket_required && !self.node.config.buyer_keys.is_on() {
+            return Err(ApiError::BadRequestStatic(
+                "ticket_required needs buyer_keys: without them there are no tickets",
+            ));
+        }
         if let Some(existing) = existing {
             if existing.spec() != &spec {
                 return Err(StockError::InvalidState(
@@ -393,6 +480,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     starts_at: spec.starts_at,
                     ends_at: spec.ends_at,
                     payment_timeout_s: spec.payment_timeout_s,
+                    ticket_required: spec.ticket_required,
                 },
             );
             self.node.log.append(&event).await?;
@@ -530,6 +618,14 @@ fn transition_event(order: &Order, to: OrderStatus) -> Option<Event> {
     Some(Event::new(now_ms(), kind))
 }
 
+/// Another buyer's order is answered exactly like a missing one.
+fn owned_by(order: &Order, caller: Option<&str>) -> Result<(), ApiError> {
+    match caller {
+        Some(buyer) if buyer != order.user_id => Err(StockError::OrderNotFound.into()),
+        _ => Ok(()),
+    }
+}
+
 fn write_json<T: Serialize>(body: &mut Vec<u8>, value: &T) {
     body.clear();
     // Plain strings and numbers always serialise.
@@ -548,9 +644,12 @@ fn json_object<'a, T: Deserialize<'a>>(input: &'a [u8]) -> Result<T, ApiError> {
 
 /// A purchase request, validated.
 struct PurchaseInput<'a> {
+    /// The buyer: the token's `sub` when buyer keys are set, else the body's.
     user_id: Cow<'a, str>,
     quantity: u32,
     idempotency_key: Option<&'a str>,
+    /// The buyer token is a ticket for this sale (its `sale` claim).
+    ticket: bool,
 }
 
 #[derive(Deserialize)]
@@ -561,7 +660,23 @@ struct PurchaseBody<'a> {
 }
 
 impl<'a> PurchaseInput<'a> {
-    fn parse(req: &Request<'a>) -> Result<Self, ApiError> {
+    /// With buyer `keys` set, the token is verified first (401), decoded
+    /// into `token`; a ticket for another sale than `sale_id` is 401 too.
+    fn parse(
+        req: &Request<'a>,
+        sale_id: &str,
+        keys: &auth::BuyerKeys,
+        token: &'a mut PayloadBuf,
+    ) -> Result<Self, ApiError> {
+        let buyer = match keys.is_on() {
+            true => Some(keys.verify(req.authorization, now_s(), token)?),
+            false => None,
+        };
+        if buyer.is_some_and(|b| b.sale.is_some_and(|s| s != sale_id)) {
+            return Err(ApiError::Unauthenticated(
+                "the buyer token is a ticket for another sale",
+            ));
+        }
         let idempotency_key = match req.idempotency_key {
             None => None,
             Some(k)
@@ -580,9 +695,15 @@ impl<'a> PurchaseInput<'a> {
             }
         };
         let body: PurchaseBody<'a> = json_object(req.body)?;
-        let user_id = body
-            .user_id
-            .ok_or(ApiError::BadRequestStatic("missing field user_id"))?;
+        let user_id = match (buyer, body.user_id) {
+            (Some(b), Some(u)) if u != b.sub => {
+                return Err(ApiError::BadRequestStatic(
+                    "user_id differs from the buyer token's sub",
+                ))
+            }
+            (Some(b), _) => Cow::Borrowed(b.sub),
+            (None, u) => u.ok_or(ApiError::BadRequestStatic("missing field user_id"))?,
+        };
         if user_id.is_empty() || user_id.len() > MAX_ID_LEN || user_id.chars().any(char::is_control)
         {
             return Err(ApiError::BadRequestStatic(
@@ -602,6 +723,7 @@ impl<'a> PurchaseInput<'a> {
             user_id,
             quantity,
             idempotency_key,
+            ticket: buyer.is_some_and(|b| b.sale.is_some()),
         })
     }
 }
@@ -613,6 +735,7 @@ struct SaleBody {
     starts_at: Option<serde_json::Value>,
     ends_at: Option<serde_json::Value>,
     payment_timeout_s: Option<serde_json::Value>,
+    ticket_required: Option<serde_json::Value>,
 }
 
 struct SaleInput;
@@ -657,6 +780,15 @@ impl SaleInput {
             MAX_PAYMENT_TIMEOUT_S,
         )?
         .unwrap_or(DEFAULT_PAYMENT_TIMEOUT_S);
+        let ticket_required = match body.ticket_required {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(ApiError::BadRequestStatic(
+                    "ticket_required must be true or false",
+                ))
+            }
+        };
         Ok(SaleSpec {
             sale_id: sale_id.to_owned(),
             stock,
@@ -664,6 +796,7 @@ impl SaleInput {
             starts_at,
             ends_at,
             payment_timeout_s,
+            ticket_required,
         })
     }
 }
@@ -746,6 +879,7 @@ struct SaleView<'a> {
     starts_at: u64,
     ends_at: Option<u64>,
     payment_timeout_s: u64,
+    ticket_required: bool,
 }
 
 impl<'a> SaleView<'a> {
@@ -761,6 +895,7 @@ impl<'a> SaleView<'a> {
             starts_at: spec.starts_at,
             ends_at: spec.ends_at,
             payment_timeout_s: spec.payment_timeout_s,
+            ticket_required: spec.ticket_required,
         }
     }
 }

@@ -28,8 +28,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => (random_token()?, true),
     };
     let demo = config.demo;
+    warn_if_trusted(&config);
     if config.kafka.is_some() {
         let node = KafkaNode::open_kafka(config, token.clone())?;
+        crate::stats::start_publisher(node.clone(), node.authority.stats_board())?;
         info!(
             node_id = node.config.node_id,
             topic = node.log.topic(),
@@ -39,6 +41,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     if config.redis.is_some() {
         let node = ClusterNode::open_cluster(config, token.clone())?;
+        crate::stats::start_publisher(node.clone(), node.authority.stats_board())?;
         info!(
             node_id = node.config.node_id,
             "cluster mode: Redis is the stock authority"
@@ -115,10 +118,88 @@ fn banner(addr: SocketAddr, token: &str, generated: bool, demo: bool) {
     let _ = out.flush();
 }
 
+/// `seckill token`: a buyer token for `--sub`, a ticket with `--sale`.
+#[derive(Debug, clap::Args)]
+pub struct TokenFlags {
+    /// The buyer (the token's `sub`, the user id of their orders).
+    #[arg(long)]
+    pub sub: String,
+    /// Makes the token a ticket for this sale (`ticket_required` sales).
+    #[arg(long)]
+    pub sale: Option<String>,
+    /// How long the token is valid: seconds, or with a unit (30s, 10m, 2h).
+    #[arg(long, default_value = "10m", value_parser = parse_ttl)]
+    pub ttl: u64,
+}
+
+/// Prints a token signed with the first configured buyer key.
+pub fn token(config: &Config, flags: &TokenFlags) -> anyhow::Result<()> {
+    let now = crate::node::now_s();
+    let claims = crate::auth::Claims {
+        sub: &flags.sub,
+        sale: flags.sale.as_deref(),
+        exp: now.saturating_add(flags.ttl),
+        nbf: None,
+    };
+    let token = config.buyer_keys.mint(&claims).ok_or_else(|| {
+        anyhow::anyhow!("no buyer keys: set buyer_keys in the config file or SECKILL_BUYER_KEYS")
+    })?;
+    println!("{token}");
+    Ok(())
+}
+
+/// Seconds from `600`, `30s`, `10m`, `2h` or `1d`.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in {text:?}: use s, m, h or d")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+}
+
+/// Without buyer keys the node believes the body's `user_id`: say so.
+fn warn_if_trusted(config: &Config) {
+    if !config.buyer_keys.is_on() {
+        tracing::warn!(
+            "trusted mode: no buyer_keys, so the body's user_id is believed and orders are not \
+             owner-checked; set buyer_keys (SECKILL_BUYER_KEYS) unless every client is trusted"
+        );
+    }
+}
+
 /// 128 random bits from the kernel, as hex.
 fn random_token() -> anyhow::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls_take_units() {
+        assert_eq!(parse_ttl("600"), Ok(600));
+        assert_eq!(parse_ttl("30s"), Ok(30));
+        assert_eq!(parse_ttl("10m"), Ok(600));
+        assert_eq!(parse_ttl("2h"), Ok(7_200));
+        assert_eq!(parse_ttl("1d"), Ok(86_400));
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("10x").is_err());
+        assert!(parse_ttl("m").is_err());
+    }
 }

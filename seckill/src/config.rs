@@ -86,8 +86,22 @@ pub struct Flags {
     /// Pre-load a demo sale and print the admin token and a curl line.
     #[arg(long, env = "SECKILL_DEMO")]
     pub demo: bool,
+    /// Log lines as `text` (the default; colours only on a terminal) or
+    /// `json` (one object a line, for log shippers).
+    #[arg(long, env = "SECKILL_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How the node writes its log lines (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields.
+    Json,
 }
 
 /// Subcommands; without one, `seckill` runs a node.
@@ -96,6 +110,9 @@ pub enum Command {
     /// Runs the settler of a Kafka cluster: consumes the order topic,
     /// expires unpaid orders, reconciles changes that never reached the log.
     Settle(crate::settle::SettleFlags),
+    /// Prints a buyer token signed with the first of the configured
+    /// `buyer_keys` (TOML or SECKILL_BUYER_KEYS), for operators and curl.
+    Token(crate::app::TokenFlags),
 }
 
 /// Every setting of a node, with its default and its cost.
@@ -134,6 +151,11 @@ pub struct Config {
     /// Cluster mode: longest wait for one Redis reply; past it the outcome
     /// is undetermined and reconciled. Default 500 ms.
     pub redis_timeout_ms: u64,
+    /// Cluster mode with the journal (no `--kafka`): a change Redis made
+    /// and no node logged this long after is logged by some node's
+    /// reconciler (a reservation never answered is released instead).
+    /// Must stay well above a journal append's worst time. Default 30 s.
+    pub journal_grace_s: u64,
     /// Open connections per node; more are answered 503 and closed. Each
     /// costs its buffers: 5 KiB at first, at most about 100 KiB (a 32 KiB
     /// read buffer, 64 KiB of queued answers). Default 10,000.
@@ -188,6 +210,17 @@ pub struct Config {
     /// Keys each rate limit tracks per core; past it new keys go
     /// unlimited until idle ones are swept. Default 100,000 (~2 MiB).
     pub rate_limit_max_tracked: usize,
+    /// Keys buyer tokens are verified with (env `SECKILL_BUYER_KEYS`,
+    /// comma-separated; never a flag: flags show in `ps`). Set, every
+    /// purchase and order call needs `Authorization: Bearer <buyer
+    /// token>`; any listed key verifies, `seckill token` signs with the
+    /// first. Cost: one HMAC-SHA256 of the token per purchase. Default
+    /// none: trusted mode, the body's `user_id` is believed.
+    pub buyer_keys: crate::auth::BuyerKeys,
+    /// The payment service's token for `POST /orders/{id}/pay` (env
+    /// `SECKILL_PAYMENT_TOKEN`); the admin token pays too. Without it and
+    /// without `buyer_keys`, `/pay` is open (the demo). Default none.
+    pub payment_token: Option<String>,
 }
 
 impl Default for Config {
@@ -209,6 +242,7 @@ impl Default for Config {
             stock_mode: StockModeSetting::Leased,
             lease_ttl_s: 5,
             redis_timeout_ms: 500,
+            journal_grace_s: 30,
             max_connections: 10_000,
             idle_timeout_s: 60,
             request_timeout_s: 10,
@@ -223,6 +257,8 @@ impl Default for Config {
             rate_limit_ip_per_s: 0.0,
             rate_limit_ip_burst: 100,
             rate_limit_max_tracked: 100_000,
+            buyer_keys: crate::auth::BuyerKeys::default(),
+            payment_token: None,
         }
     }
 }
@@ -294,6 +330,14 @@ impl Config {
             config.write_timeout_s = v;
         }
         config.demo |= flags.demo;
+        // Secrets come from the file or the environment, never from flags.
+        if let Ok(keys) = std::env::var("SECKILL_BUYER_KEYS") {
+            config.buyer_keys = crate::auth::BuyerKeys::parse_list(&keys)
+                .map_err(|e| anyhow::anyhow!("SECKILL_BUYER_KEYS: {e}"))?;
+        }
+        if let Ok(token) = std::env::var("SECKILL_PAYMENT_TOKEN") {
+            config.payment_token = Some(token);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -336,6 +380,12 @@ impl Config {
             anyhow::ensure!(
                 !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
                 "admin token must be non-empty visible ASCII"
+            );
+        }
+        if let Some(token) = &self.payment_token {
+            anyhow::ensure!(
+                !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+                "payment token must be non-empty visible ASCII"
             );
         }
         if self.redis.is_some() || self.kafka.is_some() {
@@ -381,6 +431,10 @@ impl Config {
             anyhow::ensure!(burst >= 1, "{name}_burst must be at least 1");
         }
         anyhow::ensure!(self.lease_ttl_s >= 1, "lease_ttl_s must be at least 1");
+        anyhow::ensure!(
+            self.journal_grace_s >= 1,
+            "journal_grace_s must be at least 1"
+        );
         anyhow::ensure!(
             self.redis_timeout_ms >= 10,
             "redis_timeout_ms must be at least 10"

@@ -24,6 +24,9 @@ pub enum ApiError {
     BadRequestStatic(&'static str),
     #[error("missing or wrong admin token")]
     Unauthorized,
+    /// A missing or invalid buyer token, ticket or payment token.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
     #[error("method not allowed")]
@@ -60,7 +63,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) | ApiError::BadRequestStatic(_) => 400,
-            ApiError::Unauthorized => 401,
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => 401,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::BodyTooLarge => 413,
@@ -87,7 +90,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::BadRequestStatic(_)
             | ApiError::MethodNotAllowed => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::BodyTooLarge | ApiError::HeadersTooLarge => "too_large",
             ApiError::Overloaded => "overloaded",

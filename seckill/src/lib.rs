@@ -14,6 +14,9 @@
 //!   stable codes.
 //! - `ratelimit`: per-core per-user and per-IP purchase rate limits (GCRA).
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
+//! - `stats`: `GET /admin/stats`, the operator's numbers; in cluster mode
+//!   every live node's record (published in Redis each second).
+//! - `dashboard`: `GET /dashboard`, the live page embedded in the binary.
 //! - `timefmt`: RFC 3339 times for the admin API.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
 //! - `settle`: `seckill settle`, the settler of a Kafka cluster (expiry,
@@ -21,7 +24,9 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod metrics;
@@ -29,4 +34,5 @@ pub mod node;
 pub mod ratelimit;
 pub mod server;
 pub mod settle;
+pub mod stats;
 pub mod timefmt;

@@ -6,11 +6,25 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use stock::redis::stats::StatsBoard;
 
 /// Statuses counted by `seckill_responses_total{status}`.
 const STATUSES: [u16; 15] = [
     200, 400, 401, 403, 404, 405, 409, 410, 413, 422, 429, 431, 500, 503, 0,
 ];
+/// Purchase outcomes counted by `seckill_purchases_total{outcome}` and
+/// shown by `/admin/stats`: the statuses an operator watches, then the rest.
+pub const OUTCOMES: [&str; 6] = ["200", "410", "409", "429", "503", "other"];
+/// Purchases failed by a backend, counted by
+/// `seckill_purchase_backend_errors_total{kind}`: the stock authority
+/// refused or could not be reached (nothing applied), its answer never came
+/// (undetermined: the reservation is abandoned by order id), the order log
+/// failed the append (Kafka: a failed or timed-out delivery).
+pub const BACKEND_ERRORS: [&str; 3] = ["stock_unavailable", "undetermined", "log_failed"];
 /// Upper bounds (seconds) of the purchase latency histogram.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -28,6 +42,13 @@ pub struct CoreMetrics {
     replays: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
+    /// Purchases answered, by [`OUTCOMES`].
+    purchases: [AtomicU64; OUTCOMES.len()],
+    /// Gauges of the core's admission queue as of its last purchase.
+    admission_in_use: AtomicU64,
+    admission_waiting: AtomicU64,
+    /// Purchases failed by a backend, by [`BACKEND_ERRORS`].
+    backend_errors: [AtomicU64; BACKEND_ERRORS.len()],
 }
 
 fn bump(c: &AtomicU64, by: u64) {
@@ -75,18 +96,122 @@ impl CoreMetrics {
     pub fn replay(&self) {
         bump(&self.replays, 1);
     }
+
+    /// A purchase answered with `status`.
+    pub fn purchase(&self, status: u16) {
+        let i = match status {
+            200 => 0,
+            410 => 1,
+            409 => 2,
+            429 => 3,
+            503 => 4,
+            _ => 5,
+        };
+        bump(&self.purchases[i], 1);
+    }
+
+    /// A purchase failed by a backend: `kind` indexes [`BACKEND_ERRORS`].
+    pub fn backend_error(&self, kind: usize) {
+        bump(&self.backend_errors[kind], 1);
+    }
+
+    /// The core's admission tokens in use and requests waiting for one.
+    pub fn admission(&self, in_use: usize, waiting: usize) {
+        self.admission_in_use
+            .store(in_use as u64, Ordering::Relaxed);
+        self.admission_waiting
+            .store(waiting as u64, Ordering::Relaxed);
+    }
+}
+
+/// Purchase rates between the last two samples (taken at most once a
+/// second, when the stats are read or published).
+struct Sampler {
+    at: Instant,
+    counts: [u64; OUTCOMES.len()],
+    rates: [f64; OUTCOMES.len()],
 }
 
 /// All cores' counters.
 pub struct Metrics {
     cores: Box<[CoreMetrics]>,
+    /// The stats path only (never a request's): a lock for a copy.
+    sampler: Mutex<Sampler>,
+    /// Cluster mode: this node's stats record and every live node's.
+    pub board: OnceLock<Arc<StatsBoard>>,
 }
 
 impl Metrics {
     pub fn new(cores: usize) -> Self {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            sampler: Mutex::new(Sampler {
+                at: Instant::now(),
+                counts: [0; OUTCOMES.len()],
+                rates: [0.0; OUTCOMES.len()],
+            }),
+            board: OnceLock::new(),
         }
+    }
+
+    /// Purchases answered, by [`OUTCOMES`], all cores.
+    pub fn purchases(&self) -> [u64; OUTCOMES.len()] {
+        std::array::from_fn(|i| self.sum(|c| &c.purchases[i]))
+    }
+
+    /// Purchases failed by a backend, by [`BACKEND_ERRORS`], all cores.
+    pub fn backend_errors(&self) -> [u64; BACKEND_ERRORS.len()] {
+        std::array::from_fn(|i| self.sum(|c| &c.backend_errors[i]))
+    }
+
+    /// Purchases a second by [`OUTCOMES`] between the last two samples. A
+    /// sample is taken when the stats are read or published, at most once
+    /// a second (each second in cluster mode, and while a dashboard polls;
+    /// otherwise the first read averages over the time since the last).
+    pub fn purchase_rates(&self) -> [f64; OUTCOMES.len()] {
+        let now = self.purchases();
+        let mut s = self.sampler.lock();
+        let dt = s.at.elapsed().as_secs_f64();
+        if dt >= 1.0 {
+            s.rates = std::array::from_fn(|i| now[i].wrapping_sub(s.counts[i]) as f64 / dt);
+            s.counts = now;
+            s.at = Instant::now();
+        }
+        s.rates
+    }
+
+    /// Admission tokens in use and requests waiting, all cores.
+    pub fn admission(&self) -> (u64, u64) {
+        (
+            self.sum(|c| &c.admission_in_use),
+            self.sum(|c| &c.admission_waiting),
+        )
+    }
+
+    /// The `q` quantile (0..1) of the purchase latency in milliseconds,
+    /// interpolated within its histogram bucket (as Prometheus's
+    /// `histogram_quantile`), and the number of purchases measured.
+    pub fn latency_quantile_ms(&self, q: f64) -> (f64, u64) {
+        let counts: [u64; BUCKETS.len() + 1] =
+            std::array::from_fn(|i| self.sum(|c| &c.latency_buckets[i]));
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return (0.0, 0);
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, n) in counts.iter().enumerate() {
+            if *n > 0 && (below + n) as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+                let Some(&upper) = BUCKETS.get(i) else {
+                    return (lower * 1e3, total);
+                };
+                let within = (rank - below as f64) / *n as f64;
+                return ((lower + (upper - lower) * within) * 1e3, total);
+            }
+            below += n;
+        }
+        (BUCKETS[BUCKETS.len() - 1] * 1e3, total)
     }
 
     pub fn core(&self, core: usize) -> &CoreMetrics {
@@ -111,7 +236,37 @@ impl Metrics {
             let n = self.sum(|c| &c.responses[i]);
             let _ = writeln!(out, "seckill_responses_total{{status=\"{status}\"}} {n}");
         }
-        let gauges: [(&str, &str, &str, u64); 5] = [
+        let _ = writeln!(
+            out,
+            "# HELP seckill_purchases_total Purchases answered, by outcome.\n# TYPE seckill_purchases_total counter"
+        );
+        for (outcome, n) in OUTCOMES.iter().zip(self.purchases()) {
+            let _ = writeln!(out, "seckill_purchases_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP seckill_purchase_backend_errors_total Purchases failed by a backend, by kind.\n# TYPE seckill_purchase_backend_errors_total counter"
+        );
+        for (kind, n) in BACKEND_ERRORS.iter().zip(self.backend_errors()) {
+            let _ = writeln!(
+                out,
+                "seckill_purchase_backend_errors_total{{kind=\"{kind}\"}} {n}"
+            );
+        }
+        let (in_flight, waiting) = self.admission();
+        let gauges: [(&str, &str, &str, u64); 7] = [
+            (
+                "seckill_admission_in_flight",
+                "gauge",
+                "Admission tokens held, all cores (each as of its last purchase).",
+                in_flight,
+            ),
+            (
+                "seckill_admission_waiting",
+                "gauge",
+                "Purchases waiting for an admission token, all cores (each as of its last purchase).",
+                waiting,
+            ),
             (
                 "seckill_connections_open",
                 "gauge",
@@ -147,6 +302,24 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        if let Some(board) = self.board.get() {
+            let h = board.health();
+            let _ = writeln!(
+                out,
+                "# HELP seckill_redis_stats_exchanges_total Stats records exchanged with Redis.\n\
+                 # TYPE seckill_redis_stats_exchanges_total counter\n\
+                 seckill_redis_stats_exchanges_total {}\n\
+                 # HELP seckill_redis_stats_errors_total Stats exchanges with Redis that failed.\n\
+                 # TYPE seckill_redis_stats_errors_total counter\n\
+                 seckill_redis_stats_errors_total {}\n\
+                 # HELP seckill_redis_last_call_seconds Round trip of the last stats exchange with Redis.\n\
+                 # TYPE seckill_redis_last_call_seconds gauge\n\
+                 seckill_redis_last_call_seconds {}",
+                h.publishes,
+                h.errors,
+                h.last_latency_us as f64 / 1e6
             );
         }
         let name = "seckill_purchase_seconds";
@@ -193,5 +366,30 @@ mod tests {
         assert!(text.contains("seckill_purchase_seconds_bucket{le=\"0.0005\"} 0\n"));
         assert!(text.contains("seckill_purchase_seconds_bucket{le=\"0.001\"} 1\n"));
         assert!(text.contains("seckill_purchase_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn counts_purchases_by_outcome_and_interpolates_quantiles() {
+        let m = Metrics::new(2);
+        for status in [200, 200, 410, 409, 429, 503, 404, 403] {
+            m.core(1).purchase(status);
+        }
+        assert_eq!(m.purchases(), [2, 1, 1, 1, 1, 2]);
+        // Ten orders between 1 and 2 ms: the median is halfway.
+        for _ in 0..10 {
+            m.core(0).order(1500);
+        }
+        let (p50, n) = m.latency_quantile_ms(0.5);
+        assert_eq!(n, 10);
+        assert!((p50 - 1.5).abs() < 1e-9, "{p50}");
+        let (p99, _) = m.latency_quantile_ms(0.99);
+        assert!(p99 > 1.9 && p99 <= 2.0, "{p99}");
+        m.core(0).backend_error(1);
+        m.core(1).backend_error(1);
+        m.core(1).backend_error(2);
+        assert_eq!(m.backend_errors(), [0, 2, 1]);
+        m.core(0).admission(3, 2);
+        m.core(1).admission(1, 0);
+        assert_eq!(m.admission(), (4, 2));
     }
 }

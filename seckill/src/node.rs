@@ -15,7 +15,7 @@ use queue::snapshot::{self, Snapshot};
 use queue::{
     journal, Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog, SaleSwitch,
 };
-use stock::cluster::{ClusterOptions, RedisAuthority, StockMode};
+use stock::cluster::{Change, ChangeLog, ClusterOptions, RedisAuthority, Relog, StockMode};
 use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
 
 use crate::config::{Config, StockModeSetting};
@@ -58,6 +58,9 @@ pub enum Failpoint {
     /// Fail (once) the order log append of the first order transition
     /// (pay, cancel, expiry), after the authority applied the move.
     TransitionLog,
+    /// Fail (once) the order log append of the first replay of an order
+    /// found in the shared authority (cluster mode).
+    ReplayLog,
     /// Compaction: the new snapshot is written and synced to its temp file,
     /// not installed.
     CompactBeforeInstall,
@@ -75,6 +78,7 @@ impl Failpoint {
         match std::env::var("SECKILL_FAILPOINT").as_deref() {
             Ok("after_reserve") => Some(Failpoint::AfterReserve),
             Ok("transition_log") => Some(Failpoint::TransitionLog),
+            Ok("replay_log") => Some(Failpoint::ReplayLog),
             Ok("compact_before_install") => Some(Failpoint::CompactBeforeInstall),
             Ok("compact_after_install") => Some(Failpoint::CompactAfterInstall),
             Ok("compact_mid_delete") => Some(Failpoint::CompactMidDelete),
@@ -257,8 +261,73 @@ impl ClusterNode {
     pub fn open_cluster(config: Config, admin_token: String) -> anyhow::Result<Arc<Self>> {
         let journal = open_log_journal(&config)?;
         let authority = connect_redis(&config)?;
+        // Changes no node logged (its node died before its append, or the
+        // append failed and no one repeated the move) reach this journal.
+        authority
+            .reconcile_into(Arc::new(JournalChanges(journal.clone())))
+            .map_err(|e| anyhow::anyhow!("cannot start the reconciler: {e}"))?;
         Ok(Arc::new(Node::new(config, authority, journal, admin_token)))
     }
+}
+
+/// The reconciler's way into a cluster node's journal.
+struct JournalChanges(Journal);
+
+impl ChangeLog for JournalChanges {
+    fn append(
+        &self,
+        relog: &Relog,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let durable = self.0.append(&change_event(relog));
+        Box::pin(async move { durable.await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The event of a change the reconciler logs, from Redis's record.
+fn change_event(relog: &Relog) -> Event {
+    let o = &relog.order;
+    let (order_id, sale_id, user_id, quantity) = (
+        o.order_id.clone(),
+        o.sale_id.clone(),
+        o.user_id.clone(),
+        o.quantity,
+    );
+    let kind = match relog.change {
+        Change::Reserved => EventKind::OrderReserved {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+            expires_at: o.expires_at,
+            idempotency_key: relog.key.clone(),
+            fingerprint: relog.fingerprint.clone(),
+        },
+        Change::Paid => EventKind::OrderPaid {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        Change::Cancelled => EventKind::OrderCancelled {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        Change::Expired => EventKind::OrderExpired {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+        Change::Released => EventKind::StockReleased {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        },
+    };
+    Event::new(now_ms(), kind)
 }
 
 /// A cluster node with the Kafka order log: Redis stock authority, order
@@ -298,6 +367,7 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     // As in embedded mode, 0 forgets a key at once (to the cluster
     // authority 0 means for ever).
     opts.key_ttl_s = config.idempotency_ttl_s.max(1);
+    opts.journal_grace = std::time::Duration::from_secs(config.journal_grace_s);
     if config.kafka.is_some() {
         opts.expiry = false;
         opts.track_log = true;
@@ -523,6 +593,7 @@ fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Res
                 starts_at,
                 ends_at,
                 payment_timeout_s,
+                ticket_required,
             } => {
                 let spec = SaleSpec {
                     sale_id: sale_id.clone(),
@@ -531,6 +602,7 @@ fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Res
                     starts_at: *starts_at,
                     ends_at: *ends_at,
                     payment_timeout_s: *payment_timeout_s,
+                    ticket_required: *ticket_required,
                 };
                 // A second definition of a live id lost the race when it was
                 // made (it was answered 409): the first one stands.

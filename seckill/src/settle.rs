@@ -222,8 +222,10 @@ fn logged_entry(kind: &EventKind) -> Option<(&str, &str, &'static str)> {
 }
 
 /// The event that records `change` of `order` (as Redis holds it).
-/// `order_reserved` of an order found in Redis (its key is not known).
-fn reserved_event(order: &Order) -> Event {
+/// `order_reserved` of an order found in Redis, with the Idempotency-Key
+/// and fingerprint its record holds (`RedisStore::order_key`).
+fn reserved_event(order: &Order, key: Option<(String, Option<String>)>) -> Event {
+    let (idempotency_key, fingerprint) = key.map_or((None, None), |(k, fp)| (Some(k), fp));
     Event::new(
         now_ms(),
         EventKind::OrderReserved {
@@ -232,8 +234,8 @@ fn reserved_event(order: &Order) -> Event {
             user_id: order.user_id.clone(),
             quantity: order.quantity,
             expires_at: order.expires_at,
-            idempotency_key: None,
-            fingerprint: None,
+            idempotency_key,
+            fingerprint,
         },
     )
 }
@@ -651,7 +653,8 @@ impl Settler {
                     // A replay answered it 200 on some node: it is kept, so
                     // its reservation is logged instead of released.
                     Moved::Kept(kept) => {
-                        self.produce(&reserved_event(&kept)).await?;
+                        let key = self.store.order_key(sale, order_id).await?;
+                        self.produce(&reserved_event(&kept, key)).await?;
                         tally.relogged += 1;
                     }
                     _ => {}

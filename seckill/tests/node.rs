@@ -36,6 +36,15 @@
 //!   real `redis-server` and a real broker (tansu).
 //! - `rebalance`: no false sold-out in cluster mode: units leased by one
 //!   node reach a buyer on another; sold-out answers cost Redis nothing.
+//! - `identity`: buyer tokens, ownership of orders, the payment token,
+//!   unguessable order ids, tickets, in both modes.
+//! - `stats`: `/admin/stats` counts exactly the purchases made, per node
+//!   and across the live nodes of a cluster, and Redis failures.
+//! - `dashboard`: `/dashboard` in headless Chromium (DevTools protocol):
+//!   login, sold count and progress moving, the pause button, a cluster.
+//! - `deploy`: the alert rules pass promtool; the Grafana dashboard and the
+//!   rules name only metrics a node exposes.
+//! - `logs`: no colour codes in a log file; `--log-format json`.
 
 #[path = "node/support.rs"]
 mod support;
@@ -54,16 +63,24 @@ mod compaction;
 mod contention;
 #[path = "node/crash.rs"]
 mod crash;
+#[path = "node/dashboard.rs"]
+mod dashboard;
+#[path = "node/deploy.rs"]
+mod deploy;
 #[path = "node/hygiene.rs"]
 mod hygiene;
 #[path = "node/idempotency.rs"]
 mod idempotency;
+#[path = "node/identity.rs"]
+mod identity;
 #[path = "node/journal_replay.rs"]
 mod journal_replay;
 #[path = "node/kafka.rs"]
 mod kafka;
 #[path = "node/lifecycle.rs"]
 mod lifecycle;
+#[path = "node/logs.rs"]
+mod logs;
 #[path = "node/memory.rs"]
 mod memory;
 #[path = "node/rebalance.rs"]
@@ -72,5 +89,7 @@ mod rebalance;
 mod replay;
 #[path = "node/runtime.rs"]
 mod runtime;
+#[path = "node/stats.rs"]
+mod stats;
 #[path = "node/switch_crash.rs"]
 mod switch_crash;

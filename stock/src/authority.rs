@@ -18,7 +18,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use crate::sale::Sale;
 use crate::Units;
@@ -32,6 +35,65 @@ pub struct SaleSpec {
     pub starts_at: u64,
     pub ends_at: Option<u64>,
     pub payment_timeout_s: u64,
+    /// Only buyers whose token is a ticket for this sale (its `sale`
+    /// claim) may buy.
+    pub ticket_required: bool,
+}
+
+/// Names orders so that nobody can guess another buyer's: the part beside
+/// the node prefix is 80 bits of SHA-256(secret ‖ counter), the secret
+/// drawn from the kernel at start (a keyed PRF: without the secret, one id
+/// says nothing about the next). 16 characters of base 32 (`0-9a-v`), no
+/// `-`, so ids stay short and split cleanly.
+pub struct OrderIds {
+    node_id: u32,
+    secret: [u8; 32],
+    next: AtomicU64,
+}
+
+impl OrderIds {
+    /// Characters of the random part.
+    pub const RANDOM_LEN: usize = 16;
+
+    /// The counter starts at `start` (the clock, by habit: neither
+    /// uniqueness nor secrecy depends on it). Panics if the kernel gives no
+    /// randomness (a node must not start without it: its order ids would be
+    /// guessable).
+    pub fn new(node_id: u32, start: u64) -> Self {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).expect("the kernel's random source");
+        OrderIds {
+            node_id,
+            secret,
+            next: AtomicU64::new(start),
+        }
+    }
+
+    /// `{node}-{random}`, with `-{sale}` appended when `sale` is given
+    /// (cluster ids carry their sale: Redis keys are per sale).
+    pub fn next(&self, sale: Option<&str>) -> String {
+        use std::fmt::Write as _;
+        const DIGITS: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let hash = Sha256::new()
+            .chain_update(self.secret)
+            .chain_update(n.to_le_bytes())
+            .finalize();
+        let mut bits = u128::from_le_bytes(hash[..16].try_into().expect("16 bytes"));
+        let mut random = [0u8; Self::RANDOM_LEN];
+        for c in &mut random {
+            *c = DIGITS[(bits & 31) as usize];
+            bits >>= 5;
+        }
+        let random = std::str::from_utf8(&random).expect("ASCII digits");
+        let mut id = String::with_capacity(48);
+        let _ = write!(id, "{}-{random}", self.node_id);
+        if let Some(sale) = sale {
+            id.push('-');
+            id.push_str(sale);
+        }
+        id
+    }
 }
 
 /// The state shown by `GET /sales/{id}`.
@@ -269,6 +331,15 @@ pub trait StockAuthority: Send + Sync + 'static {
     ) -> impl Future<Output = Result<KeyLookup, StockError>> {
         let _ = (sale, attempt);
         std::future::ready(Ok(KeyLookup::Unused))
+    }
+    /// A replay that [`StockAuthority::reserve`] or
+    /// [`StockAuthority::recall_key`] found was logged and is answered 200
+    /// now: later retries of its key may be answered from memory. Only
+    /// after the log append: a replay whose append failed must be logged by
+    /// its next retry, not answered from memory. The default remembers
+    /// nothing.
+    fn replay_answered(&self, sale: &Sale, attempt: &Attempt<'_>, order: &Order) {
+        let _ = (sale, attempt, order);
     }
     /// Called when the core's shard and its siblings are dry: brings more
     /// units from wherever the authority keeps them (a lease from the

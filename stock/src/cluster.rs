@@ -24,8 +24,9 @@
 //! Background work on the backend: a poller (sales created or switched on
 //! other nodes, cluster-wide sold count, pool, other nodes' leases and
 //! wants, due orders, units given back, top-up leases where buyers are),
-//! heartbeats for held leases, reclaiming dead nodes' leases, and
-//! reconciling reservations whose outcome is undetermined. With the
+//! heartbeats for held leases, reclaiming dead nodes' leases,
+//! reconciling reservations whose outcome is undetermined, and (journal
+//! mode) logging changes no node logged (`reconcile`). With the
 //! heartbeats, the backend refreshes this process's claim on its node id
 //! (`RedisStore::claim_node`, made in `connect`); a claim found taken by
 //! another process makes every later call answer `Unavailable`.
@@ -41,8 +42,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, warn};
 
 use crate::authority::{
-    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
-    Switch, Transition,
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, StockAuthority,
+    StockError, Switch, Transition,
 };
 use crate::redis::{
     Abandoned, ClaimOutcome, Created, KeyRecall, Moved, NodeClaim, Recalled, RedisStore,
@@ -54,6 +55,9 @@ use crate::striped::{fnv, Striped};
 use crate::Units;
 
 mod rebalance;
+mod reconcile;
+
+pub use reconcile::{Change, ChangeLog, Relog};
 
 /// How the cluster authority takes units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +95,12 @@ pub struct ClusterOptions {
     /// How long an Idempotency-Key stands for its order, from the order's
     /// making (0: for ever), in Redis and in this node's memory.
     pub key_ttl_s: u64,
+    /// Journal mode (`track_log` false): a change Redis made that no node
+    /// logged this long after is logged by some node's reconciler
+    /// ([`RedisAuthority::reconcile_into`]). Must be well above a journal
+    /// append's worst time: a reservation still being appended when it
+    /// passes would be released under its node.
+    pub journal_grace: Duration,
 }
 
 impl ClusterOptions {
@@ -106,6 +116,7 @@ impl ClusterOptions {
             track_log: false,
             kafka_timeout_ms: 0,
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
+            journal_grace: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +157,8 @@ enum Call {
     /// Redis answered `no_lease`: this node's view of its lease and Redis's
     /// disagree; drain the shards and return whatever the lease still holds.
     ResetLease(Arc<Sale>),
+    /// Journal mode: start the reconciler, logging into this log.
+    Reconcile(Arc<dyn ChangeLog>),
     Stop(std::sync::mpsc::Sender<()>),
 }
 
@@ -246,6 +259,34 @@ struct Shared {
     id_lost: AtomicBool,
     /// Key lookups (`recall_key`) waiting for Redis.
     recalls: AtomicUsize,
+    /// This node's stats record and the other nodes' (`redis::stats`).
+    stats: Arc<crate::redis::stats::StatsBoard>,
+    /// The node is stopping: no lease call starts, and buyers who would
+    /// wait for one are answered 503 (`Call::Stop`).
+    stopping: AtomicBool,
+    /// Lease calls running ([`LeaseRunning`]); the stop returns the leases
+    /// only once they are done, so none leases after the return.
+    leasing: AtomicUsize,
+    leases_done: Notify,
+}
+
+/// A lease call counted in `Shared::leasing` until dropped.
+struct LeaseRunning<'a>(&'a Shared);
+
+impl<'a> LeaseRunning<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        // SeqCst, with `stopping`: either the stop sees this call running
+        // and waits for it, or this call sees the stop and leases nothing.
+        shared.leasing.fetch_add(1, Ordering::SeqCst);
+        LeaseRunning(shared)
+    }
+}
+
+impl Drop for LeaseRunning<'_> {
+    fn drop(&mut self) {
+        self.0.leasing.fetch_sub(1, Ordering::SeqCst);
+        self.0.leases_done.notify_waiters();
+    }
 }
 
 /// An Idempotency-Key this node answered: its fingerprint, its order, and
@@ -303,7 +344,7 @@ impl Drop for RecallSlot {
 pub struct RedisAuthority {
     shared: Arc<Shared>,
     calls: mpsc::UnboundedSender<Call>,
-    next_seq: AtomicU64,
+    ids: OrderIds,
     backend: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -334,6 +375,7 @@ impl RedisAuthority {
                 StockError::Unavailable(format!("cannot start the backend runtime: {e}"))
             })?;
         let mut store = runtime.block_on(RedisStore::connect(url, opts.call_timeout))?;
+        let ids = OrderIds::new(opts.node_id, now_micros);
         if opts.track_log {
             store = store.tracking_log();
         } else {
@@ -368,6 +410,11 @@ impl RedisAuthority {
                 opts.lease_ttl
             )));
         }
+        // The id is this process's now. Whatever Redis still counts in its
+        // leases belonged to a predecessor that died (this process has no
+        // units yet): give it back before serving, or it would sit in the
+        // lease, unsold, while this node answers sold out.
+        runtime.block_on(return_predecessors_leases(&store, opts.node_id))?;
         store = store.with_key_ttl(opts.key_ttl_s);
         let shared = Arc::new(Shared {
             due: (0..opts.shards).map(|_| Mutex::new(Vec::new())).collect(),
@@ -378,6 +425,10 @@ impl RedisAuthority {
             claim,
             id_lost: AtomicBool::new(false),
             recalls: AtomicUsize::new(0),
+            stats: Arc::default(),
+            stopping: AtomicBool::new(false),
+            leasing: AtomicUsize::new(0),
+            leases_done: Notify::new(),
         });
         // Learn the sales that exist before serving.
         runtime.block_on(poll_once(&store, &shared));
@@ -393,9 +444,25 @@ impl RedisAuthority {
         Ok(RedisAuthority {
             shared,
             calls: tx,
-            next_seq: AtomicU64::new(now_micros),
+            ids,
             backend: Mutex::new(Some(backend)),
         })
+    }
+
+    /// The node's stats record and the other nodes', as last exchanged.
+    pub fn stats_board(&self) -> Arc<crate::redis::stats::StatsBoard> {
+        self.shared.stats.clone()
+    }
+
+    /// Journal mode: runs the reconciler on the backend, logging changes
+    /// no node logged within `journal_grace` into `log` (this node's
+    /// journal); see [`reconcile`]. A no-op with a Kafka log (the settler
+    /// reconciles).
+    pub fn reconcile_into(&self, log: Arc<dyn ChangeLog>) -> Result<(), StockError> {
+        if self.shared.opts.track_log {
+            return Ok(());
+        }
+        self.send(Call::Reconcile(log))
     }
 
     fn send(&self, call: Call) -> Result<(), StockError> {
@@ -436,14 +503,19 @@ fn local_units(mode: StockMode, spec: &SaleSpec) -> u64 {
     }
 }
 
-/// The sale id inside an order id `{node}-{seq}-{sale}`.
+/// The sale id inside an order id `{node}-{random}-{sale}` ([`OrderIds`];
+/// ids of older nodes had a decimal sequence in the middle).
 fn sale_of(order_id: &str) -> Option<&str> {
     let mut parts = order_id.splitn(3, '-');
     let node = parts.next()?;
-    let seq = parts.next()?;
+    let middle = parts.next()?;
     let sale = parts.next()?;
-    (node.bytes().all(|b| b.is_ascii_digit())
-        && seq.bytes().all(|b| b.is_ascii_digit())
+    (!node.is_empty()
+        && node.bytes().all(|b| b.is_ascii_digit())
+        && !middle.is_empty()
+        && middle
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         && !sale.is_empty())
     .then_some(sale)
 }
@@ -534,21 +606,18 @@ impl StockAuthority for RedisAuthority {
         let admitted = self.shared.recalls.fetch_add(1, Ordering::AcqRel) < RECALLS_IN_FLIGHT;
         let slot = RecallSlot(self.shared.clone());
         let asked = attempt.idempotency_key.filter(|_| admitted).map(|key| {
-            let fingerprint = attempt.fingerprint(sale.id());
             let (tx, rx) = oneshot::channel();
             let call = KeyRecall {
                 sale_id: sale.id().to_owned(),
                 key: key.to_owned(),
-                fingerprint,
+                fingerprint: attempt.fingerprint(sale.id()),
             };
-            (key, fingerprint, self.ask(Call::Recall(call, tx), rx))
+            self.ask(Call::Recall(call, tx), rx)
         });
-        let shared = self.shared.clone();
-        let sale = shared.sales.get(sale.id());
         let keyed = attempt.idempotency_key.is_some();
         async move {
             let _slot = slot;
-            let Some((key, fingerprint, reply)) = asked else {
+            let Some(reply) = asked else {
                 if keyed {
                     return Err(StockError::Unavailable(
                         "too many Idempotency-Key lookups waiting for Redis; retry".into(),
@@ -559,12 +628,8 @@ impl StockAuthority for RedisAuthority {
             match reply.await? {
                 Recalled::Unused => Ok(KeyLookup::Unused),
                 Recalled::KeyReused => Err(StockError::KeyReused),
-                Recalled::Replay(order) => {
-                    if let Some(sale) = sale {
-                        shared.remember_key(&sale, key.into(), fingerprint, order.clone());
-                    }
-                    Ok(KeyLookup::Replay(order))
-                }
+                // Remembered once it is logged (`replay_answered`).
+                Recalled::Replay(order) => Ok(KeyLookup::Replay(order)),
             }
         }
     }
@@ -585,6 +650,9 @@ impl StockAuthority for RedisAuthority {
         for _ in 0..4 {
             if sale.is_closed() || sale.nothing_elsewhere() {
                 return Err(StockError::SoldOut);
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return Err(StockError::Unavailable("the node is stopping".into()));
             }
             if slot.failed.load(Ordering::Acquire) && slot.in_flight.load(Ordering::Acquire) {
                 // The last lease failed and its reset waits for Redis:
@@ -638,9 +706,8 @@ impl StockAuthority for RedisAuthority {
         attempt: &Attempt<'_>,
         units: Units<'a>,
     ) -> impl Future<Output = Result<Reservation<PendingOrder<'a>>, StockError>> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let order = Order {
-            order_id: format!("{}-{}-{}", self.shared.opts.node_id, seq, sale.id()),
+            order_id: self.ids.next(Some(sale.id())),
             sale_id: sale.id().to_owned(),
             user_id: attempt.user_id.to_owned(),
             quantity: units.qty(),
@@ -678,13 +745,9 @@ impl StockAuthority for RedisAuthority {
                         key,
                     },
                 }),
-                Ok(ReserveOutcome::Replay(first)) => {
-                    // Redis marked it acknowledged: never released now.
-                    if let Some((k, fp)) = key {
-                        self.shared.remember_key(sale, k, fp, first.clone());
-                    }
-                    Ok(Reservation::Replay(first))
-                }
+                // Redis marked it acknowledged: never released now. It is
+                // remembered once it is logged (`replay_answered`).
+                Ok(ReserveOutcome::Replay(first)) => Ok(Reservation::Replay(first)),
                 Ok(ReserveOutcome::LimitExceeded) => Err(StockError::LimitExceeded),
                 Ok(ReserveOutcome::KeyReused) => Err(StockError::KeyReused),
                 Ok(ReserveOutcome::SaleNotOpen) => Err(StockError::SaleNotOpen),
@@ -708,12 +771,18 @@ impl StockAuthority for RedisAuthority {
                     ))
                 }
                 Ok(ReserveOutcome::Gone) => {
-                    // Only a late copy of a reservation this node already
-                    // abandoned answers this, and the abandon accounted for
-                    // its units: they are not this call's.
-                    units.commit();
+                    // Redis charged nothing. A tombstone cannot be the cause
+                    // (this node abandons an order only after its call
+                    // answered, and a late copy's answer goes nowhere), so
+                    // the order was judged too old: its expiry, made on this
+                    // node's clock, is past Redis's time plus the grace.
+                    // The units are still this node's lease: back to the
+                    // shard. The 503's detail (logged) names the clock.
+                    drop(units);
                     Err(StockError::Unavailable(
-                        "the reservation was abandoned; retry".into(),
+                        "the reservation was refused as too old: this node's clock is \
+                         behind Redis's; retry"
+                            .into(),
                     ))
                 }
                 Err(StockError::Undetermined(why)) => {
@@ -744,8 +813,24 @@ impl StockAuthority for RedisAuthority {
         } = pending;
         sale.add_sold(units.qty());
         units.commit();
+        if !self.shared.opts.track_log {
+            // The journal has it: the reservation leaves the set.
+            let _ = self.send(Call::Logged(
+                order.sale_id.clone(),
+                order.order_id.clone(),
+                OrderStatus::Reserved,
+            ));
+        }
         if let Some((k, fp)) = key {
             self.shared.remember_key(sale, k, fp, order);
+        }
+    }
+
+    fn replay_answered(&self, sale: &Sale, attempt: &Attempt<'_>, order: &Order) {
+        if let Some(key) = attempt.idempotency_key {
+            let fingerprint = attempt.fingerprint(sale.id());
+            self.shared
+                .remember_key(sale, key.into(), fingerprint, order.clone());
         }
     }
 
@@ -912,6 +997,8 @@ async fn backend_main(
     let mut batch = Vec::new();
     let mut replies = Vec::new();
     let mut recalls = Vec::new();
+    let mut logged: HashMap<String, Vec<(String, &'static str)>> = HashMap::new();
+    let mut reconciler = None;
     let mut reserving = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -939,15 +1026,41 @@ async fn backend_main(
                     replies.push(reply);
                 }
                 Call::Recall(c, reply) => recalls.push((c, reply)),
+                Call::Logged(sale, order, status) => {
+                    logged
+                        .entry(sale)
+                        .or_default()
+                        .push((order, status.as_str()));
+                }
+                Call::Reconcile(log) => {
+                    if reconciler.is_none() {
+                        let task = reconcile::run(
+                            store.clone(),
+                            shared.clone(),
+                            log,
+                            shared.opts.journal_grace,
+                        );
+                        reconciler = Some(tokio::spawn(task));
+                    }
+                }
                 Call::Stop(done) => {
+                    shared.stopping.store(true, Ordering::SeqCst);
                     background.abort();
+                    if let Some(reconciler) = reconciler.take() {
+                        // Its claims come due again after the grace.
+                        reconciler.abort();
+                    }
+                    mark_logged(&store, std::mem::take(&mut logged)).await;
                     // Purchases in flight finish first: the batches out,
                     // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
                     reserve_and_reply(&store, batch, replies).await;
                     // A node that lost its id leaves that id's lease to
-                    // the process that holds it now.
+                    // the process that holds it now. A lease call still
+                    // running could lease after the return: wait for them
+                    // (they stop early), then return.
                     if !shared.id_lost.load(Ordering::Relaxed) {
+                        leases_settled(&shared).await;
                         return_leases(&store, &shared).await;
                         release_claim(&store, &shared).await;
                     }
@@ -958,6 +1071,12 @@ async fn backend_main(
                     tokio::spawn(handle(store.clone(), shared.clone(), other));
                 }
             }
+        }
+        if !logged.is_empty() {
+            // One ZREM per sale for the events this drain saw logged.
+            let store = store.clone();
+            let logged = std::mem::take(&mut logged);
+            tokio::spawn(async move { mark_logged(&store, logged).await });
         }
         if !recalls.is_empty() {
             // One pipeline for the key lookups of this drain.
@@ -990,6 +1109,17 @@ async fn reserve_and_reply(
     let results = store.reserve_batch(&calls).await;
     for (reply, result) in replies.into_iter().zip(results) {
         let _ = reply.send(result);
+    }
+}
+
+/// Removes the not-yet-logged entries of events now in the journal, one
+/// command per sale. Lost: a repeat of the move, or the reconciler after
+/// its grace, logs the event once more (consumers dedupe).
+async fn mark_logged(store: &RedisStore, logged: HashMap<String, Vec<(String, &'static str)>>) {
+    for (sale, entries) in logged {
+        if let Err(e) = store.mark_logged(&sale, &entries).await {
+            debug!(sale, error = %e, "changes not marked logged");
+        }
     }
 }
 
@@ -1044,19 +1174,14 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);
         }
-        Call::Logged(sale, order, status) => {
-            // Lost: a later repeat of the move logs it once more.
-            if let Err(e) = store
-                .mark_logged(&sale, &[(order.clone(), status.as_str())])
-                .await
-            {
-                debug!(order, error = %e, "move not marked logged");
-            }
-        }
         Call::Abandon(call) => release_until_known(&store, &shared, &call).await,
         Call::ResetLease(sale) => reset_after_no_lease(&store, &shared, &sale).await,
         Call::ExpireKeys => expire_keys(&store, &shared).await,
-        Call::Reserve(..) | Call::Recall(..) | Call::Stop(_) => {}
+        Call::Reserve(..)
+        | Call::Recall(..)
+        | Call::Logged(..)
+        | Call::Reconcile(_)
+        | Call::Stop(_) => {}
     }
 }
 
@@ -1092,6 +1217,12 @@ async fn release_until_known(store: &RedisStore, shared: &Shared, call: &Abandon
             }
             Ok(Abandoned::Released(outcome)) => {
                 debug!(order, ?outcome, "compensated");
+                if !shared.opts.track_log {
+                    // Released (or kept: a replay logged it): nothing is
+                    // left for the reconciler to do.
+                    let entry = [(call.order_id.clone(), "reserved")];
+                    let _ = store.mark_logged(&call.sale_id, &entry).await;
+                }
                 return;
             }
             Err(e) => {
@@ -1148,6 +1279,15 @@ fn lease_want(spec: &SaleSpec) -> u64 {
 /// lease.
 async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize, for_buyer: bool) {
     let slot = lease_slot(sale);
+    let _running = LeaseRunning::enter(shared);
+    if shared.stopping.load(Ordering::SeqCst) {
+        // The stop returns the lease: lease nothing more. The buyers
+        // waiting for this call get 503 now.
+        slot.failed.store(true, Ordering::Release);
+        slot.in_flight.store(false, Ordering::Release);
+        slot.done.notify_waiters();
+        return;
+    }
     let leased = if for_buyer {
         rebalance::lease_or_wait(store, shared, sale, core).await
     } else {
@@ -1171,6 +1311,21 @@ async fn lease(store: &RedisStore, shared: &Shared, sale: &Sale, core: usize, fo
     slot.done.notify_waiters();
 }
 
+/// Returns to the pool every unit Redis counts in this node id's leases,
+/// at start: they were leased by an earlier process under the same id.
+async fn return_predecessors_leases(store: &RedisStore, node: u32) -> Result<(), StockError> {
+    for id in store.sale_ids().await? {
+        let units = store.return_lease(&id, node).await?;
+        if units > 0 {
+            warn!(
+                sale = id,
+                node, units, "returned units an earlier process under this node id had leased"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Drains the sale's shards and returns the node's whole lease to the
 /// pool, retrying until Redis answers.
 async fn reset_lease(store: &RedisStore, shared: &Shared, sale: &Sale) {
@@ -1188,6 +1343,25 @@ async fn reset_lease(store: &RedisStore, shared: &Shared, sale: &Sale) {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
+        }
+    }
+}
+
+/// Waits until no lease call runs (they see `stopping` and end at their
+/// next step; one in Redis ends within the call timeout), for at most a
+/// few call timeouts.
+async fn leases_settled(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + shared.opts.call_timeout * 4;
+    loop {
+        let done = shared.leases_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if shared.leasing.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, done).await.is_err() {
+            warn!("lease calls still running at stop; their units will be reclaimed");
+            return;
         }
     }
 }
@@ -1239,6 +1413,8 @@ async fn background(store: RedisStore, shared: Arc<Shared>, tx: mpsc::UnboundedS
         }
         if !shared.id_lost.load(Ordering::Relaxed) {
             top_up.run(&store, &shared);
+            // A node that lost its id publishes nothing under it either.
+            crate::redis::stats::exchange(&store, &shared.stats, shared.opts.node_id).await;
         }
     }
 }
@@ -1460,6 +1636,13 @@ mod tests {
         assert_eq!(sale_of("3-17"), None);
         assert_eq!(sale_of("x-17-s"), None);
         assert_eq!(sale_of("1-2-"), None);
+        assert_eq!(sale_of("-2-s"), None);
+        let id = OrderIds::new(3, 0).next(Some("phone-1"));
+        assert_eq!(sale_of(&id), Some("phone-1"), "{id}");
+        assert_eq!(
+            id.len(),
+            "3-".len() + OrderIds::RANDOM_LEN + "-phone-1".len()
+        );
     }
 
     #[test]
@@ -1482,6 +1665,7 @@ mod tests {
             starts_at: 0,
             ends_at: None,
             payment_timeout_s: 900,
+            ticket_required: false,
         };
         assert_eq!(lease_want(&spec(10)), 1);
         assert_eq!(lease_want(&spec(3_000)), 93);

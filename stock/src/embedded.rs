@@ -14,15 +14,14 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::authority::{
-    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, StockAuthority, StockError,
-    Switch, Transition,
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, StockAuthority,
+    StockError, Switch, Transition,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -60,7 +59,6 @@ struct OrderEntry {
 
 /// The in-process stock authority of the embedded mode.
 pub struct EmbeddedAuthority {
-    node_id: u32,
     shards: usize,
     key_ttl_s: u64,
     sales: Registry,
@@ -72,7 +70,7 @@ pub struct EmbeddedAuthority {
     retention_s: u64,
     /// Finished orders by the time they are forgotten, one queue per shard.
     retained: Box<[Mutex<ExpiryQueue>]>,
-    next_seq: AtomicU64,
+    ids: OrderIds,
 }
 
 /// The whole state of an embedded authority, as a snapshot holds it (see
@@ -82,7 +80,6 @@ pub struct EmbeddedAuthority {
 /// first event.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Saved {
-    pub next_seq: u64,
     pub sales: Vec<SavedSale>,
     pub orders: Vec<SavedOrder>,
     pub keys: Vec<SavedKey>,
@@ -96,6 +93,9 @@ pub struct SavedSale {
     pub starts_at: u64,
     pub ends_at: Option<u64>,
     pub payment_timeout_s: u64,
+    /// Absent in snapshots written before tickets: false.
+    #[serde(default)]
+    pub ticket_required: bool,
     /// `live`, `paused` or `closed`.
     pub switch: String,
     pub sold: u64,
@@ -142,11 +142,11 @@ pub struct PendingMove {
 
 impl EmbeddedAuthority {
     /// An empty authority for a node with `shards` cores. Order ids are
-    /// `{node_id}-{sequence}`; the sequence starts at the current Unix time
-    /// in microseconds so that ids stay unique across restarts.
+    /// `{node_id}-{random}` ([`OrderIds`], its counter started at
+    /// `now_micros`): unguessable, and unique across restarts without a
+    /// sequence to restore.
     pub fn new(node_id: u32, shards: usize, key_ttl_s: u64, now_micros: u64) -> Self {
         EmbeddedAuthority {
-            node_id,
             shards: shards.max(1),
             key_ttl_s,
             sales: Registry::default(),
@@ -159,7 +159,7 @@ impl EmbeddedAuthority {
             retained: (0..shards.max(1))
                 .map(|_| Mutex::new(BinaryHeap::new()))
                 .collect(),
-            next_seq: AtomicU64::new(now_micros),
+            ids: OrderIds::new(node_id, now_micros),
         }
     }
 
@@ -189,11 +189,6 @@ impl EmbeddedAuthority {
         let shards = self.shards;
         self.sales
             .insert_with(&spec, || Sale::new(spec.clone(), shards))
-    }
-
-    fn next_order_id(&self) -> String {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{}", self.node_id, seq)
     }
 
     fn hold_limit(&self, sale: &Sale, user_id: &str, qty: u32) -> Result<(), StockError> {
@@ -330,10 +325,7 @@ impl EmbeddedAuthority {
     /// authority that only replays (the compactor's): a reservation or move
     /// in flight is not saved.
     pub fn save(&self) -> Saved {
-        let mut saved = Saved {
-            next_seq: self.next_seq.load(Ordering::Relaxed),
-            ..Saved::default()
-        };
+        let mut saved = Saved::default();
         for sale in self.sales.all() {
             let spec = sale.spec();
             let switch = if sale.is_closed() {
@@ -354,6 +346,7 @@ impl EmbeddedAuthority {
                 starts_at: spec.starts_at,
                 ends_at: spec.ends_at,
                 payment_timeout_s: spec.payment_timeout_s,
+                ticket_required: spec.ticket_required,
                 switch: switch.into(),
                 sold: sale.sold(),
                 holders,
@@ -393,7 +386,6 @@ impl EmbeddedAuthority {
     /// Loads a snapshot into this fresh authority; the events logged after
     /// it are then replayed with the `restore_*` methods.
     pub fn restore_saved(&self, saved: Saved) -> Result<(), StockError> {
-        self.next_seq.fetch_max(saved.next_seq, Ordering::Relaxed);
         for s in saved.sales {
             let spec = SaleSpec {
                 sale_id: s.sale_id,
@@ -402,6 +394,7 @@ impl EmbeddedAuthority {
                 starts_at: s.starts_at,
                 ends_at: s.ends_at,
                 payment_timeout_s: s.payment_timeout_s,
+                ticket_required: s.ticket_required,
             };
             let unsold = spec
                 .stock
@@ -533,14 +526,6 @@ impl EmbeddedAuthority {
             .lock()
             .entry(order.user_id.as_str().into())
             .or_insert(0) += order.quantity;
-        if let Some(seq) = order
-            .order_id
-            .rsplit_once('-')
-            .and_then(|(node, seq)| (node == self.node_id.to_string()).then_some(seq))
-            .and_then(|seq| seq.parse::<u64>().ok())
-        {
-            self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
-        }
         self.record(order, key.map(|(k, f)| (k.into_boxed_str(), f)), at);
         Ok(())
     }
@@ -676,7 +661,7 @@ impl StockAuthority for EmbeddedAuthority {
                 return Err(e);
             }
             let order = Order {
-                order_id: self.next_order_id(),
+                order_id: self.ids.next(None),
                 sale_id: sale.id().to_owned(),
                 user_id: attempt.user_id.to_owned(),
                 quantity: units.qty(),
@@ -893,6 +878,7 @@ mod tests {
             starts_at: 0,
             ends_at: None,
             payment_timeout_s: 60,
+            ticket_required: false,
         }
     }
 
@@ -933,6 +919,43 @@ mod tests {
 
     fn authority() -> EmbeddedAuthority {
         EmbeddedAuthority::new(7, 2, 3_600, 1_000_000)
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_ticket_requirement() {
+        let auth = authority();
+        let ticketed = SaleSpec {
+            ticket_required: true,
+            ..spec("t", 3, 1)
+        };
+        auth.restore_sale(ticketed.clone()).unwrap();
+        auth.restore_sale(spec("p", 3, 1)).unwrap();
+        let bytes = serde_json::to_vec(&auth.save()).unwrap();
+        let back = authority();
+        back.restore_saved(serde_json::from_slice(&bytes).unwrap())
+            .unwrap();
+        assert_eq!(back.sale("t").unwrap().spec(), &ticketed);
+        assert!(!back.sale("p").unwrap().spec().ticket_required);
+    }
+
+    #[test]
+    fn ten_thousand_order_ids_are_no_sequence() {
+        let auth = authority();
+        let sale = now(auth.create_sale(spec("s", 10_000, 10_000))).unwrap();
+        let mut values: Vec<u128> = (0..10_000)
+            .map(|_| {
+                let order = buy(&auth, &sale, &attempt("u", 1, None), false).unwrap();
+                let (node, random) = order.order_id.split_once('-').unwrap();
+                assert_eq!(node, "7");
+                assert!(random.len() <= 20, "short: {}", order.order_id);
+                u128::from_str_radix(random, 36).unwrap()
+            })
+            .collect();
+        values.sort_unstable();
+        for pair in values.windows(2) {
+            // 64 random bits leave any two of 10,000 ids ~2^50 apart.
+            assert!(pair[1] - pair[0] > 1 << 32, "ids differ by a small integer");
+        }
     }
 
     #[test]
@@ -1090,7 +1113,7 @@ mod tests {
         auth.restore_switch("s", Switch::Pause).unwrap();
 
         let bytes = serde_json::to_vec(&auth.save()).unwrap();
-        let back = EmbeddedAuthority::new(7, 2, 3_600, 0).with_order_retention(60);
+        let back = EmbeddedAuthority::new(7, 2, 3_600, 1_000_000).with_order_retention(60);
         back.restore_saved(serde_json::from_slice(&bytes).unwrap())
             .unwrap();
         // A reservation of the closed sale logged after the close (decided
@@ -1121,9 +1144,7 @@ mod tests {
             now(back.lookup_key(&s, &a)),
             Err(StockError::KeyReused)
         ));
-        // New ids continue after the saved ones; the finished orders are
-        // forgotten on time; the live one stays.
-        assert!(back.next_order_id().as_str() > "7-5000004");
+        // The finished orders are forgotten on time; the live one stays.
         assert_eq!(back.forget_finished(t + 61), 2);
         assert!(now(back.order("7-5000000")).is_ok());
     }
@@ -1209,7 +1230,7 @@ mod tests {
     }
 
     #[test]
-    fn restore_rebuilds_sold_limits_keys_and_sequence() {
+    fn restore_rebuilds_sold_limits_and_keys() {
         let auth = authority();
         auth.restore_sale(spec("s", 3, 1)).unwrap();
         let order = |id: &str, user: &str| Order {
@@ -1240,9 +1261,10 @@ mod tests {
             now(auth.lookup_key(&sale, &a)).unwrap(),
             KeyLookup::Replay(o) if o.order_id == "7-5000000"
         ));
-        // New ids continue after the restored ones.
+        // New ids are the node's and none of the restored ones.
         let next = buy(&auth, &sale, &attempt("w", 1, None), false).unwrap();
-        assert_eq!(next.order_id, "7-5000002");
+        assert!(next.order_id.starts_with("7-"), "{}", next.order_id);
+        assert!(!next.order_id.starts_with("7-50000"), "{}", next.order_id);
         // A log that sells more than the stock is refused.
         auth.restore_order(order("7-1", "x"), None, now_s())
             .unwrap();

@@ -35,8 +35,8 @@ mod striped;
 mod sync;
 
 pub use authority::{
-    Attempt, KeyLookup, Order, OrderStatus, Reservation, SaleSpec, SaleState, StockAuthority,
-    StockError, Switch, Transition,
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, SaleState,
+    StockAuthority, StockError, Switch, Transition,
 };
 pub use embedded::EmbeddedAuthority;
 pub use sale::Sale;

@@ -217,6 +217,7 @@ mod tests {
             starts_at: 100,
             ends_at: Some(200),
             payment_timeout_s: 900,
+            ticket_required: false,
         }
     }
 

@@ -15,6 +15,8 @@
 //!   released, or tombstoned with its unit returned; the late reserve race.
 //! - `recall`: the cluster authority's key lookups across nodes (Redis and
 //!   memory), kept orders, the bound on lookups in flight.
+//! - `clock`: a node whose clock runs behind Redis's keeps the units of
+//!   reservations refused as too old.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +26,8 @@ use stock::SaleSpec;
 
 #[path = "redis/abandon.rs"]
 mod abandon;
+#[path = "redis/clock.rs"]
+mod clock;
 #[path = "redis/faults.rs"]
 mod faults;
 #[path = "redis/lease.rs"]
@@ -67,6 +71,7 @@ fn spec(sale_id: &str, stock: u64, per_user_limit: u32) -> SaleSpec {
         starts_at: now_s() - 60,
         ends_at: None,
         payment_timeout_s: 900,
+        ticket_required: false,
     }
 }
 

@@ -298,6 +298,7 @@ fn doctored_copies_of_the_topic_fail_and_redeliveries_do_not() {
             starts_at: 0,
             ends_at: None,
             payment_timeout_s: 900,
+            ticket_required: false,
         },
     );
     payloads.push(("s2".into(), created.to_json()));

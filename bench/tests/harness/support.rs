@@ -478,6 +478,7 @@ fn handle(
                         starts_at: 0,
                         ends_at: None,
                         payment_timeout_s: 900,
+                        ticket_required: false,
                     },
                 );
                 block_on(kafka.append(&created)).unwrap();
@@ -623,6 +624,7 @@ pub fn clean_sale_load(addr: SocketAddr) -> Recorder {
             retry: 0.7,
             keys: KeyMode::All,
             quantity: 1,
+            tokens: None,
         }),
     );
     cfg.mode = Mode::Open(Schedule::new(2000.0, Duration::from_millis(100)));

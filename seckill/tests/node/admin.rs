@@ -159,6 +159,7 @@ fn a_sale_definition_is_validated_and_fixed_once_made() {
         json!({
             "sale_id": "fixed", "state": "open", "stock": 7, "sold": 0, "remaining": 7,
             "per_user_limit": 2, "starts_at": starts_at, "ends_at": null, "payment_timeout_s": 300,
+            "ticket_required": false,
         })
     );
     // The same definition again is fine; another one is refused.

@@ -873,3 +873,150 @@ fn sigterm_mid_sale_answers_what_is_in_flight_and_returns_the_lease() {
     assert_eq!(sold, orders, "sold is the orders Redis holds");
     assert!(sold >= acked.len() as u64);
 }
+
+/// A cluster node on the journal with a 1 s reconciliation grace, and
+/// `env` (e.g. a failpoint).
+fn journal_node(redis: &RedisServer, id: u32, env: &[(&str, &str)]) -> Node {
+    let root = tempfile::Builder::new()
+        .prefix("seckill-cluster-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::write(
+        root.path().join("seckill.toml"),
+        "lease_ttl_s = 2\nredis_timeout_ms = 300\njournal_grace_s = 1\n",
+    )
+    .expect("write config");
+    let (url, id) = (redis.url(), id.to_string());
+    let args = [
+        "--redis",
+        url.as_str(),
+        "--node-id",
+        id.as_str(),
+        "--config",
+        "{root}/seckill.toml",
+    ];
+    Node::start_in_env(root, &args, env)
+}
+
+#[test]
+fn a_move_whose_append_failed_and_nobody_repeats_reaches_a_journal() {
+    let redis = RedisServer::start();
+    let a = journal_node(&redis, 1, &[("SECKILL_FAILPOINT", "transition_log")]);
+    let b = journal_node(&redis, 2, &[]);
+    a.client()
+        .create_sale("rl", &json!({"stock": 10, "per_user_limit": 1}));
+    wait_for_sale(&[&a, &b], "rl");
+    let order = assert_ok(&a.client().purchase("rl", "payer"))["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    // Applied in Redis, its append failed: 503, and no one repeats it.
+    assert_error(&a.client().pay(&order), 503, "unavailable");
+    assert_eq!(
+        assert_ok(&b.client().get(&format!("/orders/{order}")))["status"],
+        "paid"
+    );
+    crate::support::eventually(Duration::from_secs(20), "order_paid in a journal", || {
+        let logged =
+            a.journal().count("order_paid", &order) + b.journal().count("order_paid", &order);
+        (logged > 0).then_some(())
+    });
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the not-yet-logged set empties",
+        || (redis_cli(&redis, &["ZCARD", "sk:{rl}:unlogged"]).trim() == "0").then_some(()),
+    );
+    let logged = a.journal().count("order_paid", &order) + b.journal().count("order_paid", &order);
+    assert_eq!(logged, 1, "logged once");
+}
+
+/// In journal mode no node can read another's journal, so a reservation
+/// its node never logged may still have been answered 200 (the node died
+/// after its append, before Redis heard of it): it is logged, never
+/// released, and lives on as any reserved order (its buyer's retry gets it;
+/// unpaid, it expires and its unit comes back).
+#[test]
+fn a_reservation_whose_node_died_before_its_append_is_logged_and_expires() {
+    let redis = RedisServer::start();
+    let healthy = journal_node(&redis, 1, &[]);
+    healthy.client().create_sale(
+        "dr",
+        &json!({"stock": 1, "per_user_limit": 1, "payment_timeout_s": 4}),
+    );
+    let mut doomed = journal_node(&redis, 2, &[("SECKILL_FAILPOINT", "after_reserve")]);
+    wait_for_sale(&[&healthy, &doomed], "dr");
+    let body = json!({"user_id": "victim", "quantity": 1}).to_string();
+    let answer = doomed
+        .client()
+        .try_purchase_raw("dr", body.as_bytes(), Some("victim-k1"));
+    assert!(answer.is_err(), "the node should have died: {answer:?}");
+    doomed.kill();
+    let orders = redis_cli(&redis, &["HKEYS", "sk:{dr}:orders"]);
+    let order_id = orders.trim().to_owned();
+    assert!(!order_id.is_empty() && !order_id.contains('\n'), "{orders}");
+    assert_eq!(
+        redis_int(&redis, "sk:{dr}:sold"),
+        1,
+        "reserved, never logged"
+    );
+
+    let reserved = crate::support::eventually(
+        Duration::from_secs(20),
+        "order_reserved logged by the healthy node",
+        || {
+            let journal = healthy.journal();
+            let found = journal
+                .of_type("order_reserved")
+                .find(|e| e["order_id"] == order_id.as_str())
+                .cloned();
+            found
+        },
+    );
+    assert_eq!(reserved["user_id"], "victim", "{reserved}");
+    assert_eq!(reserved["idempotency_key"], "victim-k1", "{reserved}");
+    assert!(reserved["fingerprint"].is_string(), "{reserved}");
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the not-yet-logged set empties",
+        || (redis_cli(&redis, &["ZCARD", "sk:{dr}:unlogged"]).trim() == "0").then_some(()),
+    );
+    assert_eq!(healthy.journal().count("order_reserved", &order_id), 1);
+    // Never released: the buyer's retry gets the order.
+    let replay = healthy
+        .client()
+        .purchase_with_key("dr", "victim", 1, "victim-k1");
+    assert_eq!(assert_ok(&replay)["order_id"], order_id.as_str());
+    // Unpaid, it expires (logged), and its unit is sellable again.
+    crate::support::eventually(Duration::from_secs(20), "the order expired", || {
+        (healthy.journal().count("order_expired", &order_id) == 1).then_some(())
+    });
+    assert_eq!(redis_int(&redis, "sk:{dr}:sold"), 0);
+}
+
+#[test]
+fn a_node_restarted_under_its_id_after_a_crash_sells_what_its_predecessor_leased() {
+    let redis = RedisServer::start();
+    let mut node = cluster_node(&redis, 1, &[]);
+    node.client()
+        .create_sale("heir", &json!({"stock": 400, "per_user_limit": 1}));
+    // A few sales, so that the node holds a lease of unsold units (leases
+    // are a 32nd of the sale).
+    let mut c = node.client();
+    for i in 0..3 {
+        assert_ok(&c.purchase("heir", &format!("first-{i}")));
+    }
+    let leased = redis_cli(&redis, &["HGET", "sk:{heir}:leases", "1"]);
+    assert!(
+        leased.trim().parse::<u64>().unwrap_or(0) > 0,
+        "the node holds leased units: {leased:?}"
+    );
+    node.kill();
+    node.restart();
+    // The new process under the same id must sell every unit left, the
+    // ones its predecessor leased included, and only then say sold out.
+    let orders = buy_the_rest(&[node.addr()], "heir", "after", Duration::from_secs(30));
+    assert_eq!(orders.len(), 397, "units left after the crash");
+    assert_eq!(redis_int(&redis, "sk:{heir}:sold"), 400);
+    let leased = redis_cli(&redis, &["HGET", "sk:{heir}:leases", "1"]);
+    assert_eq!(leased.trim().parse::<u64>().unwrap_or(0), 0, "{leased:?}");
+}

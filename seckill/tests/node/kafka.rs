@@ -565,6 +565,26 @@ fn a_replayed_order_whose_reservation_never_reached_the_log_is_logged_not_releas
         "a replayed order was released"
     );
     assert_eq!(sold(&redis, "kp"), 1);
+    // Every order_reserved of it, the settler's from Redis's record
+    // included, carries its key and fingerprint (a consumer can tell a
+    // retry from a new request).
+    for event in read_topic(&broker) {
+        if let EventKind::OrderReserved {
+            order_id: id,
+            idempotency_key,
+            fingerprint,
+            ..
+        } = &event.kind
+        {
+            if *id == order_id {
+                assert_eq!(idempotency_key.as_deref(), Some("kv"), "{event:?}");
+                assert!(
+                    fingerprint.as_ref().is_some_and(|f| !f.is_empty()),
+                    "{event:?}"
+                );
+            }
+        }
+    }
     let order = healthy.client().get(&format!("/orders/{order_id}"));
     assert_eq!(assert_ok(&order)["status"], "reserved");
     let again = healthy.client().purchase_with_key("kp", "victim", 1, "kv");

@@ -197,3 +197,33 @@ fn a_move_applied_in_redis_whose_log_append_failed_is_logged_by_its_retry() {
     }
     assert_eq!(a.journal().count("order_paid", &order_id), 1);
 }
+
+#[test]
+fn a_replay_whose_log_append_failed_is_not_answered_from_memory_later() {
+    let redis = RedisServer::start();
+    let a = node(&redis, 1, "", &[]);
+    // Node 2's first append of a replayed order fails (once).
+    let b = node(&redis, 2, "", &[("SECKILL_FAILPOINT", "replay_log")]);
+    a.client()
+        .create_sale("rl", &json!({"stock": 5, "per_user_limit": 1}));
+    wait_for_sale(&[&b], "rl");
+    let first = a.client().purchase_with_key("rl", "dora", 1, "kd");
+    let order_id = assert_ok(&first)["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_owned();
+    // The retry on node 2: the order is found in Redis, its log append
+    // fails: no 200.
+    let failed = b.client().purchase_with_key("rl", "dora", 1, "kd");
+    assert_error(&failed, 503, "unavailable");
+    // The next retry on node 2 must log the order before it answers 200,
+    // not answer from what node 2 remembered of the failed attempt.
+    assert_replays(&b, "rl", "dora", "kd", &order_id, "after a failed relog");
+    let logged = b
+        .journal()
+        .reserved("rl")
+        .iter()
+        .filter(|e| e["order_id"] == order_id.as_str())
+        .count();
+    assert_eq!(logged, 1, "node 2 logged the order it answered 200");
+}

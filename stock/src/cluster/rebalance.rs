@@ -45,6 +45,10 @@ pub(super) async fn lease_or_wait(
     let wait = wait(&shared.opts);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            // The stop returns the lease once this call ends.
+            return Ok(());
+        }
         let ask = store
             .lease_or_want(
                 sale.id(),
@@ -66,7 +70,7 @@ pub(super) async fn lease_or_wait(
         }
         // The want is posted: the holders give back on their next poll.
         loop {
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline || shared.stopping.load(Ordering::SeqCst) {
                 return Ok(());
             }
             tokio::time::sleep(step(&shared.opts)).await;

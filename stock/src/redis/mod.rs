@@ -12,6 +12,8 @@
 //! - `node`: [`NodeClaim`], a node process's claim on its node id (one
 //!   live process per id; lapses unless refreshed) with its published
 //!   Kafka delivery timeout; [`Persistence`], whether Redis persists.
+//! - `stats`: each node's stats record (`sk:{stats}:node:<id>`, TTL) and
+//!   the read-back of every live node's, for the operator's view.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
 //!
@@ -31,10 +33,10 @@
 //! | `wants` | HASH | node → deadline (Unix ms, Redis time) of its want: its shards are dry, the pool is empty and other nodes hold leased units; they give theirs back (`want.lua`, `give_back.lua`) |
 //! | `users` | HASH | user → units held in live (reserved, paid) orders |
 //! | `idem` | HASH | Idempotency-Key → `fingerprint_hex\|order_id` (only successful orders write one, so it is bounded by the stock) |
-//! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?}` |
+//! | `orders` | HASH | order_id → JSON `{user_id, quantity, status, expires_at, node, key?, fp?}` (fp: the key's fingerprint, 16 hex digits) |
 //! | `due` | ZSET | reserved order_id by expires_at |
 //! | `gone:<order_id>` | string, TTL | a tombstone: the node that made this order id gave up on its reservation, which Redis never recorded; a late copy of it is refused (`RedisStore::abandon`) |
-//! | `unlogged` | ZSET | with a Kafka order log only: `order_id\|change` (reserved, paid, cancelled, expired, released) by Redis time in ms, written with the change, removed by the settler once the log shows it |
+//! | `unlogged` | ZSET | `order_id\|change` (reserved, paid, cancelled, expired; released with Kafka only) by Redis time in ms, written with the change; removed by the settler once the Kafka log shows it, or by the node once its journal has it; with the journal, an entry past the grace is claimed by a node's reconciler (`claim_unlogged.lua` re-scores it to now) |
 //!
 //! `sk:sales` (a SET of sale ids, another slot) is written by a plain SADD
 //! beside the create script. `sk:nodes` (a HASH, another slot) holds the
@@ -59,6 +61,7 @@
 
 pub mod fixture;
 mod node;
+pub mod stats;
 mod store;
 
 pub use node::{ClaimOutcome, LiveNode, NodeClaim, Persistence, NODES_KEY};

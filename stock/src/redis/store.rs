@@ -35,8 +35,8 @@ pub struct RedisStore {
     /// Write every order change into the sale's not-yet-logged set (a
     /// Kafka order log; see [`RedisStore::tracking_log`]).
     track: bool,
-    /// Write pay, cancel and expiry (not reservations, not releases) into
-    /// it ([`RedisStore::tracking_moves`]).
+    /// Write reservations, pay, cancel and expiry (not releases) into it
+    /// ([`RedisStore::tracking_moves`]).
     track_moves: bool,
     /// How long past an order's `expires_at` a late copy of its reserve is
     /// still refused by its tombstone ([`RedisStore::abandon`]); a copy
@@ -248,12 +248,14 @@ impl RedisStore {
         self
     }
 
-    /// The same store, writing pay, cancel and expiry (only) into the
-    /// sale's not-yet-logged set, for an order log written by the node
-    /// right after the move (the journal): the node removes the entry once
-    /// the move's event is durable ([`RedisStore::mark_logged`]), and a
-    /// repeat of a move whose entry is still there answers
-    /// [`Moved::Unlogged`], so the move's event is logged by the repeat.
+    /// The same store, writing reservations, pay, cancel and expiry (not
+    /// releases) into the sale's not-yet-logged set, for an order log
+    /// written by the node right after the change (the journal): the node
+    /// removes the entry once the event is durable
+    /// ([`RedisStore::mark_logged`]); a repeat of a move whose entry is
+    /// still there answers [`Moved::Unlogged`], so the move's event is
+    /// logged by the repeat; and what no one logs within a grace is taken
+    /// by some node's reconciler ([`RedisStore::claim_unlogged`]).
     pub fn tracking_moves(mut self) -> Self {
         self.track_moves = true;
         self
@@ -279,7 +281,8 @@ impl RedisStore {
             .arg(spec.per_user_limit)
             .arg(spec.starts_at)
             .arg(spec.ends_at.unwrap_or(0))
-            .arg(spec.payment_timeout_s);
+            .arg(spec.payment_timeout_s)
+            .arg(u8::from(spec.ticket_required));
         let created: i64 = self.invoke(&inv).await?;
         let created = match created {
             1 => Created::New,
@@ -368,6 +371,10 @@ impl RedisStore {
             starts_at: number("starts_at")?,
             ends_at: (ends_at != 0).then_some(ends_at),
             payment_timeout_s: number("payment_timeout_s")?,
+            // Absent in sales created before tickets existed.
+            ticket_required: fields
+                .iter()
+                .any(|(f, v)| f == "ticket_required" && v == "1"),
         };
         let switch = match field("switch")? {
             "live" => SaleSwitchState::Live,
@@ -822,6 +829,56 @@ impl RedisStore {
             .collect()
     }
 
+    /// Claims up to `limit` entries of the sale's not-yet-logged set written
+    /// more than `grace` ago (Redis time), for this caller to log
+    /// (`claim_unlogged.lua`): each stays in the set, re-scored to now, so
+    /// no other caller takes it within another `grace`; the caller removes
+    /// it once logged ([`RedisStore::mark_logged`]). Entries as in
+    /// [`RedisStore::unlogged`].
+    pub async fn claim_unlogged(
+        &self,
+        sale_id: &str,
+        grace: Duration,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StockError> {
+        let mut inv = self.scripts.claim_unlogged.prepare_invoke();
+        inv.key(Keys::new(sale_id).unlogged())
+            .arg(millis(grace))
+            .arg(limit);
+        let entries: Vec<String> = self.invoke(&inv).await?;
+        entries
+            .into_iter()
+            .map(|entry| match entry.rsplit_once('|') {
+                Some((order, change)) => Ok((order.to_owned(), change.to_owned())),
+                None => Err(unexpected("unlogged entry", &entry)),
+            })
+            .collect()
+    }
+
+    /// The Idempotency-Key an order was made with, if any, with its
+    /// fingerprint when the record holds one (records written before
+    /// fingerprints were stored do not), as the nodes log it in
+    /// `order_reserved`: lower-case hex without leading zeros.
+    pub async fn order_key(
+        &self,
+        sale_id: &str,
+        order_id: &str,
+    ) -> Result<Option<(String, Option<String>)>, StockError> {
+        let mut cmd = ::redis::cmd("HGET");
+        cmd.arg(Keys::new(sale_id).orders()).arg(order_id);
+        let json: Option<String> = self.query(&cmd).await?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let record: KeyRecord = serde_json::from_str(&json)
+            .map_err(|e| StockError::Unavailable(format!("bad order record {order_id}: {e}")))?;
+        let fingerprint = record
+            .fp
+            .and_then(|fp| u64::from_str_radix(&fp, 16).ok())
+            .map(|fp| format!("{fp:x}"));
+        Ok(record.key.map(|key| (key, fingerprint)))
+    }
+
     /// Removes `(order_id, change)` entries from the sale's not-yet-logged
     /// set: the order log has recorded them. One command for the batch;
     /// removing an absent entry is a no-op, so a re-delivered event is
@@ -878,7 +935,11 @@ impl RedisStore {
             .key(k.unlogged())
             .key(k.idem_due())
             .arg(head.node)
-            .arg(if self.track { "1" } else { "0" })
+            .arg(if self.track || self.track_moves {
+                "1"
+            } else {
+                "0"
+            })
             .arg(self.grace_s)
             .arg(self.key_ttl_s);
         for call in group.iter().map(|&i| &calls[i]) {
@@ -970,6 +1031,7 @@ struct Scripts {
     transition: Script,
     recall: Script,
     expire_keys: Script,
+    claim_unlogged: Script,
 }
 
 impl Scripts {
@@ -985,6 +1047,7 @@ impl Scripts {
             transition: Script::new(include_str!("scripts/transition.lua")),
             recall: Script::new(include_str!("scripts/recall.lua")),
             expire_keys: Script::new(include_str!("scripts/expire_keys.lua")),
+            claim_unlogged: Script::new(include_str!("scripts/claim_unlogged.lua")),
         }
     }
 }
@@ -1051,6 +1114,13 @@ struct OrderRecord {
     quantity: u32,
     status: String,
     expires_at: u64,
+}
+
+/// The Idempotency-Key fields of an order record.
+#[derive(Deserialize)]
+struct KeyRecord {
+    key: Option<String>,
+    fp: Option<String>,
 }
 
 async fn send_pipeline<'a, 'b: 'a>(

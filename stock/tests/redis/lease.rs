@@ -323,3 +323,67 @@ async fn one_unit_on_fifty_nodes_goes_to_exactly_one_wanting_node() {
     assert_eq!(winners.len(), 1, "{winners:?}");
     assert_eq!(counts(&store, "s1").await, (0, 1, 0));
 }
+
+/// A stop that returns the node's leases while lease calls are still
+/// running (the poller's top-up spawned just before it, a call in the same
+/// drain as the stop, buyers still waiting for units another node gives
+/// back) must not let them lease after the return: no unit may stay in a
+/// stopped node's lease until it is reclaimed after `lease_ttl`.
+#[test]
+fn a_stop_leaves_nothing_in_the_lease_when_lease_calls_are_in_flight() {
+    use stock::cluster::{ClusterOptions, RedisAuthority};
+    use stock::StockAuthority;
+
+    const SALES: usize = 64;
+    let server = stock::redis::fixture::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = rt
+        .block_on(stock::redis::RedisStore::connect(&server.url(), TIMEOUT))
+        .unwrap();
+    let ids: Vec<String> = (0..SALES).map(|i| format!("s{i}")).collect();
+    // Node 9, alive for a minute, holds every sale's only unit.
+    for id in &ids {
+        rt.block_on(store.create_sale(&spec(id, 1, 1))).unwrap();
+        let grant = rt
+            .block_on(store.lease(id, 9, 1, Duration::from_secs(60)))
+            .unwrap();
+        assert_eq!(grant.granted, 1);
+    }
+    let node = RedisAuthority::connect(&server.url(), ClusterOptions::new(2, 1), 1).unwrap();
+    let sales: Vec<_> = ids
+        .iter()
+        .map(|id| node.sale(id).expect("node 2 knows the sale"))
+        .collect();
+    std::thread::scope(|scope| {
+        // A buyer per sale on node 2: the pool is empty, node 9 holds the
+        // unit, so each posts a want and waits for it.
+        for sale in &sales {
+            let node = &node;
+            scope.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let _ = rt.block_on(node.refill(sale, 0, 1));
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // Node 9 gives its units back, and node 2 stops while its lease
+        // calls wait for them.
+        for id in &ids {
+            assert_eq!(rt.block_on(store.give_back(id, 9, 1)).unwrap(), 1);
+        }
+        node.close();
+    });
+    for id in &ids {
+        let status = rt.block_on(store.status(id)).unwrap().expect("the sale");
+        assert_eq!(
+            (status.pool, status.leased),
+            (1, 0),
+            "sale {id}: a unit left in a stopped node's lease"
+        );
+    }
+}

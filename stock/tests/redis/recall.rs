@@ -30,7 +30,7 @@ fn attempt<'a>(user_id: &'a str, key: &'a str) -> Attempt<'a> {
 }
 
 #[test]
-fn a_key_recalled_from_redis_is_replayed_from_memory_and_never_released() {
+fn a_key_recalled_from_redis_is_replayed_from_memory_once_answered_and_never_released() {
     let server = RedisServer::start();
     let rt = runtime();
     let store = rt
@@ -81,6 +81,16 @@ fn a_key_recalled_from_redis_is_replayed_from_memory_and_never_released() {
     );
     let order = rt.block_on(store.order("s1", "o1")).unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::Reserved);
+    // Not remembered until the node says it logged and answered it: a
+    // replay whose log append failed must be logged by its next retry.
+    assert_eq!(
+        rt.block_on(node2.lookup_key(&sale, &retry)).unwrap(),
+        KeyLookup::Unused
+    );
+    let KeyLookup::Replay(found) = found else {
+        unreachable!()
+    };
+    node2.replay_answered(&sale, &retry, &found);
     // Node 2 answers further retries from memory, the same order.
     let again = rt.block_on(node2.lookup_key(&sale, &retry)).unwrap();
     assert!(

@@ -272,3 +272,27 @@ async fn ids_that_need_escaping_read_back_the_same_everywhere() {
     }
     assert_eq!(counts(&store, "s1").await, (90, 6, 4));
 }
+
+/// Whoever logs an `order_reserved` from Redis's record (the settler, a
+/// node's reconciler) needs the key's fingerprint as well as the key.
+#[tokio::test]
+async fn a_keyed_order_record_holds_its_key_and_fingerprint() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 100, 5)).await.unwrap();
+    store.lease("s1", 1, 10, TTL).await.unwrap();
+    let keyed = with_key(call("s1", 1, "o1", "alice"), "k1", 0xfeed);
+    let plain = call("s1", 1, "o2", "bob");
+    assert_eq!(
+        outcomes(store.reserve_batch(&[keyed, plain]).await),
+        [ReserveOutcome::Reserved, ReserveOutcome::Reserved]
+    );
+    // The fingerprint as the nodes log it: lower-case hex.
+    assert_eq!(
+        store.order_key("s1", "o1").await.unwrap(),
+        Some(("k1".to_owned(), Some("feed".to_owned())))
+    );
+    assert_eq!(store.order_key("s1", "o2").await.unwrap(), None);
+    // The record still reads as an order.
+    let order = store.order("s1", "o1").await.unwrap().expect("the order");
+    assert_eq!(order.user_id, "alice");
+}

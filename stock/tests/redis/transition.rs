@@ -377,12 +377,61 @@ async fn a_tracked_move_repeats_as_unlogged_until_it_is_marked_logged() {
         .await
         .unwrap();
     assert!(matches!(logged, Moved::Unchanged(_)), "{logged:?}");
-    // Reservations and releases are not tracked (the journal node logs
-    // or compensates them itself).
-    assert!(store.unlogged("s1", u64::MAX, 10).await.unwrap().is_empty());
+    // Reservations are tracked too (the node removes the entry once its
+    // event is durable; else a reconciler takes it); releases are not.
+    let reserved = |o: &str| (o.to_owned(), "reserved".to_owned());
+    let left = store.unlogged("s1", u64::MAX, 10).await.unwrap();
+    assert_eq!(left, vec![reserved("o1")]);
     store.reserve_batch(&[call("s1", 1, "o2", "bob")]).await[0]
         .as_ref()
         .unwrap();
     store.release("s1", "o2").await.unwrap();
-    assert!(store.unlogged("s1", u64::MAX, 10).await.unwrap().is_empty());
+    let mut left = store.unlogged("s1", u64::MAX, 10).await.unwrap();
+    left.sort();
+    assert_eq!(left, vec![reserved("o1"), reserved("o2")]);
+}
+
+#[tokio::test]
+async fn one_claimer_takes_an_unlogged_change_until_its_claim_comes_due_again() {
+    let (_server, store) = setup().await;
+    let store = store.tracking_moves();
+    one_order(&store).await;
+    let grace = Duration::from_millis(300);
+    // Too young: no one takes it.
+    assert!(store
+        .claim_unlogged("s1", grace, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(grace + Duration::from_millis(50)).await;
+    let (first, second) = tokio::join!(
+        store.claim_unlogged("s1", grace, 10),
+        store.claim_unlogged("s1", grace, 10)
+    );
+    let mut taken = first.unwrap();
+    taken.extend(second.unwrap());
+    assert_eq!(taken, vec![("o1".to_owned(), "reserved".to_owned())]);
+    // Still in the set (a repeat of a move still finds it): a claimer that
+    // died loses nothing, its claim comes due again after the grace.
+    assert_eq!(store.unlogged("s1", u64::MAX, 10).await.unwrap().len(), 1);
+    assert!(store
+        .claim_unlogged("s1", grace, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(grace + Duration::from_millis(50)).await;
+    assert_eq!(
+        store.claim_unlogged("s1", grace, 10).await.unwrap().len(),
+        1
+    );
+    store
+        .mark_logged("s1", &[("o1".to_owned(), "reserved")])
+        .await
+        .unwrap();
+    tokio::time::sleep(grace + Duration::from_millis(50)).await;
+    assert!(store
+        .claim_unlogged("s1", grace, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

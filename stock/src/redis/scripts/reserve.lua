@@ -21,8 +21,9 @@
 --   6. writes: order record (status reserved), the user's count, the
 --      expiry queue, the key record and its expiry (now + key_ttl_s; the
 --      backend trims expired records in batches, expire_keys.lua) and,
---      with a Kafka order log (track = 1), the order's entry in the
---      not-yet-logged set.
+--      with track = 1, the order's entry in the not-yet-logged set (the
+--      node removes it once its event is durable; else a reconciler finds
+--      it).
 -- Nothing is written for a reservation before its last check passes. What
 -- the whole batch charged to the lease, the pool and `sold` is written once
 -- at the end (nothing else runs in between: the script is atomic), which
@@ -148,7 +149,9 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
   local order = '{"user_id":' .. json_string(user_id) .. ',"quantity":' .. qty_arg ..
     ',"status":"reserved","expires_at":' .. expires_at .. ',"node":' .. node
   if key ~= '' then
-    order = order .. ',"key":' .. json_string(key)
+    -- The fingerprint too, so that an order_reserved logged from this
+    -- record (the settler's, a reconciler's) carries both.
+    order = order .. ',"key":' .. json_string(key) .. ',"fp":"' .. fp .. '"'
   end
   redis.call('HSET', KEYS[7], order_id, order .. '}')
   redis.call('HINCRBY', KEYS[5], user_id, qty_arg)
