@@ -18,6 +18,11 @@
 //! - `sells_out`: when the node said `sold_out` or demand reached the stock,
 //!   and nothing failed, every unit is sold (sold == stock) — no stranded
 //!   stock.
+//! - `acked_never_released`: no order answered 200 (first or as a replay)
+//!   has a `stock_released` event: compensation never takes a 200 back.
+//! - `orders_settled` ([`settled`], for an audit run once the sale's payment
+//!   timeout and the settler's grace have passed): every order of the sale
+//!   ended paid, cancelled, expired or released.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -314,6 +319,28 @@ pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
         },
     ));
 
+    // acked_never_released
+    match &log {
+        None => checks.push(Check::skip("acked_never_released", "no log")),
+        Some(r) => {
+            let taken_back: Vec<&str> = acked
+                .keys()
+                .map(String::as_str)
+                .filter(|id| r.stock_released.contains(*id))
+                .collect();
+            checks.push(Check::new(
+                "acked_never_released",
+                taken_back.is_empty(),
+                format!(
+                    "{} of {} orders answered 200 were released by compensation{}",
+                    taken_back.len(),
+                    acked.len(),
+                    examples(&taken_back)
+                ),
+            ));
+        }
+    }
+
     // sold_matches_log
     match (&input.view, &log) {
         (Err(e), _) => checks.push(Check::new(
@@ -368,6 +395,41 @@ pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
     checks
 }
 
+/// `orders_settled`: every order of `sale_id` reserved in the log has ended
+/// (paid, cancelled, expired or released). Only meaningful once the sale's
+/// payment timeout, and the settler's grace, have passed since the last
+/// purchase: before that an order may rightly still be reserved.
+pub fn settled(log: &Result<LogContents, String>, sale_id: &str) -> Check {
+    let Ok(log) = log else {
+        return Check::new("orders_settled", false, "the log could not be read".into());
+    };
+    let r = replay(log, sale_id, 0, u32::MAX);
+    let mut open: Vec<&str> = r
+        .reserved
+        .iter()
+        .filter(|(id, entries)| {
+            entries.iter().any(|(sale, _, _)| sale == sale_id) && !r.ended.contains(id.as_str())
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    open.sort_unstable();
+    let orders = r
+        .reserved
+        .values()
+        .filter(|entries| entries.iter().any(|(sale, _, _)| sale == sale_id))
+        .count();
+    Check::new(
+        "orders_settled",
+        open.is_empty(),
+        format!(
+            "{} of {} orders still reserved{}",
+            open.len(),
+            orders,
+            examples(&open)
+        ),
+    )
+}
+
 /// The acknowledged orders by id (a replay names the same order again).
 fn distinct_acked(acked: &[AckedOrder]) -> BTreeMap<String, &AckedOrder> {
     let mut out = BTreeMap::new();
@@ -383,6 +445,10 @@ struct Replayed {
     reserved: HashMap<String, Vec<(String, String, u32)>>,
     /// Orders cancelled or expired.
     released: HashSet<String>,
+    /// Orders of the sale with a `stock_released` event (compensation).
+    stock_released: HashSet<String>,
+    /// Orders of the sale paid, cancelled, expired or released.
+    ended: HashSet<String>,
     live_units: u64,
     peak_live: u64,
     users: usize,
@@ -395,6 +461,8 @@ fn replay(log: &LogContents, sale_id: &str, _stock: u64, limit: u32) -> Replayed
     let mut r = Replayed {
         reserved: HashMap::new(),
         released: HashSet::new(),
+        stock_released: HashSet::new(),
+        ended: HashSet::new(),
         live_units: 0,
         peak_live: 0,
         users: 0,
@@ -458,6 +526,10 @@ fn replay(log: &LogContents, sale_id: &str, _stock: u64, limit: u32) -> Replayed
                 sale_id: sale,
                 ..
             } if sale == sale_id => {
+                r.ended.insert(order_id.clone());
+                if matches!(e.kind, EventKind::StockReleased { .. }) {
+                    r.stock_released.insert(order_id.clone());
+                }
                 if let Some((user, qty)) = live.remove(order_id) {
                     r.live_units -= u64::from(qty);
                     if let Some(h) = held.get_mut(&user) {
@@ -465,6 +537,13 @@ fn replay(log: &LogContents, sale_id: &str, _stock: u64, limit: u32) -> Replayed
                     }
                     r.released.insert(order_id.clone());
                 }
+            }
+            EventKind::OrderPaid {
+                order_id,
+                sale_id: sale,
+                ..
+            } if sale == sale_id => {
+                r.ended.insert(order_id.clone());
             }
             _ => {}
         }
@@ -553,7 +632,7 @@ mod tests {
             2,
         );
         assert!(v.values().all(|v| *v == Verdict::Pass), "{v:?}");
-        assert_eq!(v.len(), 7);
+        assert_eq!(v.len(), 8);
     }
 
     #[test]
@@ -624,6 +703,82 @@ mod tests {
             2,
         );
         assert!(v.values().all(|v| *v == Verdict::Pass), "{v:?}");
+    }
+
+    fn ended(kind: fn(String, String, String, u32) -> EventKind, id: &str, user: &str) -> Event {
+        Event::new(2, kind(id.into(), "s".into(), user.into(), 1))
+    }
+
+    fn released(order_id: String, sale_id: String, user_id: String, quantity: u32) -> EventKind {
+        EventKind::StockReleased {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        }
+    }
+
+    fn paid(order_id: String, sale_id: String, user_id: String, quantity: u32) -> EventKind {
+        EventKind::OrderPaid {
+            order_id,
+            sale_id,
+            user_id,
+            quantity,
+        }
+    }
+
+    #[test]
+    fn a_200_released_by_compensation_fails() {
+        // o2 was never answered 200: releasing it is compensation at work.
+        let v = run(
+            vec![
+                reserved("o1", "a"),
+                reserved("o2", "b"),
+                ended(released, "o2", "b"),
+            ],
+            &[acked("o1", "a")],
+            1,
+        );
+        assert_eq!(v["acked_never_released"], Verdict::Pass, "{v:?}");
+        // o1 was: taking it back breaks the buyer's 200.
+        let v = run(
+            vec![
+                reserved("o1", "a"),
+                ended(released, "o1", "a"),
+                reserved("o2", "b"),
+            ],
+            &[acked("o1", "a"), acked("o2", "b")],
+            1,
+        );
+        assert_eq!(v["acked_never_released"], Verdict::Fail, "{v:?}");
+    }
+
+    #[test]
+    fn an_order_still_reserved_is_not_settled() {
+        let log = |events| {
+            Ok(LogContents {
+                events,
+                ..LogContents::default()
+            })
+        };
+        let all_ended = log(vec![
+            reserved("o1", "a"),
+            ended(paid, "o1", "a"),
+            reserved("o2", "b"),
+            ended(released, "o2", "b"),
+        ]);
+        assert_eq!(settled(&all_ended, "s").verdict, Verdict::Pass);
+        let one_open = log(vec![
+            reserved("o1", "a"),
+            ended(paid, "o1", "a"),
+            reserved("o2", "b"),
+        ]);
+        let check = settled(&one_open, "s");
+        assert_eq!(check.verdict, Verdict::Fail);
+        assert!(check.detail.contains("o2"), "{}", check.detail);
+        // Orders of other sales are not this sale's business.
+        assert_eq!(settled(&one_open, "other").verdict, Verdict::Pass);
+        assert_eq!(settled(&Err("gone".into()), "s").verdict, Verdict::Fail);
     }
 
     #[test]

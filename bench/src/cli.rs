@@ -222,6 +222,16 @@ pub struct Common {
     /// Skip the audit.
     #[arg(long)]
     pub no_audit: bool,
+    /// `run`: wait this long after the load before auditing (the sale's
+    /// payment timeout plus the settler's grace), then also check that every
+    /// order of the sale ended: paid, cancelled, expired or released.
+    #[arg(long, value_parser = parse_duration)]
+    pub audit_after: Option<Duration>,
+    /// `run`: write the ids of the orders answered 200 (first answers and
+    /// replays, each id once) to this file, one a line, for audits of the
+    /// stock authority's side (scripts/soak.sh).
+    #[arg(long, value_name = "FILE")]
+    pub acked_out: Option<PathBuf>,
 
     /// Run directory (default bench/runs/DATE-HOST).
     #[arg(long)]
@@ -541,7 +551,8 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
         (Some(spec), _) => spec.source().read().map_err(|e| e.to_string()),
         (None, _) => Err("no order log given (--journal or --kafka)".to_string()),
     };
-    audit::audit(&AuditInput {
+    let settled = c.audit_after.map(|_| audit::settled(&log, sale_id));
+    let mut checks = audit::audit(&AuditInput {
         sale_id,
         stock,
         per_user_limit: limit,
@@ -552,7 +563,22 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
         failures: rec.failures(),
         unfinished: rec.unfinished,
         log,
-    })
+    });
+    checks.extend(settled);
+    checks
+}
+
+/// `--acked-out`: the ids of the orders answered 200, each once, sorted.
+fn write_acked(path: &std::path::Path, rec: &Recorder) -> Result<(), BenchError> {
+    let ids: std::collections::BTreeSet<&str> =
+        rec.acked().iter().map(|o| o.order_id.as_str()).collect();
+    let mut text = String::with_capacity(ids.len() * 24);
+    for id in ids {
+        text.push_str(id);
+        text.push('\n');
+    }
+    std::fs::write(path, text)
+        .map_err(|e| BenchError::Report(format!("--acked-out {}: {e}", path.display())))
 }
 
 /// The topic from `mark` on. The sale's creation must be in what was read,
@@ -607,6 +633,16 @@ fn run(args: &RunArgs, command_line: &str, out: &mut dyn Write) -> Result<i32, B
         &format!("{:?} {mode_name}", c.scenario).to_lowercase(),
     )?;
     let summary = rec.summary(c.duration);
+    if let Some(path) = &c.acked_out {
+        write_acked(path, &rec)?;
+    }
+    if let Some(wait) = c.audit_after {
+        say!(
+            out,
+            "waiting {wait:?} before the audit (payment timeout, settler's grace)"
+        );
+        std::thread::sleep(wait);
+    }
     let checks = audit_run(c, &prepared, &rec);
     let name = c.name.clone().unwrap_or_else(|| {
         format!(

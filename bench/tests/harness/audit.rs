@@ -84,7 +84,7 @@ fn a_clean_sale_passes_every_check() {
     let (code, record) = run_cli(&node, &[]);
     let v = verdicts(&record);
     assert_eq!(code, 0, "{:#?}", record.audit);
-    assert_eq!(v.len(), 7);
+    assert_eq!(v.len(), 8);
     assert!(
         v.values().all(|v| *v == Verdict::Pass),
         "{:#?}",
@@ -144,6 +144,36 @@ fn stranded_stock_fails() {
     assert_eq!(code, 1);
     assert_eq!(v["sells_out"], Verdict::Fail, "{:#?}", record.audit);
     assert_eq!(v["no_oversell"], Verdict::Pass);
+}
+
+/// `--audit-after` audits later and adds `orders_settled`: the fake node
+/// never expires its orders, so the 50 it sold are still reserved and the
+/// check fails. `--acked-out` lists each order answered 200 once.
+#[test]
+fn a_late_audit_finds_orders_never_settled_and_lists_the_200s() {
+    let _one = exclusive();
+    let node = FakeNode::start(Fault::None);
+    let dir = tempfile::tempdir().unwrap();
+    let acked = dir.path().join("acked.txt");
+    let (code, record) = run_cli(
+        &node,
+        &[
+            ("--audit-after", "10ms"),
+            ("--acked-out", acked.to_str().unwrap()),
+        ],
+    );
+    let v = verdicts(&record);
+    assert_eq!(code, 1);
+    assert_eq!(v["orders_settled"], Verdict::Fail, "{:#?}", record.audit);
+    assert_eq!(v["acked_never_released"], Verdict::Pass);
+    let ids: Vec<String> = fs::read_to_string(&acked)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 50, "one line per order sold");
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 50, "replays are not listed twice");
 }
 
 #[test]

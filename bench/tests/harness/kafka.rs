@@ -64,7 +64,7 @@ fn a_clean_sale_on_a_shared_topic_passes() {
         let (code, record) = run_on_kafka(&node, &broker, &[("--sale", sale)]);
         let v = verdicts(&record);
         assert_eq!(code, 0, "{sale}: {:#?}", record.audit);
-        assert_eq!(v.len(), 7);
+        assert_eq!(v.len(), 8);
         assert!(
             v.values().all(|v| *v == Verdict::Pass),
             "{sale}: {:#?}",
