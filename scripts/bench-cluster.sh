@@ -12,6 +12,7 @@
 # Settings (env): ROUNDS=3 DURATION=5s CONNS=64 NODE_CORES=1 PORT=6399
 #                 OUT=<run dir> (the summary is appended to OUT/bench-cluster.log)
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
@@ -23,7 +24,7 @@ TOKEN=bench-token
 OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
 
 bash scripts/redis.sh
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+apt_install wrk wrk
 cargo build --release -q -p seckill
 
 work=$(mktemp -d)

@@ -9,6 +9,7 @@
 #                 DRIVER=legacy|uring|auto OUT=<file to append the summary to>
 #                 SCENARIOS="healthz soldout purchase" (any subset, in that order)
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
@@ -20,7 +21,7 @@ DRIVER=${DRIVER:-legacy}
 SCENARIOS=${SCENARIOS:-healthz soldout purchase}
 TOKEN=bench-token
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+apt_install wrk wrk
 cargo build --release -q -p seckill
 
 NODE_BIN=./target/release/seckill

@@ -29,6 +29,7 @@
 # default: on a shared machine pinning keeps the scheduler from moving either
 # away from someone else's busy core.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
 
 scenario=${1:-capacity}
@@ -130,7 +131,7 @@ case $scenario in
       --keys hot --name "spike-$(date -u +%H%M%S)" "$@"
     ;;
   healthz-vs-wrk)
-    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    apt_install wrk wrk
     results=$data/rounds
     for round in $(seq "$ROUNDS"); do
       h=$("${load_pin[@]}" "$bench_bin" run --target "$addr" --scenario healthz --threads "$LOAD_THREADS" \

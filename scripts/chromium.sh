@@ -9,6 +9,7 @@
 # `chromium` (or `$SECKILL_CHROMIUM`) and fails with a clear message when
 # it is absent.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 find_chromium() {
   if [ -n "${SECKILL_CHROMIUM:-}" ] && [ -x "$SECKILL_CHROMIUM" ]; then
@@ -22,20 +23,7 @@ install() {
   if find_chromium >/dev/null; then
     return
   fi
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  # Wait for another apt-get (other scripts may install at the same time).
-  local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
-  # The package lists may be missing or stale: update only when needed.
-  if ! $sudo "${apt[@]}" install chromium >/dev/null 2>&1; then
-    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
-    $sudo "${apt[@]}" install chromium >/dev/null
-  fi
-  find_chromium >/dev/null || {
-    echo "chromium.sh: chromium still not on PATH after apt-get install" >&2
-    exit 1
-  }
+  apt_install chromium chromium
 }
 
 case "${1:-}" in

@@ -32,23 +32,15 @@
 # Tests do not need the `start` form: they start their own broker on a free
 # port (queue::kafka::fixture::Broker) and kill it on drop.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 TANSU_VERSION="0.6.0"
 SECKILL_CACHE="${SECKILL_CACHE:-$HOME/.cache/seckill}"
 TANSU="${SECKILL_TANSU:-$SECKILL_CACHE/tansu/bin/tansu}"
 
 need_cc() {
-  if command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; then
-    return
-  fi
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  # The package lists may be missing or stale: update only when needed.
-  if ! $sudo apt-get install -y -qq build-essential pkg-config >/dev/null 2>&1; then
-    $sudo apt-get update -qq >/dev/null
-    $sudo apt-get install -y -qq build-essential pkg-config >/dev/null
-  fi
+  apt_install cc build-essential pkg-config
+  apt_install c++ build-essential pkg-config
 }
 
 install() {

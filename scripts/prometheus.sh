@@ -9,25 +9,10 @@
 # Only promtool is used; the package's own Prometheus service is never
 # started by the project.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 install() {
-  if command -v promtool >/dev/null 2>&1; then
-    return
-  fi
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  # Wait for another apt-get (other scripts may install at the same time).
-  local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
-  # The package lists may be missing or stale: update only when needed.
-  if ! $sudo "${apt[@]}" install prometheus >/dev/null 2>&1; then
-    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
-    $sudo "${apt[@]}" install prometheus >/dev/null
-  fi
-  command -v promtool >/dev/null 2>&1 || {
-    echo "prometheus.sh: promtool still not on PATH after apt-get install" >&2
-    exit 1
-  }
+  apt_install promtool prometheus
 }
 
 case "${1:-}" in

@@ -10,25 +10,12 @@
 # Tests do not need the second form: they start their own redis-server on a
 # free port (stock::redis::fixture::RedisServer) and stop it on drop.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 install() {
-  if command -v redis-server >/dev/null 2>&1; then
-    return
-  fi
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  # The package lists may be missing or stale: update only when needed.
-  if ! $sudo apt-get install -y -qq redis-server >/dev/null 2>&1; then
-    $sudo apt-get update -qq >/dev/null
-    $sudo apt-get install -y -qq redis-server >/dev/null
-  fi
   # Debian's package starts a system service on 6379 where a service
   # manager runs; the project never uses it, and nothing here depends on it.
-  command -v redis-server >/dev/null 2>&1 || {
-    echo "redis.sh: redis-server still not on PATH after apt-get install" >&2
-    exit 1
-  }
+  apt_install redis-server redis-server
 }
 
 start() {
