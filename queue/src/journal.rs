@@ -238,16 +238,7 @@ impl Journal {
         }
         let (file, events) = open_file(dir)?;
         out.events.extend(events);
-        let len = file.metadata()?.len();
-        let sink = FileSink {
-            dir: dir.to_owned(),
-            file,
-            len,
-            next_gen: last_gen + 1,
-            limit: opts.segment_bytes,
-            on_seal: opts.on_seal.clone(),
-        };
-        let journal = Journal::start(Box::new(sink), opts)?;
+        let journal = Journal::start_file(dir, file, last_gen, opts)?;
         Ok((journal, out))
     }
 
@@ -267,11 +258,21 @@ impl Journal {
         }
         let (file, _) = open_file(dir)?;
         let last_gen = sealed_segments(dir)?.last().map_or(0, |(gen, _)| *gen);
-        let len = file.metadata()?.len();
+        Journal::start_file(dir, file, last_gen, opts)
+    }
+
+    /// Starts the writer on the open `orders.journal` of `dir`, sealing it
+    /// as generation `last_gen + 1` onwards.
+    fn start_file(
+        dir: &Path,
+        file: File,
+        last_gen: u64,
+        opts: JournalOptions,
+    ) -> Result<Journal, JournalError> {
         let sink = FileSink {
             dir: dir.to_owned(),
+            len: file.metadata()?.len(),
             file,
-            len,
             next_gen: last_gen + 1,
             limit: opts.segment_bytes,
             on_seal: opts.on_seal.clone(),

@@ -561,18 +561,7 @@ fn switches_made_through_one_node_hold_on_every_node() {
 fn sigterm_returns_the_unsold_lease_to_the_pool() {
     let redis = RedisServer::start();
     let mut a = cluster_node(&redis, 1, &[]);
-    a.client()
-        .create_sale("t", &json!({"stock": 1000, "per_user_limit": 1}));
-    let mut c = a.client();
-    for i in 0..10 {
-        assert_ok(&c.purchase("t", &format!("u{i}")));
-    }
-    let leased = redis_cli(&redis, &["HGET", "sk:{t}:leases", "1"])
-        .trim()
-        .parse::<u64>()
-        .unwrap_or(0);
-    assert!(leased > 0, "the node holds a lease");
-    drop(c);
+    hold_a_lease(&redis, &a, "t", 1000, 10);
     a.terminate();
     assert_eq!(
         redis_cli(&redis, &["HGET", "sk:{t}:leases", "1"]).trim(),
@@ -1000,19 +989,9 @@ fn a_reservation_whose_node_died_before_its_append_is_logged_and_expires() {
 fn a_node_restarted_under_its_id_after_a_crash_sells_what_its_predecessor_leased() {
     let redis = RedisServer::start();
     let mut node = cluster_node(&redis, 1, &[]);
-    node.client()
-        .create_sale("heir", &json!({"stock": 400, "per_user_limit": 1}));
     // A few sales, so that the node holds a lease of unsold units (leases
     // are a 32nd of the sale).
-    let mut c = node.client();
-    for i in 0..3 {
-        assert_ok(&c.purchase("heir", &format!("first-{i}")));
-    }
-    let leased = redis_cli(&redis, &["HGET", "sk:{heir}:leases", "1"]);
-    assert!(
-        leased.trim().parse::<u64>().unwrap_or(0) > 0,
-        "the node holds leased units: {leased:?}"
-    );
+    hold_a_lease(&redis, &node, "heir", 400, 3);
     node.kill();
     node.restart();
     // The new process under the same id must sell every unit left, the
@@ -1022,4 +1001,20 @@ fn a_node_restarted_under_its_id_after_a_crash_sells_what_its_predecessor_leased
     assert_eq!(redis_int(&redis, "sk:{heir}:sold"), 400);
     let leased = redis_cli(&redis, &["HGET", "sk:{heir}:leases", "1"]);
     assert_eq!(leased.trim().parse::<u64>().unwrap_or(0), 0, "{leased:?}");
+}
+
+/// Creates `sale` on node 1 and buys `buys` units through it, so that the
+/// node holds a lease of unsold units.
+fn hold_a_lease(redis: &RedisServer, node: &Node, sale: &str, stock: u64, buys: usize) {
+    node.client()
+        .create_sale(sale, &json!({"stock": stock, "per_user_limit": 1}));
+    let mut c = node.client();
+    for i in 0..buys {
+        assert_ok(&c.purchase(sale, &format!("first-{i}")));
+    }
+    let leased = redis_cli(redis, &["HGET", &format!("sk:{{{sale}}}:leases"), "1"])
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0);
+    assert!(leased > 0, "the node holds leased units");
 }
