@@ -17,8 +17,20 @@
 //! concurrent askers of a sale on a node; a sale whose pool is empty and
 //! whose other leases are empty (as last seen) is answered 410 from memory.
 
-use super::*;
-use crate::redis::SaleStatus;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::authority::StockError;
+use crate::redis::{RedisStore, SaleStatus, SaleSwitchState};
+use crate::sale::Sale;
+
+use super::backend::Call;
+use super::leases::{lease_slot, lease_want};
+use super::{ClusterOptions, Shared, StockMode};
 
 /// The longest a buyer is held for units to come back from other nodes: a
 /// few poll intervals, since holders see a want on their next poll.
