@@ -24,11 +24,10 @@ use crate::striped::{fnv, Striped};
 use crate::Units;
 
 use super::backend::{backend_main, LogThrottle};
-use super::backend::{Abandon, Call};
-use super::leases::{lease_slot, return_predecessors_leases};
+use super::leases::return_predecessors_leases;
 use super::options::{local_units, ClusterOptions, StockMode};
 use super::poller::poll_once;
-use super::{rebalance, ChangeLog, Shared};
+use super::{lease_slot, rebalance, Abandon, Call, ChangeLog, Shared};
 
 /// Most key lookups (`recall_key`) a node has waiting for Redis; more are
 /// answered 503 at once, so that keyed requests refused by the gate cannot

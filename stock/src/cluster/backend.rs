@@ -10,64 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
-use crate::redis::{
-    Abandoned, Created, KeyRecall, Moved, Recalled, RedisStore, ReserveCall, ReserveOutcome,
-};
-use crate::sale::Sale;
+use crate::authority::{StockError, Switch};
+use crate::redis::{Abandoned, KeyRecall, Recalled, RedisStore, ReserveCall, ReserveOutcome};
 
 use super::leases::{lease, leases_settled, reset_after_no_lease, return_leases};
 use super::poller::{background, release_claim};
-use super::{reconcile, ChangeLog, Shared};
-
-/// Work the cores hand to the backend.
-pub(super) enum Call {
-    Reserve(
-        ReserveCall,
-        oneshot::Sender<Result<ReserveOutcome, StockError>>,
-    ),
-    Lease(Arc<Sale>, usize),
-    Create(SaleSpec, oneshot::Sender<Result<Created, StockError>>),
-    Switch(String, Switch, oneshot::Sender<Result<(), StockError>>),
-    Move(
-        String,
-        String,
-        OrderStatus,
-        u64,
-        oneshot::Sender<Result<Moved, StockError>>,
-    ),
-    Order(
-        String,
-        String,
-        oneshot::Sender<Result<Option<Order>, StockError>>,
-    ),
-    /// A move's event is durable in the journal: drop its not-yet-logged
-    /// entry (sale, order, status).
-    Logged(String, String, OrderStatus),
-    /// What an Idempotency-Key this node does not know stands for in Redis
-    /// (batched like reservations: one pipeline per drain).
-    Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
-    /// Housekeeping: forget the Idempotency-Key records whose TTL passed.
-    ExpireKeys,
-    /// A reservation this node will not acknowledge (its log append
-    /// failed, or its reply never came): release it if Redis recorded it,
-    /// else tombstone its order id and return its units to the pool.
-    Abandon(Abandon),
-    /// Redis answered `no_lease`: this node's view of its lease and Redis's
-    /// disagree; drain the shards and return whatever the lease still holds.
-    ResetLease(Arc<Sale>),
-    /// Journal mode: start the reconciler, logging into this log.
-    Reconcile(Arc<dyn ChangeLog>),
-    Stop(std::sync::mpsc::Sender<()>),
-}
-
-/// A reservation to abandon (see [`RedisStore::abandon`]).
-pub(super) struct Abandon {
-    pub(super) sale_id: String,
-    pub(super) order_id: String,
-    pub(super) quantity: u32,
-    pub(super) expires_at: u64,
-}
+use super::{reconcile, Abandon, Call, Shared};
 
 /// At most one `warn!` per second of a kind of message that an outage
 /// repeats for every call; the rest go to `debug!` and are counted in the

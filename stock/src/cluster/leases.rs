@@ -1,51 +1,20 @@
-//! This node's leases: the per-sale lease slot, lease calls (for a buyer
-//! or ahead of demand), lease resets and returns, idle leases given back.
+//! This node's leases: lease calls (for a buyer or ahead of demand), lease
+//! resets and returns, idle leases given back, top-up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::authority::{SaleSpec, StockError};
+use crate::authority::StockError;
 use crate::redis::RedisStore;
 use crate::sale::Sale;
 
-use super::backend::Call;
-use super::options::StockMode;
-use super::poller::now_s;
-use super::{rebalance, Shared};
-
-/// One sale's lease state on this node, kept in the sale itself
-/// ([`lease_slot`]): the hot path reaches it without a node-wide lock.
-#[derive(Default)]
-pub(super) struct LeaseSlot {
-    /// A lease call (or a lease reset) is running for this sale.
-    pub(super) in_flight: AtomicBool,
-    pub(super) failed: AtomicBool,
-    /// A reset after `no_lease` is queued and has not started yet.
-    pub(super) reset_queued: AtomicBool,
-    pub(super) done: Notify,
-    /// A buyer found the shards dry since the poller last looked: this
-    /// node may lease ahead of demand (`top_up`).
-    pub(super) demand: AtomicBool,
-    /// Another node's want stood at the last poll: this node gives the
-    /// units in its shards back and does not lease ahead of demand.
-    pub(super) wanted: AtomicBool,
-    /// Units left the shards to be given back (not to buyers) since
-    /// `top_up` last looked.
-    pub(super) gave_back: AtomicBool,
-}
-
-/// The sale's lease slot, made on first use.
-pub(super) fn lease_slot(sale: &Sale) -> &LeaseSlot {
-    sale.ext
-        .get_or_init(|| Box::new(LeaseSlot::default()))
-        .downcast_ref::<LeaseSlot>()
-        .unwrap_or_else(|| unreachable!("only the cluster authority sets a sale's slot"))
-}
+use super::options::{lease_want, StockMode};
+use super::{lease_slot, now_s, rebalance, Call, Shared};
 
 /// A lease call counted in `Shared::leasing` until dropped.
 pub(super) struct LeaseRunning<'a>(&'a Shared);
@@ -88,12 +57,6 @@ pub(super) async fn reset_after_no_lease(store: &RedisStore, shared: &Shared, sa
     slot.failed.store(false, Ordering::Release);
     slot.in_flight.store(false, Ordering::Release);
     slot.done.notify_waiters();
-}
-
-/// How many units one lease asks for: a slice of the sale, so that no node
-/// hoards it; Redis shrinks the grant further as the pool runs low.
-pub(super) fn lease_want(spec: &SaleSpec) -> u64 {
-    (spec.stock / 32).clamp(1, 256)
 }
 
 /// Leases units into `core`'s shard. For a buyer whose core found the
@@ -315,26 +278,5 @@ impl TopUp {
                 tokio::spawn(async move { lease(&store, &shared, &sale, 0, false).await });
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leases_are_a_slice_of_the_sale() {
-        let spec = |stock| SaleSpec {
-            sale_id: "s".into(),
-            stock,
-            per_user_limit: 1,
-            starts_at: 0,
-            ends_at: None,
-            payment_timeout_s: 900,
-            ticket_required: false,
-        };
-        assert_eq!(lease_want(&spec(10)), 1);
-        assert_eq!(lease_want(&spec(3_000)), 93);
-        assert_eq!(lease_want(&spec(10_000_000)), 256);
     }
 }

@@ -31,30 +31,33 @@
 //! (`RedisStore::claim_node`, made in `connect`); a claim found taken by
 //! another process makes every later call answer `Unavailable`.
 //!
-//! Layout:
-//! - `options.rs`: [`ClusterOptions`], [`StockMode`].
+//! Layout (each file uses only the files below it, and this one):
+//! - `mod.rs`: what the jobs share: `Shared` (the node's state), `Call`
+//!   (work the cores hand to the backend), `LeaseSlot` (a sale's lease
+//!   state, kept in the sale).
 //! - `authority.rs`: [`RedisAuthority`], the [`StockAuthority`](crate::StockAuthority)
 //!   the node calls: memory first (known keys, sold out, lease slots), the
 //!   rest handed to the backend as `Call`s; `connect` starts the backend.
 //! - `backend.rs`: the backend's loop (`backend_main`): batches of
 //!   reservations and key lookups, one task per other call, abandons
 //!   retried until Redis answers.
-//! - `leases.rs`: the per-sale lease slot, lease calls, lease resets and
-//!   returns, idle leases given back, top-up leases.
 //! - `poller.rs`: the background task: polls every sale, heartbeats,
 //!   reclaims dead nodes' leases, refreshes the node id claim.
+//! - `leases.rs`: lease calls, lease resets and returns, idle leases given
+//!   back, top-up leases.
 //! - `rebalance.rs`: wants, the bounded wait, units given back.
 //! - `reconcile.rs`: journal mode, changes no node logged reach a journal.
+//! - `options.rs`: [`ClusterOptions`], [`StockMode`], lease sizes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
-use crate::authority::Order;
-use crate::redis::NodeClaim;
+use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
+use crate::redis::{Created, KeyRecall, Moved, NodeClaim, Recalled, ReserveCall, ReserveOutcome};
 use crate::registry::Registry;
 use crate::sale::Sale;
 use crate::striped::Striped;
@@ -135,4 +138,88 @@ impl Shared {
             },
         );
     }
+}
+
+/// Work the cores hand to the backend.
+enum Call {
+    Reserve(
+        ReserveCall,
+        oneshot::Sender<Result<ReserveOutcome, StockError>>,
+    ),
+    Lease(Arc<Sale>, usize),
+    Create(SaleSpec, oneshot::Sender<Result<Created, StockError>>),
+    Switch(String, Switch, oneshot::Sender<Result<(), StockError>>),
+    Move(
+        String,
+        String,
+        OrderStatus,
+        u64,
+        oneshot::Sender<Result<Moved, StockError>>,
+    ),
+    Order(
+        String,
+        String,
+        oneshot::Sender<Result<Option<Order>, StockError>>,
+    ),
+    /// A move's event is durable in the journal: drop its not-yet-logged
+    /// entry (sale, order, status).
+    Logged(String, String, OrderStatus),
+    /// What an Idempotency-Key this node does not know stands for in Redis
+    /// (batched like reservations: one pipeline per drain).
+    Recall(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>),
+    /// Housekeeping: forget the Idempotency-Key records whose TTL passed.
+    ExpireKeys,
+    /// A reservation this node will not acknowledge (its log append
+    /// failed, or its reply never came): release it if Redis recorded it,
+    /// else tombstone its order id and return its units to the pool.
+    Abandon(Abandon),
+    /// Redis answered `no_lease`: this node's view of its lease and Redis's
+    /// disagree; drain the shards and return whatever the lease still holds.
+    ResetLease(Arc<Sale>),
+    /// Journal mode: start the reconciler, logging into this log.
+    Reconcile(Arc<dyn ChangeLog>),
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// A reservation to abandon (see [`RedisStore::abandon`](crate::redis::RedisStore::abandon)).
+struct Abandon {
+    sale_id: String,
+    order_id: String,
+    quantity: u32,
+    expires_at: u64,
+}
+
+/// One sale's lease state on this node, kept in the sale itself
+/// ([`lease_slot`]): the hot path reaches it without a node-wide lock.
+#[derive(Default)]
+struct LeaseSlot {
+    /// A lease call (or a lease reset) is running for this sale.
+    in_flight: AtomicBool,
+    failed: AtomicBool,
+    /// A reset after `no_lease` is queued and has not started yet.
+    reset_queued: AtomicBool,
+    done: Notify,
+    /// A buyer found the shards dry since the poller last looked: this
+    /// node may lease ahead of demand (`top_up`).
+    demand: AtomicBool,
+    /// Another node's want stood at the last poll: this node gives the
+    /// units in its shards back and does not lease ahead of demand.
+    wanted: AtomicBool,
+    /// Units left the shards to be given back (not to buyers) since
+    /// `top_up` last looked.
+    gave_back: AtomicBool,
+}
+
+/// The sale's lease slot, made on first use.
+fn lease_slot(sale: &Sale) -> &LeaseSlot {
+    sale.ext
+        .get_or_init(|| Box::new(LeaseSlot::default()))
+        .downcast_ref::<LeaseSlot>()
+        .unwrap_or_else(|| unreachable!("only the cluster authority sets a sale's slot"))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

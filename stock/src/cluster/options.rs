@@ -74,3 +74,30 @@ pub(super) fn local_units(mode: StockMode, spec: &SaleSpec) -> u64 {
         StockMode::PerRequest => spec.stock.saturating_mul(4).max(1 << 40),
     }
 }
+
+/// How many units one lease asks for: a slice of the sale, so that no node
+/// hoards it; Redis shrinks the grant further as the pool runs low.
+pub(super) fn lease_want(spec: &SaleSpec) -> u64 {
+    (spec.stock / 32).clamp(1, 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_a_slice_of_the_sale() {
+        let spec = |stock| SaleSpec {
+            sale_id: "s".into(),
+            stock,
+            per_user_limit: 1,
+            starts_at: 0,
+            ends_at: None,
+            payment_timeout_s: 900,
+            ticket_required: false,
+        };
+        assert_eq!(lease_want(&spec(10)), 1);
+        assert_eq!(lease_want(&spec(3_000)), 93);
+        assert_eq!(lease_want(&spec(10_000_000)), 256);
+    }
+}

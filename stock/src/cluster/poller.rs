@@ -13,10 +13,9 @@ use crate::redis::{ClaimOutcome, RedisStore, SaleSwitchState};
 use crate::sale::Sale;
 use crate::striped::fnv;
 
-use super::backend::Call;
 use super::leases::{IdleLeases, TopUp};
 use super::options::{local_units, StockMode};
-use super::{rebalance, Shared};
+use super::{now_s, rebalance, Call, Shared};
 
 pub(super) async fn background(
     store: RedisStore,
@@ -154,10 +153,4 @@ pub(super) async fn poll_once(store: &RedisStore, shared: &Shared) {
             }
         }
     }
-}
-
-pub(super) fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -28,9 +28,8 @@ use crate::authority::StockError;
 use crate::redis::{RedisStore, SaleStatus, SaleSwitchState};
 use crate::sale::Sale;
 
-use super::backend::Call;
-use super::leases::{lease_slot, lease_want};
-use super::{ClusterOptions, Shared, StockMode};
+use super::options::{lease_want, ClusterOptions, StockMode};
+use super::{lease_slot, Call, Shared};
 
 /// The longest a buyer is held for units to come back from other nodes: a
 /// few poll intervals, since holders see a want on their next poll.
