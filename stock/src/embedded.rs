@@ -20,9 +20,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::authority::{
-    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, StockAuthority,
-    StockError, Switch, Transition,
+use crate::authority::{Reservation, StockAuthority, Transition};
+use crate::model::{
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, StockError, Switch,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;

@@ -7,8 +7,10 @@
 //!   stealing between siblings, a sold-out flag, and [`Units`], the guard for
 //!   units taken but not yet committed.
 //! - `sale`: [`Sale`], one sale on a node: spec, shards, switch, sold count.
-//! - `authority`: the [`StockAuthority`] trait (the seam between the node and
-//!   whoever accounts for units) and the types it speaks.
+//! - `model`: the types the node and the authorities speak: [`SaleSpec`],
+//!   [`SaleState`], [`Switch`], [`Order`], [`OrderStatus`], [`StockError`], ...
+//! - `authority`: the [`StockAuthority`] trait, the seam between the node and
+//!   whoever accounts for units.
 //! - `cluster`: [`cluster::RedisAuthority`], the cluster authority: leases
 //!   from Redis into the shards, a tokio backend thread fed by channels;
 //!   `cluster/rebalance.rs` moves leased units to the node whose buyer
@@ -26,6 +28,7 @@ pub mod authority;
 #[cfg(not(loom))]
 pub mod cluster;
 pub mod embedded;
+pub mod model;
 #[cfg(not(loom))]
 pub mod redis;
 mod registry;
@@ -34,10 +37,10 @@ pub mod shards;
 mod striped;
 mod sync;
 
-pub use authority::{
-    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, SaleState,
-    StockAuthority, StockError, Switch, Transition,
-};
+pub use authority::{Reservation, StockAuthority, Transition};
 pub use embedded::EmbeddedAuthority;
+pub use model::{
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, SaleState, StockError, Switch,
+};
 pub use sale::Sale;
 pub use shards::{ShardedStock, Units};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::authority::{SaleSpec, StockError};
+use crate::model::{SaleSpec, StockError};
 use crate::sale::Sale;
 
 #[derive(Default)]

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use crate::authority::{SaleSpec, SaleState, StockError, Switch};
+use crate::model::{SaleSpec, SaleState, StockError, Switch};
 use crate::striped::Striped;
 use crate::ShardedStock;
 

@@ -11,9 +11,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::warn;
 
-use crate::authority::{
-    Attempt, KeyLookup, Order, OrderIds, OrderStatus, Reservation, SaleSpec, StockAuthority,
-    StockError, Switch, Transition,
+use crate::authority::{Reservation, StockAuthority, Transition};
+use crate::model::{
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, StockError, Switch,
 };
 use crate::redis::{
     ClaimOutcome, KeyRecall, Moved, NodeClaim, Recalled, RedisStore, ReserveCall, ReserveOutcome,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::authority::{StockError, Switch};
+use crate::model::{StockError, Switch};
 use crate::redis::{Abandoned, KeyRecall, Recalled, RedisStore, ReserveCall, ReserveOutcome};
 
 use super::leases::{lease, leases_settled, reset_after_no_lease, return_leases};

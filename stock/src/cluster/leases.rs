@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::authority::StockError;
+use crate::model::StockError;
 use crate::redis::RedisStore;
 use crate::sale::Sale;
 

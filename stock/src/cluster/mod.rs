@@ -56,7 +56,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
-use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
+use crate::model::{Order, OrderStatus, SaleSpec, StockError, Switch};
 use crate::redis::{Created, KeyRecall, Moved, NodeClaim, Recalled, ReserveCall, ReserveOutcome};
 use crate::registry::Registry;
 use crate::sale::Sale;

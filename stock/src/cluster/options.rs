@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::authority::SaleSpec;
+use crate::model::SaleSpec;
 
 /// How the cluster authority takes units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

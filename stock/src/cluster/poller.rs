@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::authority::Switch;
+use crate::model::Switch;
 use crate::redis::{ClaimOutcome, RedisStore, SaleSwitchState};
 use crate::sale::Sale;
 use crate::striped::fnv;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::authority::StockError;
+use crate::model::StockError;
 use crate::redis::{RedisStore, SaleStatus, SaleSwitchState};
 use crate::sale::Sale;
 

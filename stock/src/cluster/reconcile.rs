@@ -33,7 +33,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::Shared;
-use crate::authority::{Order, OrderStatus};
+use crate::model::{Order, OrderStatus};
 use crate::redis::RedisStore;
 
 /// Entries one sale gives a pass at most.

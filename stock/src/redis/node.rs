@@ -21,7 +21,7 @@ use ::redis::Script;
 use tracing::warn;
 
 use super::RedisStore;
-use crate::authority::StockError;
+use crate::model::StockError;
 
 /// The HASH of node claims.
 pub const NODES_KEY: &str = "sk:nodes";

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use redis::Script;
 
 use super::RedisStore;
-use crate::authority::StockError;
+use crate::model::StockError;
 
 /// How often a node publishes its record.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);

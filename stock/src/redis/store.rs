@@ -13,7 +13,7 @@ use ::redis::{
 };
 use serde::Deserialize;
 
-use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
+use crate::model::{Order, OrderStatus, SaleSpec, StockError, Switch};
 
 mod rebalance;
 pub use rebalance::{Ask, Tail};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ::redis::Script;
 
 use super::{millis, Keys, RedisStore};
-use crate::authority::StockError;
+use crate::model::StockError;
 
 static WANT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/want.lua")));
 static GIVE_BACK: LazyLock<Script> =
