@@ -25,32 +25,17 @@ use stock::{
 };
 
 use crate::auth::{self, PayloadBuf};
+use crate::clock::{now_ms, now_s};
 use crate::error::ApiError;
+pub use crate::http::Reply;
 use crate::http::{Method, Request, Response};
-use crate::node::{now_ms, now_s, Core, Failpoint};
+use crate::node::{Core, Failpoint};
 use crate::timefmt;
 
 /// The default payment timeout of a sale: 15 minutes.
 pub const DEFAULT_PAYMENT_TIMEOUT_S: u64 = 900;
 /// Longest accepted user id, sale id and Idempotency-Key.
 const MAX_ID_LEN: usize = 64;
-
-/// A successful answer; its body is already in the body buffer.
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub replayed: bool,
-}
-
-impl Reply {
-    fn json() -> Self {
-        Reply {
-            status: 200,
-            content_type: "application/json",
-            replayed: false,
-        }
-    }
-}
 
 impl<A: StockAuthority, L: OrderLog> Core<A, L> {
     /// Answers one request from `peer`: appends the whole response to

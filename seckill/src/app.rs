@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use tracing::info;
 
 use crate::config::Config;
+pub use crate::config::TokenFlags;
 use crate::http::{Method, Request};
 use std::sync::Arc;
 
@@ -118,23 +119,9 @@ fn banner(addr: SocketAddr, token: &str, generated: bool, demo: bool) {
     let _ = out.flush();
 }
 
-/// `seckill token`: a buyer token for `--sub`, a ticket with `--sale`.
-#[derive(Debug, clap::Args)]
-pub struct TokenFlags {
-    /// The buyer (the token's `sub`, the user id of their orders).
-    #[arg(long)]
-    pub sub: String,
-    /// Makes the token a ticket for this sale (`ticket_required` sales).
-    #[arg(long)]
-    pub sale: Option<String>,
-    /// How long the token is valid: seconds, or with a unit (30s, 10m, 2h).
-    #[arg(long, default_value = "10m", value_parser = parse_ttl)]
-    pub ttl: u64,
-}
-
 /// Prints a token signed with the first configured buyer key.
 pub fn token(config: &Config, flags: &TokenFlags) -> anyhow::Result<()> {
-    let now = crate::node::now_s();
+    let now = crate::clock::now_s();
     let claims = crate::auth::Claims {
         sub: &flags.sub,
         sale: flags.sale.as_deref(),
@@ -146,27 +133,6 @@ pub fn token(config: &Config, flags: &TokenFlags) -> anyhow::Result<()> {
     })?;
     println!("{token}");
     Ok(())
-}
-
-/// Seconds from `600`, `30s`, `10m`, `2h` or `1d`.
-fn parse_ttl(text: &str) -> Result<u64, String> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(format!("unknown unit in {text:?}: use s, m, h or d")),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 /// Without buyer keys the node believes the body's `user_id`: say so.
@@ -185,21 +151,4 @@ fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ttl;
-
-    #[test]
-    fn ttls_take_units() {
-        assert_eq!(parse_ttl("600"), Ok(600));
-        assert_eq!(parse_ttl("30s"), Ok(30));
-        assert_eq!(parse_ttl("10m"), Ok(600));
-        assert_eq!(parse_ttl("2h"), Ok(7_200));
-        assert_eq!(parse_ttl("1d"), Ok(86_400));
-        assert!(parse_ttl("0").is_err());
-        assert!(parse_ttl("10x").is_err());
-        assert!(parse_ttl("m").is_err());
-    }
 }

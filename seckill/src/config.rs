@@ -109,10 +109,55 @@ pub enum LogFormat {
 pub enum Command {
     /// Runs the settler of a Kafka cluster: consumes the order topic,
     /// expires unpaid orders, reconciles changes that never reached the log.
-    Settle(crate::settle::SettleFlags),
+    Settle(SettleFlags),
     /// Prints a buyer token signed with the first of the configured
     /// `buyer_keys` (TOML or SECKILL_BUYER_KEYS), for operators and curl.
-    Token(crate::app::TokenFlags),
+    Token(TokenFlags),
+}
+
+/// Flags of `seckill settle`.
+#[derive(Debug, clap::Args)]
+pub struct SettleFlags {
+    /// Redis URL of the cluster (the stock authority).
+    #[arg(long, env = "SECKILL_REDIS")]
+    pub redis: String,
+    /// Kafka bootstrap brokers.
+    #[arg(long, env = "SECKILL_KAFKA")]
+    pub kafka: String,
+    /// The order topic.
+    #[arg(long, env = "SECKILL_KAFKA_TOPIC", default_value = "seckill.orders")]
+    pub kafka_topic: String,
+    /// Consumer group of the settlers.
+    #[arg(long, env = "SECKILL_SETTLE_GROUP", default_value = "seckill-settler")]
+    pub group: String,
+    /// A change missing from the log this long after it was made in Redis
+    /// is reconciled. Must be longer than the nodes' kafka_timeout_ms (a
+    /// produce may succeed until then).
+    #[arg(long, env = "SECKILL_SETTLE_GRACE_MS", default_value_t = 15_000)]
+    pub grace_ms: u64,
+    /// How often expiry and reconciliation run.
+    #[arg(long, env = "SECKILL_SETTLE_INTERVAL_MS", default_value_t = 500)]
+    pub interval_ms: u64,
+    /// Longest wait for one Redis reply.
+    #[arg(long, default_value_t = 1_000)]
+    pub redis_timeout_ms: u64,
+    /// Longest wait for one event's delivery, and for broker metadata.
+    #[arg(long, default_value_t = 5_000)]
+    pub kafka_timeout_ms: u64,
+}
+
+/// `seckill token`: a buyer token for `--sub`, a ticket with `--sale`.
+#[derive(Debug, clap::Args)]
+pub struct TokenFlags {
+    /// The buyer (the token's `sub`, the user id of their orders).
+    #[arg(long)]
+    pub sub: String,
+    /// Makes the token a ticket for this sale (`ticket_required` sales).
+    #[arg(long)]
+    pub sale: Option<String>,
+    /// How long the token is valid: seconds, or with a unit (30s, 10m, 2h).
+    #[arg(long, default_value = "10m", value_parser = parse_ttl)]
+    pub ttl: u64,
 }
 
 /// Every setting of a node, with its default and its cost.
@@ -443,6 +488,27 @@ impl Config {
     }
 }
 
+/// Seconds from `600`, `30s`, `10m`, `2h` or `1d`.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in {text:?}: use s, m, h or d")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,5 +568,17 @@ mod tests {
         };
         let err = Config::from_flags(flags).unwrap_err().to_string();
         assert!(err.contains("write_timeout_s"), "{err}");
+    }
+
+    #[test]
+    fn ttls_take_units() {
+        assert_eq!(parse_ttl("600"), Ok(600));
+        assert_eq!(parse_ttl("30s"), Ok(30));
+        assert_eq!(parse_ttl("10m"), Ok(600));
+        assert_eq!(parse_ttl("2h"), Ok(7_200));
+        assert_eq!(parse_ttl("1d"), Ok(86_400));
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("10x").is_err());
+        assert!(parse_ttl("m").is_err());
     }
 }

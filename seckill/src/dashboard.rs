@@ -9,7 +9,7 @@
 //! switches (`/admin/sales/{id}/pause|resume|close`). The token never goes
 //! into a URL.
 
-use crate::api::Reply;
+use crate::http::Reply;
 
 const PAGE: &str = include_str!("dashboard/index.html");
 

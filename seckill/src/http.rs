@@ -8,6 +8,24 @@
 
 use std::io::Write;
 
+/// A successful answer; its body is already in the body buffer.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub replayed: bool,
+}
+
+impl Reply {
+    /// 200, `application/json`.
+    pub(crate) fn json() -> Self {
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            replayed: false,
+        }
+    }
+}
+
 /// Headers over this many bytes are answered 431.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Bodies over this many bytes are answered 413.

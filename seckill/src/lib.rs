@@ -1,10 +1,13 @@
 //! The seckill node: a thread-per-core flash-sale HTTP service.
 //!
 //! Layout:
-//! - `config`: [`config::Config`], loaded once from flags, env and TOML.
+//! - `config`: [`config::Config`], loaded once from flags, env and TOML;
+//!   the subcommands' flags.
+//! - `clock`: the wall clock (Unix seconds, milliseconds, microseconds).
 //! - `server`: one monoio runtime and SO_REUSEPORT listener per core, the
 //!   connection loop, the expiry sweeper, graceful stop.
-//! - `http`: HTTP/1.1 parsing (httparse) with limits, response writing.
+//! - `http`: HTTP/1.1 parsing (httparse) with limits, response writing,
+//!   [`http::Reply`] (what a handler answers).
 //! - `api`: routing and the handlers of the API (docs/api.md); the purchase hot
 //!   path is `Core::purchase`.
 //! - `node`: [`node::Node`] (shared: config, stock authority, order log,
@@ -27,6 +30,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod error;

@@ -18,6 +18,7 @@ use queue::{
 use stock::cluster::{Change, ChangeLog, ClusterOptions, RedisAuthority, Relog, StockMode};
 use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
 
+pub use crate::clock::{now_micros, now_ms, now_s};
 use crate::config::{Config, StockModeSetting};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::ratelimit::RateLimits;
@@ -670,21 +671,4 @@ fn shard_of(order_id: &str, shards: usize) -> usize {
         .bytes()
         .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
         % shards
-}
-
-/// Unix time in seconds.
-pub fn now_s() -> u64 {
-    now_micros() / 1_000_000
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    now_micros() / 1_000
-}
-
-/// Unix time in microseconds.
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -5,7 +5,7 @@
 //! answers those bytes as they are, with no work per request.
 //! `scripts/schemathesis.sh` checks a running node against it.
 
-use crate::api::Reply;
+use crate::http::Reply;
 
 /// The document as JSON, rendered from `docs/openapi.yaml` by `build.rs`.
 pub const JSON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi.json"));

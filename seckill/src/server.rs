@@ -20,10 +20,11 @@ use queue::OrderLog;
 use stock::{OrderStatus, StockAuthority, StockError};
 use tracing::{debug, info, warn};
 
+use crate::clock::now_s;
 use crate::config::Driver;
 use crate::error::ApiError;
 use crate::http::{self, Parsed};
-use crate::node::{now_s, Core, Node};
+use crate::node::{Core, Node};
 
 /// How often the accept loop and the sweeper look at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);

@@ -70,38 +70,8 @@ use stock::redis::{LiveNode, Moved, RedisStore};
 use stock::{Order, OrderStatus};
 use tracing::{debug, error, info, warn};
 
-use crate::node::{now_ms, now_s};
-
-/// Flags of `seckill settle`.
-#[derive(Debug, clap::Args)]
-pub struct SettleFlags {
-    /// Redis URL of the cluster (the stock authority).
-    #[arg(long, env = "SECKILL_REDIS")]
-    pub redis: String,
-    /// Kafka bootstrap brokers.
-    #[arg(long, env = "SECKILL_KAFKA")]
-    pub kafka: String,
-    /// The order topic.
-    #[arg(long, env = "SECKILL_KAFKA_TOPIC", default_value = "seckill.orders")]
-    pub kafka_topic: String,
-    /// Consumer group of the settlers.
-    #[arg(long, env = "SECKILL_SETTLE_GROUP", default_value = "seckill-settler")]
-    pub group: String,
-    /// A change missing from the log this long after it was made in Redis
-    /// is reconciled. Must be longer than the nodes' kafka_timeout_ms (a
-    /// produce may succeed until then).
-    #[arg(long, env = "SECKILL_SETTLE_GRACE_MS", default_value_t = 15_000)]
-    pub grace_ms: u64,
-    /// How often expiry and reconciliation run.
-    #[arg(long, env = "SECKILL_SETTLE_INTERVAL_MS", default_value_t = 500)]
-    pub interval_ms: u64,
-    /// Longest wait for one Redis reply.
-    #[arg(long, default_value_t = 1_000)]
-    pub redis_timeout_ms: u64,
-    /// Longest wait for one event's delivery, and for broker metadata.
-    #[arg(long, default_value_t = 5_000)]
-    pub kafka_timeout_ms: u64,
-}
+use crate::clock::{now_ms, now_s};
+pub use crate::config::SettleFlags;
 
 /// The settler's exit status when it stopped at an event it cannot read
 /// ([`Unreadable`]); a supervisor may stop restarting on it.

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use stock::redis::stats::StatsBoard;
 use stock::StockAuthority;
 
+use crate::clock::{now_ms, now_s};
 use crate::error::ApiError;
 use crate::metrics::OUTCOMES;
-use crate::node::{now_ms, now_s, Core, Node};
+use crate::node::{Core, Node};
 
 /// Counts or rates by purchase outcome (the keys of [`OUTCOMES`]).
 #[derive(Serialize, Deserialize, Clone, Copy, Default, Debug, PartialEq)]
@@ -144,7 +145,7 @@ struct Document<'a> {
 /// metrics slot: no lock, no allocation.
 pub fn count_purchase<A: StockAuthority, L: OrderLog>(
     core: &Core<A, L>,
-    answer: &Result<crate::api::Reply, ApiError>,
+    answer: &Result<crate::http::Reply, ApiError>,
 ) {
     let m = core.metrics();
     m.purchase(answer.as_ref().map_or_else(ApiError::status, |r| r.status));
