@@ -19,6 +19,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "module cycles (scripts/module-cycles.sh: no two modules of a crate import each other)"
+bash scripts/module-cycles.sh
+
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -31,6 +31,7 @@
 //!   `.hgrm` percentile table, machine and versions.
 //! - `tokens`: [`tokens::BuyerTokens`], one pre-minted buyer token per
 //!   simulated buyer (`--buyer-key`), for nodes with `buyer_keys`.
+//! - `user`: [`user::User`], a simulated buyer (hot or cold, and its index).
 //! - `cli`: the command line of `seckill-bench` (`run`, `find-max`).
 
 pub mod admin;
@@ -45,6 +46,7 @@ pub mod report;
 pub mod scenario;
 pub mod schedule;
 pub mod tokens;
+pub mod user;
 
 pub use engine::{run_load, LoadConfig, Mode};
 pub use orderlog::{LogSpec, OrderLogSource};

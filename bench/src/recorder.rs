@@ -36,7 +36,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{error_code, ResponseHead};
-use crate::scenario::{RequestMeta, User};
+use crate::scenario::RequestMeta;
+use crate::user::User;
 
 /// Highest latency a histogram holds exactly (longer ones are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;

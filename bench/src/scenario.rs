@@ -20,6 +20,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use crate::tokens::BuyerTokens;
+pub use crate::user::User;
 
 /// Which requests the connections send.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,20 +76,6 @@ pub enum KeyMode {
     Hot,
     /// Every request has a key.
     All,
-}
-
-/// A buyer: hot (`h<index>`) or cold (`u<index>`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct User {
-    pub hot: bool,
-    pub index: u64,
-}
-
-impl User {
-    /// The `user_id` the request carries.
-    pub fn id(&self) -> String {
-        format!("{}{}", if self.hot { 'h' } else { 'u' }, self.index)
-    }
 }
 
 /// What one request was, kept while it is in flight so its answer can be

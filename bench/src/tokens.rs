@@ -14,7 +14,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::scenario::User;
+use crate::user::User;
 
 /// Most buyers a run pre-mints tokens for: about 100 bytes each.
 pub const MAX_MINTED: u64 = 2_000_000;
