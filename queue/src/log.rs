@@ -24,6 +24,12 @@ impl LogError {
     pub fn code(&self) -> &'static str {
         "unavailable"
     }
+
+    /// Whether the same request may succeed if retried later: always (the
+    /// log, or the way to it, may be back).
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
 }
 
 /// An append-only log of order events.

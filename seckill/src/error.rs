@@ -102,13 +102,25 @@ impl ApiError {
         }
     }
 
-    /// Seconds a client should wait before retrying, where retrying helps.
-    pub fn retry_after(&self) -> Option<u32> {
-        if let ApiError::RateLimited { retry_after_s, .. } = self {
-            return Some(*retry_after_s);
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Overloaded | ApiError::RateLimited { .. } => true,
+            ApiError::Stock(e) => e.is_retryable(),
+            ApiError::Log(e) => e.is_retryable(),
+            _ => false,
         }
-        match self.status() {
-            503 => Some(1),
+    }
+
+    /// Seconds a client should wait before retrying, where retrying helps
+    /// and the wait is the server's to tell (429, 503). A request whose
+    /// Idempotency-Key is still in progress (409) waits on the client's own
+    /// first request, so it gets none.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::Stock(StockError::InProgress) => None,
+            e if e.is_retryable() => Some(1),
             _ => None,
         }
     }
@@ -241,6 +253,48 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(resp.body).unwrap();
             assert_eq!(v["error"], "unavailable", "{err:?}");
             assert_eq!(v["message"], message, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_answered_with_429_and_503_only() {
+        let errors: Vec<ApiError> = vec![
+            ApiError::BadRequest("x".into()),
+            ApiError::BadRequestStatic("x"),
+            ApiError::Unauthorized,
+            ApiError::Unauthenticated("x"),
+            ApiError::NotFound("x"),
+            ApiError::MethodNotAllowed("GET"),
+            ApiError::BodyTooLarge,
+            ApiError::HeadersTooLarge,
+            ApiError::Overloaded,
+            ApiError::RateLimited {
+                by: "user",
+                retry_after_s: 7,
+            },
+            StockError::SaleNotFound.into(),
+            StockError::OrderNotFound.into(),
+            StockError::SaleNotOpen.into(),
+            StockError::SoldOut.into(),
+            StockError::LimitExceeded.into(),
+            StockError::InProgress.into(),
+            StockError::KeyReused.into(),
+            StockError::InvalidState("x").into(),
+            StockError::Unavailable("x".into()).into(),
+            StockError::Undetermined("x".into()).into(),
+            LogError::Unavailable("x".into()).into(),
+            LogError::Undetermined("x".into()).into(),
+        ];
+        for e in &errors {
+            let expected = match e.status() {
+                429 => Some(7),
+                503 => Some(1),
+                _ => None,
+            };
+            assert_eq!(e.retry_after(), expected, "{e:?}");
+            if expected.is_some() {
+                assert!(e.is_retryable(), "{e:?}");
+            }
         }
     }
 
