@@ -623,7 +623,7 @@ mod tests {
                 t,
                 EventKind::SaleSwitched {
                     sale_id: "s".into(),
-                    switch: queue::SaleSwitch::Paused,
+                    switch: queue::Switch::Pause,
                 },
             )
         };

@@ -19,6 +19,11 @@
 //! seconds, as in the HTTP API.
 
 use serde::{Deserialize, Serialize};
+use stock::Order;
+/// The sale switch and the order change, spelled once (in `stock`'s model):
+/// [`Switch::recorded`] is the `switch` of `sale_switched`, and
+/// [`EventKind::order`] makes the event of each [`OrderChange`].
+pub use stock::{OrderChange, Switch};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -57,15 +62,6 @@ impl Event {
     }
 }
 
-/// A sale's runtime switch as recorded in the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SaleSwitch {
-    Paused,
-    Resumed,
-    Closed,
-}
-
 /// What an [`Event`] records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -85,7 +81,7 @@ pub enum EventKind {
         ticket_required: bool,
     },
     /// An operator paused, resumed or closed a sale.
-    SaleSwitched { sale_id: String, switch: SaleSwitch },
+    SaleSwitched { sale_id: String, switch: Switch },
     /// A buyer won `quantity` units; the order waits for payment until
     /// `expires_at`.
     OrderReserved {
@@ -136,6 +132,82 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The event of `change` of `order`: the one place an order's event is
+    /// made. `idempotency_key` and `fingerprint` (hex) go into an
+    /// `order_reserved` only.
+    pub fn order(
+        change: OrderChange,
+        order: &Order,
+        idempotency_key: Option<String>,
+        fingerprint: Option<String>,
+    ) -> EventKind {
+        let (order_id, sale_id, user_id, quantity) = (
+            order.order_id.clone(),
+            order.sale_id.clone(),
+            order.user_id.clone(),
+            order.quantity,
+        );
+        match change {
+            OrderChange::Reserved => EventKind::OrderReserved {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+                expires_at: order.expires_at,
+                idempotency_key,
+                fingerprint,
+            },
+            OrderChange::Paid => EventKind::OrderPaid {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+            OrderChange::Cancelled => EventKind::OrderCancelled {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+            OrderChange::Expired => EventKind::OrderExpired {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+            OrderChange::Released => EventKind::StockReleased {
+                order_id,
+                sale_id,
+                user_id,
+                quantity,
+            },
+        }
+    }
+
+    /// The order change this event records, as `(sale_id, order_id,
+    /// change)`; `None` for a sale's event.
+    pub fn order_change(&self) -> Option<(&str, &str, OrderChange)> {
+        let (sale_id, order_id, change) = match self {
+            EventKind::OrderReserved {
+                sale_id, order_id, ..
+            } => (sale_id, order_id, OrderChange::Reserved),
+            EventKind::OrderPaid {
+                sale_id, order_id, ..
+            } => (sale_id, order_id, OrderChange::Paid),
+            EventKind::OrderCancelled {
+                sale_id, order_id, ..
+            } => (sale_id, order_id, OrderChange::Cancelled),
+            EventKind::OrderExpired {
+                sale_id, order_id, ..
+            } => (sale_id, order_id, OrderChange::Expired),
+            EventKind::StockReleased {
+                sale_id, order_id, ..
+            } => (sale_id, order_id, OrderChange::Released),
+            EventKind::SaleCreated { .. } | EventKind::SaleSwitched { .. } => return None,
+        };
+        Some((sale_id, order_id, change))
+    }
+
     /// The id events are keyed and partitioned by: the order id for order
     /// events (so one order's events stay in order), the sale id for sale
     /// events.
@@ -187,13 +259,43 @@ mod tests {
             5,
             EventKind::SaleSwitched {
                 sale_id: "s".into(),
-                switch: SaleSwitch::Closed,
+                switch: Switch::Close,
             },
         );
         let text = String::from_utf8(e.to_json()).unwrap();
         assert!(text.contains(r#""type":"sale_switched""#), "{text}");
         assert!(text.contains(r#""switch":"closed""#), "{text}");
         assert_eq!(Event::from_json(text.as_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn every_order_change_makes_its_event_and_reads_back() {
+        let order = Order {
+            order_id: "1-2".into(),
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            quantity: 2,
+            status: stock::OrderStatus::Reserved,
+            expires_at: 900,
+            shard: 0,
+        };
+        for change in OrderChange::ALL {
+            let kind = EventKind::order(change, &order, Some("k".into()), Some("f".into()));
+            assert_eq!(kind.order_change(), Some(("s", "1-2", change)));
+            let v: serde_json::Value =
+                serde_json::from_slice(&Event::new(1, kind).to_json()).unwrap();
+            let expected = match change {
+                OrderChange::Released => "stock_released".to_owned(),
+                other => format!("order_{}", other.as_str()),
+            };
+            assert_eq!(v["type"], expected.as_str());
+            assert_eq!(v["quantity"], 2);
+            // The key and fingerprint belong to a reservation only.
+            assert_eq!(
+                v.get("idempotency_key").is_some(),
+                change == OrderChange::Reserved
+            );
+        }
     }
 
     #[test]

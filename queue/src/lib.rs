@@ -22,7 +22,7 @@ pub mod log;
 pub mod snapshot;
 
 pub use admission::{Admission, Overloaded, Permit};
-pub use event::{Event, EventKind, SaleSwitch};
+pub use event::{Event, EventKind, OrderChange, Switch};
 pub use journal::{Durable, Journal, JournalError, JournalOptions, Recovered};
 pub use kafka::{KafkaLog, KafkaOptions};
 pub use log::{LogError, OrderLog};

@@ -17,11 +17,11 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use queue::{Event, EventKind, OrderLog, SaleSwitch};
+use queue::{Event, EventKind, OrderLog};
 use serde::{Deserialize, Serialize};
 use stock::{
-    Attempt, KeyLookup, Order, OrderStatus, Reservation, Sale, SaleSpec, StockAuthority,
-    StockError, Switch, Transition,
+    Attempt, KeyLookup, Order, OrderChange, OrderStatus, Reservation, Sale, SaleSpec,
+    StockAuthority, StockError, Switch, Transition,
 };
 
 use crate::auth::{self, PayloadBuf};
@@ -114,20 +114,13 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             }
             return match (method, rest.split_once('/')) {
                 (Method::Put, None) => self.create_sale(rest, req.body, body).await,
-                (Method::Post, Some((id, "pause"))) => {
-                    self.switch_sale(id, Switch::Pause, body).await
-                }
-                (Method::Post, Some((id, "resume"))) => {
-                    self.switch_sale(id, Switch::Resume, body).await
-                }
-                (Method::Post, Some((id, "close"))) => {
-                    self.switch_sale(id, Switch::Close, body).await
-                }
                 (_, None) => Err(ApiError::MethodNotAllowed("PUT")),
-                (_, Some((_, "pause" | "resume" | "close"))) => {
-                    Err(ApiError::MethodNotAllowed("POST"))
-                }
-                _ => Err(ApiError::NotFound("no such route")),
+                // `pause`, `resume`, `close`: `Switch`'s own words.
+                (method, Some((id, word))) => match (method, word.parse::<Switch>()) {
+                    (Method::Post, Ok(switch)) => self.switch_sale(id, switch, body).await,
+                    (_, Ok(_)) => Err(ApiError::MethodNotAllowed("POST")),
+                    (_, Err(_)) => Err(ApiError::NotFound("no such route")),
+                },
             };
         }
         match (method, path) {
@@ -492,16 +485,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         if switch != Switch::Close && sale.state(now_s()) == stock::SaleState::Closed {
             return Err(StockError::InvalidState("the sale is closed").into());
         }
-        let recorded = match switch {
-            Switch::Pause => SaleSwitch::Paused,
-            Switch::Resume => SaleSwitch::Resumed,
-            Switch::Close => SaleSwitch::Closed,
-        };
         let event = Event::new(
             now_ms(),
             EventKind::SaleSwitched {
                 sale_id: sale_id.to_owned(),
-                switch: recorded,
+                switch,
             },
         );
         self.node.log.append(&event).await?;
@@ -560,50 +548,22 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
 }
 
 fn reserved_event(order: &Order, attempt: &Attempt<'_>, sale_id: &str) -> Event {
-    Event::new(
-        now_ms(),
-        EventKind::OrderReserved {
-            order_id: order.order_id.clone(),
-            sale_id: order.sale_id.clone(),
-            user_id: order.user_id.clone(),
-            quantity: order.quantity,
-            expires_at: order.expires_at,
-            idempotency_key: attempt.idempotency_key.map(str::to_owned),
-            fingerprint: attempt
-                .idempotency_key
-                .map(|_| format!("{:x}", attempt.fingerprint(sale_id))),
-        },
-    )
+    let kind = EventKind::order(
+        OrderChange::Reserved,
+        order,
+        attempt.idempotency_key.map(str::to_owned),
+        attempt
+            .idempotency_key
+            .map(|_| format!("{:x}", attempt.fingerprint(sale_id))),
+    );
+    Event::new(now_ms(), kind)
 }
 
 /// The event of `order` moving to `to`; none for `Reserved`.
 fn transition_event(order: &Order, to: OrderStatus) -> Option<Event> {
-    let (order_id, sale_id, user_id, quantity) = (
-        order.order_id.clone(),
-        order.sale_id.clone(),
-        order.user_id.clone(),
-        order.quantity,
-    );
     let kind = match to {
-        OrderStatus::Paid => EventKind::OrderPaid {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        OrderStatus::Cancelled => EventKind::OrderCancelled {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        OrderStatus::Expired => EventKind::OrderExpired {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
         OrderStatus::Reserved => return None,
+        moved => EventKind::order(moved.into(), order, None, None),
     };
     Some(Event::new(now_ms(), kind))
 }

@@ -12,11 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 
 use queue::snapshot::{self, Snapshot};
-use queue::{
-    journal, Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog, SaleSwitch,
-};
-use stock::cluster::{Change, ChangeLog, ClusterOptions, RedisAuthority, Relog, StockMode};
-use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority, Switch};
+use queue::{journal, Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog};
+use stock::cluster::{ChangeLog, ClusterOptions, RedisAuthority, Relog, StockMode};
+use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority};
 
 pub use crate::clock::{now_micros, now_ms, now_s};
 use crate::config::{Config, StockModeSetting};
@@ -286,48 +284,12 @@ impl ChangeLog for JournalChanges {
 
 /// The event of a change the reconciler logs, from Redis's record.
 fn change_event(relog: &Relog) -> Event {
-    let o = &relog.order;
-    let (order_id, sale_id, user_id, quantity) = (
-        o.order_id.clone(),
-        o.sale_id.clone(),
-        o.user_id.clone(),
-        o.quantity,
+    let kind = EventKind::order(
+        relog.change,
+        &relog.order,
+        relog.key.clone(),
+        relog.fingerprint.clone(),
     );
-    let kind = match relog.change {
-        Change::Reserved => EventKind::OrderReserved {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-            expires_at: o.expires_at,
-            idempotency_key: relog.key.clone(),
-            fingerprint: relog.fingerprint.clone(),
-        },
-        Change::Paid => EventKind::OrderPaid {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        Change::Cancelled => EventKind::OrderCancelled {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        Change::Expired => EventKind::OrderExpired {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        Change::Released => EventKind::StockReleased {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-    };
     Event::new(now_ms(), kind)
 }
 
@@ -615,12 +577,7 @@ fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Res
                 }
             }
             EventKind::SaleSwitched { sale_id, switch } => {
-                let switch = match switch {
-                    SaleSwitch::Paused => Switch::Pause,
-                    SaleSwitch::Resumed => Switch::Resume,
-                    SaleSwitch::Closed => Switch::Close,
-                };
-                authority.restore_switch(sale_id, switch)
+                authority.restore_switch(sale_id, *switch)
             }
             EventKind::OrderReserved {
                 order_id,

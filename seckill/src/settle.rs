@@ -67,7 +67,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use stock::redis::{LiveNode, Moved, RedisStore};
-use stock::{Order, OrderStatus};
+use stock::{Order, OrderChange, OrderStatus};
 use tracing::{debug, error, info, warn};
 
 use crate::clock::{now_ms, now_s};
@@ -164,87 +164,24 @@ struct Settler {
 
 #[derive(Default)]
 struct Batch {
-    entries: HashMap<String, Vec<(String, &'static str)>>,
+    entries: HashMap<String, Vec<(String, OrderChange)>>,
     offsets: HashMap<i32, i64>,
     len: usize,
 }
 
-/// The not-yet-logged entry an event settles: `(sale, order, change)`.
-fn logged_entry(kind: &EventKind) -> Option<(&str, &str, &'static str)> {
-    match kind {
-        EventKind::OrderReserved {
-            sale_id, order_id, ..
-        } => Some((sale_id, order_id, "reserved")),
-        EventKind::OrderPaid {
-            sale_id, order_id, ..
-        } => Some((sale_id, order_id, "paid")),
-        EventKind::OrderCancelled {
-            sale_id, order_id, ..
-        } => Some((sale_id, order_id, "cancelled")),
-        EventKind::OrderExpired {
-            sale_id, order_id, ..
-        } => Some((sale_id, order_id, "expired")),
-        EventKind::StockReleased {
-            sale_id, order_id, ..
-        } => Some((sale_id, order_id, "released")),
-        EventKind::SaleCreated { .. } | EventKind::SaleSwitched { .. } => None,
-    }
+/// The event that records `change` of `order` (as Redis holds it).
+fn event_for(order: &Order, change: OrderChange) -> Event {
+    Event::new(now_ms(), EventKind::order(change, order, None, None))
 }
 
-/// The event that records `change` of `order` (as Redis holds it).
 /// `order_reserved` of an order found in Redis, with the Idempotency-Key
 /// and fingerprint its record holds (`RedisStore::order_key`).
 fn reserved_event(order: &Order, key: Option<(String, Option<String>)>) -> Event {
     let (idempotency_key, fingerprint) = key.map_or((None, None), |(k, fp)| (Some(k), fp));
     Event::new(
         now_ms(),
-        EventKind::OrderReserved {
-            order_id: order.order_id.clone(),
-            sale_id: order.sale_id.clone(),
-            user_id: order.user_id.clone(),
-            quantity: order.quantity,
-            expires_at: order.expires_at,
-            idempotency_key,
-            fingerprint,
-        },
+        EventKind::order(OrderChange::Reserved, order, idempotency_key, fingerprint),
     )
-}
-
-fn event_for(order: &Order, change: &str) -> Option<Event> {
-    let (order_id, sale_id, user_id, quantity) = (
-        order.order_id.clone(),
-        order.sale_id.clone(),
-        order.user_id.clone(),
-        order.quantity,
-    );
-    let kind = match change {
-        "paid" => EventKind::OrderPaid {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        "cancelled" => EventKind::OrderCancelled {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        "expired" => EventKind::OrderExpired {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        "released" => EventKind::StockReleased {
-            order_id,
-            sale_id,
-            user_id,
-            quantity,
-        },
-        _ => return None,
-    };
-    Some(Event::new(now_ms(), kind))
 }
 
 impl Settler {
@@ -373,7 +310,7 @@ impl Settler {
             why,
         })?;
         self.batch.offsets.insert(partition, offset + 1);
-        if let Some((sale, order, change)) = logged_entry(&event.kind) {
+        if let Some((sale, order, change)) = event.kind.order_change() {
             self.batch
                 .entries
                 .entry(sale.to_owned())
@@ -449,9 +386,7 @@ impl Settler {
             {
                 Ok(Moved::Changed(order)) => {
                     tally.expired += 1;
-                    if let Some(event) = event_for(&order, "expired") {
-                        deliveries.push(self.produce(&event));
-                    }
+                    deliveries.push(self.produce(&event_for(&order, OrderChange::Expired)));
                 }
                 Ok(_) => {}
                 Err(e) => warn!(order_id, error = %e, "expiry failed; will retry"),
@@ -606,19 +541,25 @@ impl Settler {
                 .await?;
             return Ok(());
         };
-        if change == "reserved" {
+        let Ok(change) = change.parse::<OrderChange>() else {
+            warn!(sale, order_id, change, "an unknown change; dropping it");
+            self.store
+                .mark_logged(sale, &[(order_id.to_owned(), change)])
+                .await?;
+            return Ok(());
+        };
+        if change == OrderChange::Reserved {
             // Never acknowledged: its buyer got no 200 (the node died or
             // answered 503). Release it, unless it moved on meanwhile.
             if order.status == OrderStatus::Reserved {
                 match self.store.release(sale, order_id).await? {
                     Moved::Changed(released) => {
                         tally.released += 1;
-                        if let Some(event) = event_for(&released, "released") {
-                            self.produce(&event).await?;
-                            self.store
-                                .mark_logged(sale, &[(order_id.to_owned(), "released")])
-                                .await?;
-                        }
+                        self.produce(&event_for(&released, OrderChange::Released))
+                            .await?;
+                        self.store
+                            .mark_logged(sale, &[(order_id.to_owned(), OrderChange::Released)])
+                            .await?;
                     }
                     // A replay answered it 200 on some node: it is kept, so
                     // its reservation is logged instead of released.
@@ -631,17 +572,11 @@ impl Settler {
                 }
             }
             self.store
-                .mark_logged(sale, &[(order_id.to_owned(), "reserved")])
+                .mark_logged(sale, &[(order_id.to_owned(), OrderChange::Reserved)])
                 .await?;
             return Ok(());
         }
-        let Some(event) = event_for(&order, change) else {
-            warn!(sale, order_id, change, "an unknown change; dropping it");
-            self.store
-                .mark_logged(sale, &[(order_id.to_owned(), change)])
-                .await?;
-            return Ok(());
-        };
+        let event = event_for(&order, change);
         self.produce(&event).await?;
         tally.relogged += 1;
         self.store

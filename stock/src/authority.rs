@@ -22,7 +22,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use crate::model::{
-    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, SaleState, StockError, Switch,
+    Attempt, KeyLookup, Order, OrderChange, OrderIds, OrderStatus, SaleSpec, SaleState,
+    SaleSwitchState, StockError, Switch, UnknownName,
 };
 use crate::sale::Sale;
 use crate::Units;

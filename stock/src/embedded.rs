@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authority::{Reservation, StockAuthority, Transition};
 use crate::model::{
-    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, StockError, Switch,
+    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, SaleSwitchState, StockError, Switch,
 };
 use crate::registry::Registry;
 use crate::sale::Sale;
@@ -330,11 +330,11 @@ impl EmbeddedAuthority {
         for sale in self.sales.all() {
             let spec = sale.spec();
             let switch = if sale.is_closed() {
-                "closed"
+                SaleSwitchState::Closed
             } else if sale.is_paused() {
-                "paused"
+                SaleSwitchState::Paused
             } else {
-                "live"
+                SaleSwitchState::Live
             };
             let mut holders = Vec::new();
             for stripe in sale.holders.iter() {
@@ -348,7 +348,7 @@ impl EmbeddedAuthority {
                 ends_at: spec.ends_at,
                 payment_timeout_s: spec.payment_timeout_s,
                 ticket_required: spec.ticket_required,
-                switch: switch.into(),
+                switch: switch.as_str().into(),
                 sold: sale.sold(),
                 holders,
             });
@@ -408,24 +408,21 @@ impl EmbeddedAuthority {
                 Sale::with_local_units(spec.clone(), shards, unsold)
             })?;
             sale.set_sold(s.sold);
-            match s.switch.as_str() {
-                "live" => {}
-                "paused" => sale.apply_switch(Switch::Pause)?,
-                "closed" => sale.apply_switch(Switch::Close)?,
-                _ => return Err(StockError::InvalidState("the snapshot is inconsistent")),
+            match s.switch.parse() {
+                Ok(SaleSwitchState::Live) => {}
+                Ok(SaleSwitchState::Paused) => sale.apply_switch(Switch::Pause)?,
+                Ok(SaleSwitchState::Closed) => sale.apply_switch(Switch::Close)?,
+                Err(_) => return Err(StockError::InvalidState("the snapshot is inconsistent")),
             }
             for (user, n) in s.holders {
                 sale.holders.get(&user).lock().insert(user.into(), n);
             }
         }
         for o in saved.orders {
-            let status = match o.status.as_str() {
-                "reserved" => OrderStatus::Reserved,
-                "paid" => OrderStatus::Paid,
-                "cancelled" => OrderStatus::Cancelled,
-                "expired" => OrderStatus::Expired,
-                _ => return Err(StockError::InvalidState("the snapshot is inconsistent")),
-            };
+            let status: OrderStatus = o
+                .status
+                .parse()
+                .map_err(|_| StockError::InvalidState("the snapshot is inconsistent"))?;
             let id: Box<str> = o.order_id.as_str().into();
             let queue = if status == OrderStatus::Reserved {
                 &self.expiries

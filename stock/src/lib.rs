@@ -40,7 +40,8 @@ mod sync;
 pub use authority::{Reservation, StockAuthority, Transition};
 pub use embedded::EmbeddedAuthority;
 pub use model::{
-    Attempt, KeyLookup, Order, OrderIds, OrderStatus, SaleSpec, SaleState, StockError, Switch,
+    Attempt, KeyLookup, Order, OrderChange, OrderIds, OrderStatus, SaleSpec, SaleState,
+    SaleSwitchState, StockError, Switch, UnknownName,
 };
 pub use sale::Sale;
 pub use shards::{ShardedStock, Units};

@@ -5,8 +5,11 @@
 //! so `sale`, `authority` and both authorities use them without importing
 //! each other.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// A sale as the operator defines it. Times are Unix seconds.
@@ -101,12 +104,180 @@ impl SaleState {
     }
 }
 
-/// An operator's runtime switch.
+/// An operator's runtime switch. Its one spelling: [`Switch::as_str`]
+/// (`pause`, `resume`, `close`: the admin API's paths, `switch.lua`'s
+/// argument) and [`Switch::recorded`] (`paused`, `resumed`, `closed`: the
+/// order log's `sale_switched`, which (de)serialises it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Switch {
     Pause,
     Resume,
     Close,
+}
+
+impl Switch {
+    pub const ALL: [Switch; 3] = [Switch::Pause, Switch::Resume, Switch::Close];
+
+    /// The operator's word: `pause`, `resume`, `close`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Switch::Pause => "pause",
+            Switch::Resume => "resume",
+            Switch::Close => "close",
+        }
+    }
+
+    /// As the order log records it: `paused`, `resumed`, `closed`.
+    pub fn recorded(self) -> &'static str {
+        match self {
+            Switch::Pause => "paused",
+            Switch::Resume => "resumed",
+            Switch::Close => "closed",
+        }
+    }
+}
+
+impl FromStr for Switch {
+    type Err = UnknownName;
+
+    /// The operator's word ([`Switch::as_str`]).
+    fn from_str(text: &str) -> Result<Self, UnknownName> {
+        find(&Switch::ALL, Switch::as_str, text)
+    }
+}
+
+impl Serialize for Switch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.recorded())
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        find(&Switch::ALL, Switch::recorded, &text)
+            .map_err(|_| serde::de::Error::custom(format!("unknown switch {text:?}")))
+    }
+}
+
+/// Where the operator's switches leave a sale: `live`, `paused` or
+/// `closed` ([`SaleSwitchState::as_str`]), as Redis's sale record and the
+/// embedded snapshot hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaleSwitchState {
+    Live,
+    Paused,
+    Closed,
+}
+
+impl SaleSwitchState {
+    pub const ALL: [SaleSwitchState; 3] = [
+        SaleSwitchState::Live,
+        SaleSwitchState::Paused,
+        SaleSwitchState::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleSwitchState::Live => "live",
+            SaleSwitchState::Paused => "paused",
+            SaleSwitchState::Closed => "closed",
+        }
+    }
+}
+
+impl FromStr for SaleSwitchState {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, UnknownName> {
+        find(&SaleSwitchState::ALL, SaleSwitchState::as_str, text)
+    }
+}
+
+/// A change of an order. Its one spelling, [`OrderChange::as_str`]
+/// (`reserved`, `paid`, `cancelled`, `expired`, `released`), is the one
+/// Redis's not-yet-logged set holds (`order_id|change`, written by the Lua
+/// scripts) and [`OrderStatus::as_str`] shares; the order log's event of
+/// each change is made in one place (`queue::EventKind::order`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrderChange {
+    /// `order_reserved`.
+    Reserved,
+    /// `order_paid`.
+    Paid,
+    /// `order_cancelled`.
+    Cancelled,
+    /// `order_expired`.
+    Expired,
+    /// `stock_released`: a compensation (cluster mode) released an order
+    /// never acknowledged to its buyer; it reads `cancelled`.
+    Released,
+}
+
+impl OrderChange {
+    pub const ALL: [OrderChange; 5] = [
+        OrderChange::Reserved,
+        OrderChange::Paid,
+        OrderChange::Cancelled,
+        OrderChange::Expired,
+        OrderChange::Released,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderChange::Reserved => "reserved",
+            OrderChange::Paid => "paid",
+            OrderChange::Cancelled => "cancelled",
+            OrderChange::Expired => "expired",
+            OrderChange::Released => "released",
+        }
+    }
+}
+
+impl FromStr for OrderChange {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, UnknownName> {
+        find(&OrderChange::ALL, OrderChange::as_str, text)
+    }
+}
+
+impl AsRef<str> for OrderChange {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for OrderChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<OrderStatus> for OrderChange {
+    /// The change that put an order in `status`.
+    fn from(status: OrderStatus) -> Self {
+        match status {
+            OrderStatus::Reserved => OrderChange::Reserved,
+            OrderStatus::Paid => OrderChange::Paid,
+            OrderStatus::Cancelled => OrderChange::Cancelled,
+            OrderStatus::Expired => OrderChange::Expired,
+        }
+    }
+}
+
+/// A name none of an enum's values is spelled as (no copy of it: parsing
+/// a request's word allocates nothing, even when it fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a known name")]
+pub struct UnknownName;
+
+/// The value of `all` that `name` spells `text`.
+fn find<T: Copy>(all: &[T], name: fn(T) -> &'static str, text: &str) -> Result<T, UnknownName> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == text)
+        .ok_or(UnknownName)
 }
 
 /// Where an order is in its life.
@@ -119,18 +290,30 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    pub const ALL: [OrderStatus; 4] = [
+        OrderStatus::Reserved,
+        OrderStatus::Paid,
+        OrderStatus::Cancelled,
+        OrderStatus::Expired,
+    ];
+
+    /// `reserved`, `paid`, `cancelled`, `expired`: the name of the change
+    /// that put an order there.
     pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Reserved => "reserved",
-            OrderStatus::Paid => "paid",
-            OrderStatus::Cancelled => "cancelled",
-            OrderStatus::Expired => "expired",
-        }
+        OrderChange::from(self).as_str()
     }
 
     /// Whether leaving `Reserved` for this status gives the units back.
     pub fn releases_stock(self) -> bool {
         matches!(self, OrderStatus::Cancelled | OrderStatus::Expired)
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, UnknownName> {
+        find(&OrderStatus::ALL, OrderStatus::as_str, text)
     }
 }
 
@@ -232,5 +415,35 @@ impl StockError {
             self,
             StockError::InProgress | StockError::Unavailable(_) | StockError::Undetermined(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for s in Switch::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.recorded()));
+            assert_eq!(serde_json::from_str::<Switch>(&json).unwrap(), s);
+        }
+        for s in SaleSwitchState::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
+        }
+        for c in OrderChange::ALL {
+            assert_eq!(c.as_str().parse(), Ok(c));
+        }
+        for s in OrderStatus::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
+            assert_eq!(OrderChange::from(s).as_str(), s.as_str());
+        }
+        // Each word belongs to its own enum only.
+        assert_eq!("released".parse::<OrderStatus>(), Err(UnknownName));
+        assert_eq!("paused".parse::<Switch>(), Err(UnknownName));
+        assert!(serde_json::from_str::<Switch>("\"pause\"").is_err());
+        assert_eq!("pause".parse::<SaleSwitchState>(), Err(UnknownName));
     }
 }

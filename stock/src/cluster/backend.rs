@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::model::{StockError, Switch};
+use crate::model::{OrderChange, StockError, Switch};
 use crate::redis::{Abandoned, KeyRecall, Recalled, RedisStore, ReserveCall, ReserveOutcome};
 
 use super::leases::{lease, leases_settled, reset_after_no_lease, return_leases};
@@ -78,7 +78,7 @@ pub(super) async fn backend_main(
     let mut batch = Vec::new();
     let mut replies = Vec::new();
     let mut recalls = Vec::new();
-    let mut logged: HashMap<String, Vec<(String, &'static str)>> = HashMap::new();
+    let mut logged: HashMap<String, Vec<(String, OrderChange)>> = HashMap::new();
     let mut reconciler = None;
     let mut reserving = tokio::task::JoinSet::new();
     loop {
@@ -108,10 +108,7 @@ pub(super) async fn backend_main(
                 }
                 Call::Recall(c, reply) => recalls.push((c, reply)),
                 Call::Logged(sale, order, status) => {
-                    logged
-                        .entry(sale)
-                        .or_default()
-                        .push((order, status.as_str()));
+                    logged.entry(sale).or_default().push((order, status.into()));
                 }
                 Call::Reconcile(log) => {
                     if reconciler.is_none() {
@@ -196,7 +193,7 @@ async fn reserve_and_reply(
 /// Removes the not-yet-logged entries of events now in the journal, one
 /// command per sale. Lost: a repeat of the move, or the reconciler after
 /// its grace, logs the event once more (consumers dedupe).
-async fn mark_logged(store: &RedisStore, logged: HashMap<String, Vec<(String, &'static str)>>) {
+async fn mark_logged(store: &RedisStore, logged: HashMap<String, Vec<(String, OrderChange)>>) {
     for (sale, entries) in logged {
         if let Err(e) = store.mark_logged(&sale, &entries).await {
             debug!(sale, error = %e, "changes not marked logged");
@@ -301,7 +298,7 @@ async fn release_until_known(store: &RedisStore, shared: &Shared, call: &Abandon
                 if !shared.opts.track_log {
                     // Released (or kept: a replay logged it): nothing is
                     // left for the reconciler to do.
-                    let entry = [(call.order_id.clone(), "reserved")];
+                    let entry = [(call.order_id.clone(), OrderChange::Reserved)];
                     let _ = store.mark_logged(&call.sale_id, &entry).await;
                 }
                 return;

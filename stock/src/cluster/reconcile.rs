@@ -50,17 +50,9 @@ pub struct Relog {
     pub fingerprint: Option<String>,
 }
 
-/// Which event a [`Relog`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// `order_reserved` (a reservation its node never logged).
-    Reserved,
-    Paid,
-    Cancelled,
-    Expired,
-    /// `stock_released` (a release tracked as a change: Kafka mode).
-    Released,
-}
+/// Which event a [`Relog`] is (`Reserved`: a reservation its node never
+/// logged; `Released`: a release tracked as a change, Kafka mode).
+pub use crate::model::OrderChange as Change;
 
 /// The order log the reconciler writes to: the node's journal.
 pub trait ChangeLog: Send + Sync + 'static {
@@ -129,8 +121,8 @@ async fn settle(
             .await
             .map_err(|e| e.to_string());
     };
-    let relogs = match change {
-        "reserved" => {
+    let relogs = match change.parse::<Change>() {
+        Ok(Change::Reserved) => {
             let mut reserved = relog(order.clone(), Change::Reserved);
             if let Some((key, fp)) = store
                 .order_key(sale, order_id)
@@ -142,17 +134,12 @@ async fn settle(
             }
             let moved_on = match order.status {
                 OrderStatus::Reserved => None,
-                OrderStatus::Paid => Some(Change::Paid),
-                OrderStatus::Cancelled => Some(Change::Cancelled),
-                OrderStatus::Expired => Some(Change::Expired),
+                moved => Some(Change::from(moved)),
             };
             [Some(reserved), moved_on.map(|change| relog(order, change))]
         }
-        "paid" => [Some(relog(order, Change::Paid)), None],
-        "cancelled" => [Some(relog(order, Change::Cancelled)), None],
-        "expired" => [Some(relog(order, Change::Expired)), None],
-        "released" => [Some(relog(order, Change::Released)), None],
-        _ => {
+        Ok(other) => [Some(relog(order, other)), None],
+        Err(_) => {
             warn!(sale, order_id, change, "an unknown change; dropping it");
             [None, None]
         }

@@ -13,7 +13,7 @@ use ::redis::{
 };
 use serde::Deserialize;
 
-use crate::model::{Order, OrderStatus, SaleSpec, StockError, Switch};
+use crate::model::{Order, OrderChange, OrderStatus, SaleSpec, StockError, Switch};
 
 mod rebalance;
 pub use rebalance::{Ask, Tail};
@@ -64,12 +64,7 @@ pub enum Created {
 }
 
 /// The operator's switch as Redis holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SaleSwitchState {
-    Live,
-    Paused,
-    Closed,
-}
+pub use crate::model::SaleSwitchState;
 
 /// One sale as Redis sees it, read atomically (MULTI/EXEC), so
 /// `pool + leased + sold == spec.stock` holds in every snapshot.
@@ -306,11 +301,7 @@ impl RedisStore {
     pub async fn switch(&self, sale_id: &str, to: Switch) -> Result<(), StockError> {
         let k = Keys::new(sale_id);
         let mut inv = self.scripts.switch.prepare_invoke();
-        inv.key(k.spec()).arg(match to {
-            Switch::Pause => "pause",
-            Switch::Resume => "resume",
-            Switch::Close => "close",
-        });
+        inv.key(k.spec()).arg(to.as_str());
         let answer: String = self.invoke(&inv).await?;
         match answer.as_str() {
             "ok" => Ok(()),
@@ -376,12 +367,10 @@ impl RedisStore {
                 .iter()
                 .any(|(f, v)| f == "ticket_required" && v == "1"),
         };
-        let switch = match field("switch")? {
-            "live" => SaleSwitchState::Live,
-            "paused" => SaleSwitchState::Paused,
-            "closed" => SaleSwitchState::Closed,
-            other => return Err(unexpected("switch state", other)),
-        };
+        let switch = field("switch")?;
+        let switch = switch
+            .parse::<SaleSwitchState>()
+            .map_err(|_| unexpected("switch state", switch))?;
         Ok(Some(SaleStatus {
             spec,
             switch,
@@ -599,7 +588,7 @@ impl RedisStore {
                 "an order cannot move back to reserved",
             ));
         }
-        self.apply_move(sale_id, order_id, to.as_str(), None)
+        self.apply_move(sale_id, order_id, to.into(), None)
             .await
             .map(|found| match found {
                 Abandoned::Released(moved) => moved,
@@ -616,7 +605,7 @@ impl RedisStore {
     /// given is never compensated away.
     /// Idempotent: repeat it to settle an `Undetermined` answer.
     pub async fn release(&self, sale_id: &str, order_id: &str) -> Result<Moved, StockError> {
-        self.apply_move(sale_id, order_id, "released", None)
+        self.apply_move(sale_id, order_id, OrderChange::Released, None)
             .await
             .map(|found| match found {
                 Abandoned::Released(moved) => moved,
@@ -644,7 +633,7 @@ impl RedisStore {
         self.apply_move(
             sale_id,
             order_id,
-            "released",
+            OrderChange::Released,
             Some((node, quantity, expires_at)),
         )
         .await
@@ -654,11 +643,11 @@ impl RedisStore {
         &self,
         sale_id: &str,
         order_id: &str,
-        to: &str,
+        to: OrderChange,
         abandon: Option<(u32, u32, u64)>,
     ) -> Result<Abandoned, StockError> {
         let k = Keys::new(sale_id);
-        let track = self.track || (self.track_moves && to != "released");
+        let track = self.track || (self.track_moves && to != OrderChange::Released);
         let mut inv = self.scripts.transition.prepare_invoke();
         inv.key(k.pool())
             .key(k.sold())
@@ -670,7 +659,7 @@ impl RedisStore {
             .key(k.leases())
             .key(k.tombstone(order_id))
             .arg(order_id)
-            .arg(to)
+            .arg(to.as_str())
             .arg(0)
             .arg(if track { "1" } else { "0" });
         match abandon {
@@ -883,10 +872,10 @@ impl RedisStore {
     /// set: the order log has recorded them. One command for the batch;
     /// removing an absent entry is a no-op, so a re-delivered event is
     /// harmless.
-    pub async fn mark_logged(
+    pub async fn mark_logged<C: AsRef<str>>(
         &self,
         sale_id: &str,
-        entries: &[(String, &str)],
+        entries: &[(String, C)],
     ) -> Result<(), StockError> {
         if entries.is_empty() {
             return Ok(());
@@ -894,7 +883,7 @@ impl RedisStore {
         let mut cmd = ::redis::cmd("ZREM");
         cmd.arg(Keys::new(sale_id).unlogged());
         for (order, change) in entries {
-            cmd.arg(format!("{order}|{change}"));
+            cmd.arg(format!("{order}|{}", change.as_ref()));
         }
         let _removed: u64 = self.query(&cmd).await?;
         Ok(())
@@ -1191,13 +1180,9 @@ fn parse_order(sale_id: &str, order_id: &str, json: &str) -> Result<Order, Stock
 }
 
 fn parse_status(status: &str) -> Result<OrderStatus, StockError> {
-    match status {
-        "reserved" => Ok(OrderStatus::Reserved),
-        "paid" => Ok(OrderStatus::Paid),
-        "cancelled" => Ok(OrderStatus::Cancelled),
-        "expired" => Ok(OrderStatus::Expired),
-        other => Err(unexpected("order status", other)),
-    }
+    status
+        .parse()
+        .map_err(|_| unexpected("order status", status))
 }
 
 fn parse_command_stats(info: &str) -> Vec<(String, u64)> {
