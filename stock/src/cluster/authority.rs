@@ -339,7 +339,7 @@ impl StockAuthority for RedisAuthority {
             return Err(StockError::SoldOut);
         }
         let slot = lease_slot(sale);
-        // A buyer found the shards dry: this node has demand (see `top_up`).
+        // A buyer found the shards dry: this node has demand (see `TopUp`).
         slot.demand.store(true, Ordering::Relaxed);
         let started = Instant::now();
         for _ in 0..4 {

@@ -62,7 +62,7 @@ pub(super) async fn reset_after_no_lease(store: &RedisStore, shared: &Shared, sa
 /// Leases units into `core`'s shard. For a buyer whose core found the
 /// shards dry (`for_buyer`): with the pool empty while other nodes hold
 /// leased units, posts this node's want and waits (bounded) for a holder
-/// to give units back ([`rebalance`]). Ahead of demand (`top_up`): a plain
+/// to give units back ([`rebalance`]). Ahead of demand ([`TopUp`]): a plain
 /// lease.
 pub(super) async fn lease(
     store: &RedisStore,

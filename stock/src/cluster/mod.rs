@@ -200,13 +200,13 @@ struct LeaseSlot {
     reset_queued: AtomicBool,
     done: Notify,
     /// A buyer found the shards dry since the poller last looked: this
-    /// node may lease ahead of demand (`top_up`).
+    /// node may lease ahead of demand (`TopUp`).
     demand: AtomicBool,
     /// Another node's want stood at the last poll: this node gives the
     /// units in its shards back and does not lease ahead of demand.
     wanted: AtomicBool,
     /// Units left the shards to be given back (not to buyers) since
-    /// `top_up` last looked.
+    /// `TopUp` last looked.
     gave_back: AtomicBool,
 }
 
