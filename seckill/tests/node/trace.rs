@@ -1,0 +1,256 @@
+//! One request id end to end: the client's `X-Request-Id` (when valid) or
+//! a generated one is answered on every purchase and order call, written
+//! in the node's log line about the request, carried in the order event
+//! (the journal's JSON; the Kafka message's headers, with the client's
+//! `traceparent`), and logged by the settler when it expires the order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use queue::kafka::fixture::Broker;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use stock::redis::fixture::RedisServer;
+
+use crate::kafka::{eventually, kafka_node, Settler, TOPIC};
+use crate::support::{assert_error, assert_ok, read_journal, Client, Node};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn purchase(
+    client: &mut Client,
+    sale: &str,
+    user: &str,
+    headers: &[(&str, &str)],
+) -> crate::support::Response {
+    let body = json!({ "user_id": user, "quantity": 1 }).to_string();
+    client.request(
+        "POST",
+        &format!("/sales/{sale}/purchase"),
+        headers,
+        Some(body.as_bytes()),
+    )
+}
+
+/// A generated id: present, not the client's, made of token characters.
+fn assert_generated(resp: &crate::support::Response, not: &str) -> String {
+    let id = resp
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("no x-request-id on {resp:?}"))
+        .to_owned();
+    assert_ne!(id, not, "an invalid request id was echoed");
+    assert!(
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+        "generated id {id:?}"
+    );
+    id
+}
+
+#[test]
+fn a_request_id_is_answered_logged_and_journaled_in_embedded_mode() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let node = Node::start_in_env(root, &[], &[("RUST_LOG", "warn,seckill=debug")]);
+    let mut c = node.client();
+    c.create_sale("t1", &json!({ "stock": 1, "per_user_limit": 1 }));
+
+    let won = purchase(
+        &mut c,
+        "t1",
+        "u1",
+        &[
+            ("X-Request-Id", "buyer-req.1"),
+            ("traceparent", TRACEPARENT),
+        ],
+    );
+    let order = assert_ok(&won)["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    assert_eq!(won.header("x-request-id"), Some("buyer-req.1"));
+
+    // The sold-out answer carries one too; invalid ids are replaced.
+    let sold_out = purchase(&mut c, "t1", "u2", &[("X-Request-Id", "has space")]);
+    assert_error(&sold_out, 410, "sold_out");
+    let a = assert_generated(&sold_out, "has space");
+    let long = "x".repeat(65);
+    let sold_out = purchase(&mut c, "t1", "u3", &[("X-Request-Id", &long)]);
+    let b = assert_generated(&sold_out, &long);
+    let sold_out = purchase(&mut c, "t1", "u4", &[]);
+    let d = assert_generated(&sold_out, "");
+    assert!(
+        a != b && b != d && a != d,
+        "generated ids repeat: {a} {b} {d}"
+    );
+    // A bad traceparent is dropped, not passed on.
+    let bad_tp = purchase(
+        &mut c,
+        "t1",
+        "u5",
+        &[
+            ("X-Request-Id", "bad-tp"),
+            ("traceparent", "00-xyz-00f067aa0ba902b7-01"),
+        ],
+    );
+    assert_eq!(bad_tp.header("x-request-id"), Some("bad-tp"));
+
+    // The order calls answer it as well, and the moves log it.
+    let got = c.request(
+        "GET",
+        &format!("/orders/{order}"),
+        &[("X-Request-Id", "get-1")],
+        None,
+    );
+    assert_ok(&got);
+    assert_eq!(got.header("x-request-id"), Some("get-1"));
+    let paid = c.request(
+        "POST",
+        &format!("/orders/{order}/pay"),
+        &[("X-Request-Id", "pay-1")],
+        None,
+    );
+    assert_ok(&paid);
+    assert_eq!(paid.header("x-request-id"), Some("pay-1"));
+    let missing = c.request("POST", "/orders/1-nope/cancel", &[], None);
+    assert_error(&missing, 404, "not_found");
+    assert_generated(&missing, "");
+    // Endpoints outside purchases and orders carry none.
+    assert_eq!(c.get("/healthz").header("x-request-id"), None);
+
+    let journal = read_journal(&node.data_dir());
+    let reserved = journal.reserved("t1");
+    assert_eq!(reserved.len(), 1);
+    assert_eq!(reserved[0]["request_id"], "buyer-req.1", "{}", reserved[0]);
+    assert_eq!(reserved[0]["traceparent"], TRACEPARENT, "{}", reserved[0]);
+    let paid: Vec<&Value> = journal.of_type("order_paid").collect();
+    assert_eq!(paid[0]["request_id"], "pay-1", "{}", paid[0]);
+    assert!(paid[0].get("traceparent").is_none(), "{}", paid[0]);
+
+    // One debug line per purchase names its id (and the winner's order).
+    let log = node.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("buyer-req.1") && l.contains(&order)),
+        "no log line with the request id and the order:\n{log}"
+    );
+    assert!(log.contains(&a), "no log line with {a}:\n{log}");
+}
+
+/// Every message of the topic: its headers and its event.
+fn read_topic_headers(broker: &Broker) -> Vec<(HashMap<String, String>, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("trace-reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(TOPIC), timeout)
+        .expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(TOPIC, p.id(), timeout)
+            .expect("watermarks");
+        highs.insert(p.id(), high);
+        tpl.add_partition_offset(TOPIC, p.id(), Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&tpl).expect("assign partitions");
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while highs
+        .iter()
+        .any(|(p, high)| next.get(p).copied().unwrap_or(0) < *high)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not read the topic"
+        );
+        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
+            let msg = msg.expect("read a message");
+            next.insert(msg.partition(), msg.offset() + 1);
+            let mut headers = HashMap::new();
+            if let Some(h) = msg.headers() {
+                for header in h.iter() {
+                    let value = String::from_utf8_lossy(header.value.unwrap_or_default());
+                    headers.insert(header.key.to_owned(), value.into_owned());
+                }
+            }
+            let event: Value =
+                serde_json::from_slice(msg.payload().expect("payload")).expect("JSON");
+            out.push((headers, event));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_request_id_reaches_the_kafka_headers_and_the_settlers_log() {
+    let redis = RedisServer::start();
+    let broker = Broker::start();
+    let node = kafka_node(&redis, &broker, 1, &[("RUST_LOG", "warn,seckill=debug")]);
+    let settler = Settler::start(&redis, &broker);
+    let mut c = node.client();
+    c.create_sale(
+        "kt",
+        &json!({ "stock": 2, "per_user_limit": 1, "payment_timeout_s": 1 }),
+    );
+    let won = purchase(
+        &mut c,
+        "kt",
+        "u1",
+        &[("X-Request-Id", "kreq-1"), ("traceparent", TRACEPARENT)],
+    );
+    let order = assert_ok(&won)["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    assert_eq!(won.header("x-request-id"), Some("kreq-1"));
+
+    // The settler expires it and says so, with the buyer's request id.
+    eventually(
+        Duration::from_secs(20),
+        "the settler logs the expiry",
+        || {
+            settler
+                .log_text(0)
+                .lines()
+                .any(|l| l.contains(&order) && l.contains("kreq-1") && l.contains("expire"))
+        },
+    );
+
+    let messages = read_topic_headers(&broker);
+    let reserved = messages
+        .iter()
+        .find(|(_, e)| e["type"] == "order_reserved" && e["order_id"] == order)
+        .unwrap_or_else(|| panic!("no order_reserved of {order}: {messages:?}"));
+    assert_eq!(
+        reserved.0.get("x-request-id").map(String::as_str),
+        Some("kreq-1"),
+        "{reserved:?}"
+    );
+    assert_eq!(
+        reserved.0.get("traceparent").map(String::as_str),
+        Some(TRACEPARENT),
+        "{reserved:?}"
+    );
+    let expired = messages
+        .iter()
+        .find(|(_, e)| e["type"] == "order_expired" && e["order_id"] == order)
+        .unwrap_or_else(|| panic!("no order_expired of {order}: {messages:?}"));
+    assert_eq!(
+        expired.0.get("x-request-id").map(String::as_str),
+        Some("kreq-1"),
+        "{expired:?}"
+    );
+    drop(node);
+}
