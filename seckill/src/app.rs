@@ -87,6 +87,8 @@ fn serve<A: StockAuthority, L: OrderLog>(
                     path: "/admin/sales/demo",
                     idempotency_key: None,
                     authorization: Some(admin.as_bytes()),
+                    request_id: None,
+                    traceparent: None,
                     body,
                     keep_alive: true,
                     expects_continue: false,

@@ -277,6 +277,7 @@ impl Config {
         opts.partitions = self.kafka_partitions;
         opts.message_timeout = std::time::Duration::from_millis(self.kafka_timeout_ms);
         opts.linger = std::time::Duration::from_millis(self.kafka_linger_ms);
+        opts.origin = Some(format!("node-{}", self.node_id));
         Some(opts)
     }
 

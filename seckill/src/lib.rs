@@ -12,6 +12,8 @@
 //!   and the journal replay.
 //! - `error`: [`error::ApiError`], the one place errors become statuses and
 //!   stable codes.
+//! - `reqid`: request ids (`X-Request-Id`, made on the core when the
+//!   client sent none valid) and the client's `traceparent`.
 //! - `ratelimit`: per-core per-user and per-IP purchase rate limits (GCRA).
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
 //! - `stats`: `GET /admin/stats`, the operator's numbers; in cluster mode
@@ -35,6 +37,7 @@ pub mod metrics;
 pub mod node;
 pub mod openapi;
 pub mod ratelimit;
+pub mod reqid;
 pub mod server;
 pub mod settle;
 pub mod stats;

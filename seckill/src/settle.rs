@@ -190,7 +190,16 @@ struct Settler {
     /// Reconciliation is held back by a live node whose delivery timeout
     /// is not below the grace (logged once per episode).
     held_back: bool,
+    /// The request id of each order read reserved and not yet finished
+    /// (paid, cancelled, expired, released), for the settler's log lines
+    /// and events about it. Bounded ([`MAX_REQUEST_IDS`]); orders reserved
+    /// before the offsets a restarted settler resumes from are not in it.
+    request_ids: HashMap<String, String>,
 }
+
+/// Most request ids [`Settler::request_ids`] keeps (about 100 bytes each);
+/// past it, new orders are logged without theirs.
+const MAX_REQUEST_IDS: usize = 1 << 18;
 
 #[derive(Default)]
 struct Batch {
@@ -346,6 +355,7 @@ impl Settler {
             batch: Batch::default(),
             pass: None,
             held_back: false,
+            request_ids: HashMap::new(),
         })
     }
 
@@ -403,6 +413,7 @@ impl Settler {
             why,
         })?;
         self.batch.offsets.insert(partition, offset + 1);
+        self.remember_request_id(&event);
         if let Some((sale, order, change)) = logged_entry(&event.kind) {
             self.batch
                 .entries
@@ -412,6 +423,32 @@ impl Settler {
             self.batch.len += 1;
         }
         Ok(())
+    }
+
+    /// Keeps the request id of an order read reserved until the order is
+    /// read finished.
+    fn remember_request_id(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::OrderReserved { order_id, .. } => {
+                if let Some(id) = &event.request_id {
+                    if self.request_ids.len() < MAX_REQUEST_IDS {
+                        self.request_ids.insert(order_id.clone(), id.clone());
+                    }
+                }
+            }
+            EventKind::OrderPaid { order_id, .. }
+            | EventKind::OrderCancelled { order_id, .. }
+            | EventKind::OrderExpired { order_id, .. }
+            | EventKind::StockReleased { order_id, .. } => {
+                self.request_ids.remove(order_id);
+            }
+            EventKind::SaleCreated { .. } | EventKind::SaleSwitched { .. } => {}
+        }
+    }
+
+    /// The request id that reserved `order_id`, if known.
+    fn request_id(&self, order_id: &str) -> Option<&str> {
+        self.request_ids.get(order_id).map(String::as_str)
     }
 
     /// Applies the batch's effects (retrying until Redis takes them), then
@@ -479,8 +516,13 @@ impl Settler {
             {
                 Ok(Moved::Changed(order)) => {
                     tally.expired += 1;
+                    let request_id = self.request_id(&order_id);
+                    info!(
+                        order_id,
+                        request_id, sale, "expired an unpaid order: its units are back in the pool"
+                    );
                     if let Some(event) = event_for(&order, "expired") {
-                        deliveries.push(self.produce(&event));
+                        deliveries.push(self.produce(&event.traced(request_id, None)));
                     }
                 }
                 Ok(_) => {}
@@ -501,8 +543,9 @@ impl Settler {
         &self,
         event: &Event,
     ) -> impl std::future::Future<Output = Result<(), queue::LogError>> + 'static {
+        let headers = queue::kafka::event_headers(event, Some("settler"));
         self.producer
-            .send(&self.topic, event.kind.key(), &event.to_json())
+            .send(&self.topic, event.kind.key(), &event.to_json(), headers)
     }
 
     /// One step of reconciliation: start a pass, or finish the pass whose
@@ -643,6 +686,12 @@ impl Settler {
                 match self.store.release(sale, order_id).await? {
                     Moved::Changed(released) => {
                         tally.released += 1;
+                        info!(
+                            order_id,
+                            request_id = self.request_id(order_id),
+                            sale,
+                            "released a reservation that never reached the log"
+                        );
                         if let Some(event) = event_for(&released, "released") {
                             self.produce(&event).await?;
                             self.store

@@ -10,7 +10,7 @@
 pub mod fixture;
 pub mod log;
 
-pub use log::{ensure_topic, KafkaLog, KafkaOptions, Renewing};
+pub use log::{ensure_topic, event_headers, KafkaLog, KafkaOptions, Renewing};
 
 /// The settler's fetches wait for this much data ...
 ///

@@ -200,9 +200,11 @@ fn a_request_id_reaches_the_kafka_headers_and_the_settlers_log() {
     let node = kafka_node(&redis, &broker, 1, &[("RUST_LOG", "warn,seckill=debug")]);
     let settler = Settler::start(&redis, &broker);
     let mut c = node.client();
+    // Time for the settler to read the reservation before it expires (it
+    // knows the request ids of the reservations it has read).
     c.create_sale(
         "kt",
-        &json!({ "stock": 2, "per_user_limit": 1, "payment_timeout_s": 1 }),
+        &json!({ "stock": 2, "per_user_limit": 1, "payment_timeout_s": 4 }),
     );
     let won = purchase(
         &mut c,
