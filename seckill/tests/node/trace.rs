@@ -256,3 +256,174 @@ fn a_request_id_reaches_the_kafka_headers_and_the_settlers_log() {
     );
     drop(node);
 }
+
+/// `seckill trace ORDER_ID --json` with `args` (where to look).
+fn trace_order(order: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .arg("trace")
+        .arg(order)
+        .args(args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run seckill trace");
+    assert!(
+        out.status.success(),
+        "seckill trace {order} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "seckill trace printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The `type` of each event of a trace, in its order.
+fn types(trace: &Value) -> Vec<&str> {
+    trace["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events: {trace}"))
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect()
+}
+
+fn is_in_time_order(trace: &Value) -> bool {
+    let at: Vec<u64> = trace["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["at"].as_u64().expect("at"))
+        .collect();
+    at.windows(2).all(|w| w[0] <= w[1])
+}
+
+#[test]
+fn seckill_trace_shows_an_orders_life_from_the_journal() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let node = Node::start_in(root, &[]);
+    let mut c = node.client();
+    c.create_sale(
+        "life",
+        &json!({ "stock": 5, "per_user_limit": 1, "payment_timeout_s": 1 }),
+    );
+    let order_of = |c: &mut Client, user: &str, id: &str| {
+        let resp = purchase(c, "life", user, &[("X-Request-Id", id)]);
+        assert_ok(&resp)["order_id"]
+            .as_str()
+            .expect("order id")
+            .to_owned()
+    };
+    let paid = order_of(&mut c, "u1", "buy-paid");
+    let cancelled = order_of(&mut c, "u2", "buy-cancelled");
+    let expired = order_of(&mut c, "u3", "buy-expired");
+    let other = order_of(&mut c, "u4", "buy-other");
+    assert_ok(&c.request(
+        "POST",
+        &format!("/orders/{paid}/pay"),
+        &[("X-Request-Id", "pay-it")],
+        None,
+    ));
+    assert_ok(&c.request(
+        "POST",
+        &format!("/orders/{cancelled}/cancel"),
+        &[("X-Request-Id", "cancel-it")],
+        None,
+    ));
+    assert_ok(&c.request("POST", &format!("/orders/{other}/pay"), &[], None));
+    eventually_expired(&mut c, &expired);
+
+    let dir = node.data_dir().display().to_string();
+    let t = trace_order(&paid, &["--data-dir", &dir]);
+    assert_eq!(types(&t), ["order_reserved", "order_paid"], "{t}");
+    assert!(is_in_time_order(&t), "{t}");
+    assert_eq!(t["node"], 1, "{t}");
+    assert_eq!(t["request_ids"], json!(["buy-paid", "pay-it"]), "{t}");
+    assert_eq!(t["events"][1]["request_id"], "pay-it", "{t}");
+
+    let t = trace_order(&cancelled, &["--data-dir", &dir]);
+    assert_eq!(types(&t), ["order_reserved", "order_cancelled"], "{t}");
+    assert_eq!(
+        t["request_ids"],
+        json!(["buy-cancelled", "cancel-it"]),
+        "{t}"
+    );
+
+    let t = trace_order(&expired, &["--data-dir", &dir]);
+    assert_eq!(types(&t), ["order_reserved", "order_expired"], "{t}");
+    assert!(is_in_time_order(&t), "{t}");
+    assert_eq!(t["request_ids"], json!(["buy-expired"]), "{t}");
+
+    // An order the log never saw is found nowhere, and says so.
+    let t = trace_order("1-aaaaaaaaaaaaaaaa", &["--data-dir", &dir]);
+    assert_eq!(types(&t), Vec::<&str>::new(), "{t}");
+}
+
+fn eventually_expired(c: &mut Client, order: &str) {
+    crate::support::eventually(Duration::from_secs(15), "the order expires", || {
+        (c.order(order)["status"] == "expired").then_some(())
+    });
+}
+
+#[test]
+fn seckill_trace_shows_an_orders_life_from_redis_and_kafka() {
+    let redis = RedisServer::start();
+    let broker = Broker::start();
+    let node = kafka_node(&redis, &broker, 1, &[]);
+    let settler = Settler::start(&redis, &broker);
+    let mut c = node.client();
+    c.create_sale(
+        "klife",
+        &json!({ "stock": 5, "per_user_limit": 1, "payment_timeout_s": 4 }),
+    );
+    let order_of = |c: &mut Client, user: &str, id: &str| {
+        let resp = purchase(c, "klife", user, &[("X-Request-Id", id)]);
+        assert_ok(&resp)["order_id"]
+            .as_str()
+            .expect("order id")
+            .to_owned()
+    };
+    let expired = order_of(&mut c, "u1", "kbuy-expired");
+    let cancelled = order_of(&mut c, "u2", "kbuy-cancelled");
+    assert_ok(&c.request(
+        "POST",
+        &format!("/orders/{cancelled}/cancel"),
+        &[("X-Request-Id", "kcancel")],
+        None,
+    ));
+    eventually_expired(&mut c, &expired);
+    let (url, bootstrap) = (redis.url(), broker.bootstrap());
+    let sources = ["--redis", url.as_str(), "--kafka", bootstrap.as_str()];
+    // The settler's expiry reaches the topic a moment after Redis.
+    let t = {
+        let mut t = trace_order(&expired, &sources);
+        for _ in 0..50 {
+            if types(&t).len() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            t = trace_order(&expired, &sources);
+        }
+        t
+    };
+    assert_eq!(types(&t), ["order_reserved", "order_expired"], "{t}");
+    assert!(is_in_time_order(&t), "{t}");
+    assert_eq!(t["node"], 1, "{t}");
+    assert_eq!(t["record"]["status"], "expired", "{t}");
+    assert_eq!(t["events"][0]["by"], "node-1", "{t}");
+    assert_eq!(t["events"][1]["by"], "settler", "{t}");
+    assert_eq!(t["request_ids"], json!(["kbuy-expired"]), "{t}");
+
+    let t = trace_order(&cancelled, &sources);
+    assert_eq!(types(&t), ["order_reserved", "order_cancelled"], "{t}");
+    assert_eq!(t["record"]["status"], "cancelled", "{t}");
+    assert_eq!(
+        t["request_ids"],
+        json!(["kbuy-cancelled", "kcancel"]),
+        "{t}"
+    );
+    drop(settler);
+}
