@@ -113,6 +113,9 @@ pub enum Command {
     /// Prints a buyer token signed with the first of the configured
     /// `buyer_keys` (TOML or SECKILL_BUYER_KEYS), for operators and curl.
     Token(crate::app::TokenFlags),
+    /// Shows an order's life in time order: its events in the journal or
+    /// the Kafka topic, request ids, who acted, its record in Redis.
+    Trace(crate::trace::TraceFlags),
 }
 
 /// Every setting of a node, with its default and its cost.

@@ -23,6 +23,8 @@
 //! - `openapi`: the OpenAPI document of the API (`docs/openapi.yaml`),
 //!   served at `GET /openapi.json`.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
+//! - `trace`: `seckill trace ORDER_ID`, an order's life from the journal,
+//!   Redis and the Kafka topic.
 //! - `settle`: `seckill settle`, the settler of a Kafka cluster (expiry,
 //!   reconciliation of changes that never reached the log).
 
@@ -42,3 +44,4 @@ pub mod server;
 pub mod settle;
 pub mod stats;
 pub mod timefmt;
+pub mod trace;
