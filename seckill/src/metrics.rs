@@ -325,6 +325,7 @@ impl Metrics {
                 h.errors,
                 h.last_latency_us as f64 / 1e6
             );
+            render_call_latency(out, &board.calls);
         }
         let name = "seckill_purchase_seconds";
         let _ = writeln!(
@@ -341,6 +342,38 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
         let sum = self.sum(|c| &c.latency_sum_us) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// `seckill_redis_call_seconds{call}`: the backend's script calls to Redis
+/// (a reserve pipeline, a recall pipeline, a transition), timed by the
+/// backend thread.
+fn render_call_latency(out: &mut Vec<u8>, calls: &stock::redis::stats::CallLatency) {
+    use stock::redis::stats::{ScriptCall, CALL_BUCKETS};
+    let name = "seckill_redis_call_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Round trip of the backend's Redis script calls: a pipeline of reservations, of key recalls, one transition.\n# TYPE {name} histogram"
+    );
+    for call in ScriptCall::ALL {
+        let label = call.as_str();
+        let (counts, sum_us) = calls.counts(call);
+        let mut cumulative = 0;
+        for (bound, n) in CALL_BUCKETS.iter().zip(counts) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{call=\"{label}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += counts[CALL_BUCKETS.len()];
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{call=\"{label}\",le=\"+Inf\"}} {cumulative}\n\
+             {name}_sum{{call=\"{label}\"}} {}\n\
+             {name}_count{{call=\"{label}\"}} {cumulative}",
+            sum_us as f64 / 1e6
+        );
     }
 }
 

@@ -113,6 +113,21 @@ pub struct RedisHealth {
     pub last_latency_ms: f64,
     pub publishes: u64,
     pub errors: u64,
+    /// The backend's script calls: p50/p99 in ms and how many. Absent in
+    /// the records of older nodes.
+    #[serde(default)]
+    pub calls: Option<RedisCalls>,
+}
+
+/// Latency of the backend's Redis script calls, by call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct RedisCalls {
+    /// One pipeline of reservations (`reserve.lua`).
+    pub reserve: Latency,
+    /// One pipeline of Idempotency-Key recalls (`recall.lua`).
+    pub recall: Latency,
+    /// One order move: pay, cancel, expiry (`transition.lua`).
+    pub transition: Latency,
 }
 
 #[derive(Serialize)]
@@ -166,10 +181,21 @@ pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
     let (in_flight, waiting) = m.admission();
     let redis = m.board.get().map(|b| {
         let h = b.health();
+        let of = |call| {
+            let (p50, count) = b.calls.quantile_ms(call, 0.5);
+            let (p99, _) = b.calls.quantile_ms(call, 0.99);
+            Latency { p50, p99, count }
+        };
+        use stock::redis::stats::ScriptCall;
         RedisHealth {
             last_latency_ms: h.last_latency_us as f64 / 1e3,
             publishes: h.publishes,
             errors: h.errors,
+            calls: Some(RedisCalls {
+                reserve: of(ScriptCall::Reserve),
+                recall: of(ScriptCall::Recall),
+                transition: of(ScriptCall::Transition),
+            }),
         }
     });
     NodeRecord {
