@@ -427,3 +427,56 @@ fn seckill_trace_shows_an_orders_life_from_redis_and_kafka() {
     );
     drop(settler);
 }
+
+/// `kafka.settler_lag` of a node's `/admin/stats`: (events, seconds).
+fn settler_lag(c: &mut Client) -> Option<(u64, f64)> {
+    let s = crate::stats::stats(c);
+    let lag = &s["kafka"]["settler_lag"];
+    Some((lag["events"].as_u64()?, lag["seconds"].as_f64()?))
+}
+
+#[test]
+fn settler_lag_rises_while_the_settler_is_stopped_and_falls_when_it_runs() {
+    let redis = RedisServer::start();
+    let broker = Broker::start();
+    let node = kafka_node(&redis, &broker, 1, &[]);
+    let settler = Settler::start(&redis, &broker);
+    let mut c = node.client();
+    c.create_sale("lag", &json!({ "stock": 50, "per_user_limit": 1 }));
+    crate::support::eventually(Duration::from_secs(20), "the settler caught up", || {
+        settler_lag(&mut c).filter(|(events, _)| *events == 0)
+    });
+    // The settler's own record in Redis says the same.
+    crate::support::eventually(Duration::from_secs(10), "the settler's record", || {
+        let record = crate::cluster::redis_cli(&redis, &["GET", "sk:{stats}:settler"]);
+        let record: Value = serde_json::from_str(record.trim()).ok()?;
+        (record["lag_events"] == 0).then_some(())
+    });
+
+    drop(settler);
+    for n in 0..10 {
+        assert_ok(&purchase(&mut c, "lag", &format!("u{n}"), &[]));
+    }
+    let (events, seconds) =
+        crate::support::eventually(Duration::from_secs(20), "the lag rises", || {
+            settler_lag(&mut c).filter(|(events, seconds)| *events >= 10 && *seconds >= 1.0)
+        });
+    assert!(events >= 10 && seconds >= 1.0, "{events} {seconds}");
+    let metrics = c.get("/metrics").text();
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("seckill_settler_lag_events "))
+        .unwrap_or_else(|| panic!("no seckill_settler_lag_events:\n{metrics}"));
+    assert!(gauge.trim().parse::<f64>().unwrap() >= 10.0, "{gauge}");
+
+    // Running again, it reads what it missed: the lag falls back to zero.
+    let _settler = Settler::start(&redis, &broker);
+    crate::support::eventually(Duration::from_secs(30), "the lag falls", || {
+        settler_lag(&mut c).filter(|(events, seconds)| *events == 0 && *seconds == 0.0)
+    });
+    crate::support::eventually(Duration::from_secs(10), "the settler's record", || {
+        let record = crate::cluster::redis_cli(&redis, &["GET", "sk:{stats}:settler"]);
+        let record: Value = serde_json::from_str(record.trim()).ok()?;
+        (record["lag_events"] == 0 && record["lag_seconds"] == 0.0).then_some(())
+    });
+}
