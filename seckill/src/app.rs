@@ -32,6 +32,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.kafka.is_some() {
         let node = KafkaNode::open_kafka(config, token.clone())?;
         crate::stats::start_publisher(node.clone(), node.authority.stats_board())?;
+        crate::stats::start_lag_probe(node.clone())?;
         info!(
             node_id = node.config.node_id,
             topic = node.log.topic(),

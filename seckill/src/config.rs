@@ -143,6 +143,10 @@ pub struct Config {
     pub kafka_timeout_ms: u64,
     /// Kafka mode: the producer's batching window. Default 2 ms.
     pub kafka_linger_ms: u64,
+    /// Kafka mode: the settlers' consumer group (`seckill settle
+    /// --group`), whose lag the node measures each second for
+    /// `/admin/stats` and `/metrics`. Default `seckill-settler`.
+    pub settler_group: String,
     pub node_id: u32,
     pub driver: Driver,
     pub demo: bool,
@@ -239,6 +243,7 @@ impl Default for Config {
             kafka_partitions: 6,
             kafka_timeout_ms: 5_000,
             kafka_linger_ms: 2,
+            settler_group: "seckill-settler".into(),
             node_id: 1,
             driver: Driver::Legacy,
             demo: false,

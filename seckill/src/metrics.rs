@@ -143,6 +143,9 @@ pub struct Metrics {
     sampler: Mutex<Sampler>,
     /// Cluster mode: this node's stats record and every live node's.
     pub board: OnceLock<Arc<StatsBoard>>,
+    /// Kafka mode: the settlers' lag as last measured at the broker
+    /// (`stats::start_lag_probe`). Locked on the stats path only.
+    pub settler_lag: Mutex<Option<queue::kafka::Lag>>,
 }
 
 impl Metrics {
@@ -155,6 +158,7 @@ impl Metrics {
                 rates: [0.0; OUTCOMES.len()],
             }),
             board: OnceLock::new(),
+            settler_lag: Mutex::new(None),
         }
     }
 
@@ -326,6 +330,18 @@ impl Metrics {
                 h.last_latency_us as f64 / 1e6
             );
             render_call_latency(out, &board.calls);
+        }
+        if let Some(lag) = *self.settler_lag.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP seckill_settler_lag_events Order events past the settlers' committed offsets, measured at the broker.\n\
+                 # TYPE seckill_settler_lag_events gauge\n\
+                 seckill_settler_lag_events {}\n\
+                 # HELP seckill_settler_lag_seconds Age of the oldest order event the settlers have not committed.\n\
+                 # TYPE seckill_settler_lag_seconds gauge\n\
+                 seckill_settler_lag_seconds {}",
+                lag.events, lag.seconds
+            );
         }
         let name = "seckill_purchase_seconds";
         let _ = writeln!(

@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use queue::kafka::Renewing;
+use queue::kafka::{LagProbe, Renewing};
 use queue::{Event, EventKind, KafkaOptions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -195,7 +195,14 @@ struct Settler {
     /// and events about it. Bounded ([`MAX_REQUEST_IDS`]); orders reserved
     /// before the offsets a restarted settler resumes from are not in it.
     request_ids: HashMap<String, String>,
+    /// Measures this settler's lag at the broker (its group's committed
+    /// offsets vs the head), published in Redis about once a second.
+    lag: Arc<LagProbe>,
+    lag_measured: Option<std::time::Instant>,
 }
+
+/// How long the settler's record in Redis outlives its last publish.
+const RECORD_TTL: Duration = Duration::from_secs(10);
 
 /// Most request ids [`Settler::request_ids`] keeps (about 100 bytes each);
 /// past it, new orders are logged without theirs.
@@ -356,6 +363,16 @@ impl Settler {
             pass: None,
             held_back: false,
             request_ids: HashMap::new(),
+            lag: Arc::new(
+                LagProbe::new(
+                    &flags.kafka,
+                    &flags.kafka_topic,
+                    &flags.group,
+                    kafka_timeout,
+                )
+                .context("cannot create the lag probe")?,
+            ),
+            lag_measured: None,
         })
     }
 
@@ -390,6 +407,7 @@ impl Settler {
                     let mut tally = Tally::default();
                     self.expire_due(&mut tally).await;
                     self.reconcile(&mut tally).await;
+                    self.publish_lag().await;
                     if tally.expired + tally.released + tally.relogged > 0 {
                         info!(?tally, "settled");
                     }
@@ -423,6 +441,40 @@ impl Settler {
             self.batch.len += 1;
         }
         Ok(())
+    }
+
+    /// Measures how far behind the topic's head the settler is (at most
+    /// once a second) and publishes it as its record in Redis
+    /// (`sk:{stats}:settler`: `lag_events`, `lag_seconds`, `at_ms`).
+    async fn publish_lag(&mut self) {
+        if self
+            .lag_measured
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.lag_measured = Some(std::time::Instant::now());
+        let probe = self.lag.clone();
+        let lag = match tokio::task::spawn_blocking(move || probe.measure(now_ms())).await {
+            Ok(Ok(lag)) => lag,
+            Ok(Err(e)) => {
+                debug!(error = %e, "cannot measure the lag");
+                return;
+            }
+            Err(_) => return,
+        };
+        let record = serde_json::json!({
+            "lag_events": lag.events,
+            "lag_seconds": lag.seconds,
+            "at_ms": now_ms(),
+        });
+        if let Err(e) = self
+            .store
+            .publish_settler(&record.to_string(), RECORD_TTL)
+            .await
+        {
+            debug!(error = %e, "cannot publish the settler's record");
+        }
     }
 
     /// Keeps the request id of an order read reserved until the order is

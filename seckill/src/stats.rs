@@ -79,6 +79,26 @@ pub struct NodeRecord {
     pub backend: BackendErrors,
     /// Cluster mode: the node's stats exchange with Redis.
     pub redis: Option<RedisHealth>,
+    /// Kafka mode: the order log's consumers. Absent in the records of
+    /// older nodes.
+    #[serde(default)]
+    pub kafka: Option<KafkaHealth>,
+}
+
+/// The order topic's consumers, as a node sees them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct KafkaHealth {
+    /// The settlers' lag, measured at the broker each second; `null`
+    /// until measured (or while the broker does not answer).
+    pub settler_lag: Option<SettlerLag>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct SettlerLag {
+    /// Events past the settlers' committed offsets.
+    pub events: u64,
+    /// Age of the oldest of them, seconds (0 when caught up).
+    pub seconds: f64,
 }
 
 /// Purchases failed by a backend (`metrics::BACKEND_ERRORS`).
@@ -173,6 +193,45 @@ pub fn count_purchase<A: StockAuthority, L: OrderLog>(
     m.admission(a.tokens() - a.available(), a.waiting());
 }
 
+/// Kafka mode: measures the settlers' lag at the broker each second, on a
+/// thread of its own (the calls block), into `Metrics::settler_lag`.
+pub fn start_lag_probe<A, L>(node: Arc<Node<A, L>>) -> std::io::Result<()>
+where
+    A: StockAuthority + Send + Sync + 'static,
+    L: OrderLog + Send + Sync + 'static,
+{
+    let Some(brokers) = node.config.kafka.clone() else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("seckill-lag".into())
+        .spawn(move || {
+            let config = &node.config;
+            let timeout = Duration::from_millis(config.kafka_timeout_ms.min(2_000));
+            let probe = match queue::kafka::LagProbe::new(
+                &brokers,
+                &config.kafka_topic,
+                &config.settler_group,
+                timeout,
+            ) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot measure the settlers' lag");
+                    return;
+                }
+            };
+            while !node.is_shutting_down() {
+                let lag = probe.measure(now_ms());
+                if let Err(e) = &lag {
+                    tracing::debug!(error = %e, "cannot measure the settlers' lag");
+                }
+                *node.metrics.settler_lag.lock() = lag.ok();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
+    Ok(())
+}
+
 /// This node's record, as of now.
 pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
     let m = &node.metrics;
@@ -197,6 +256,12 @@ pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
                 transition: of(ScriptCall::Transition),
             }),
         }
+    });
+    let kafka = node.config.kafka.is_some().then(|| KafkaHealth {
+        settler_lag: m.settler_lag.lock().map(|l| SettlerLag {
+            events: l.events,
+            seconds: l.seconds,
+        }),
     });
     NodeRecord {
         node_id: node.config.node_id,
@@ -224,6 +289,7 @@ pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
             waiting,
         },
         redis,
+        kafka,
     }
 }
 

@@ -195,7 +195,21 @@ pub async fn exchange(store: &RedisStore, board: &StatsBoard, node: u32) {
     }
 }
 
+/// The settler's record: its lag behind the order topic, JSON, set by
+/// `seckill settle` about once a second with a TTL (gone: no settler).
+pub const SETTLER_KEY: &str = "sk:{stats}:settler";
+
 impl RedisStore {
+    /// Sets the settler's record ([`SETTLER_KEY`]), expiring after `ttl`.
+    pub async fn publish_settler(&self, record: &str, ttl: Duration) -> Result<(), StockError> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(SETTLER_KEY)
+            .arg(record)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        self.query::<()>(&cmd).await
+    }
+
     /// Publishes `record` as node `node`'s stats (expiring after `ttl`) and
     /// returns every live node's record, sorted by node id.
     pub async fn publish_stats(
