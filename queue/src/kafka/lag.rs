@@ -46,6 +46,14 @@ impl LagProbe {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // It reads one event per lagging partition: small fetches and
+            // a small prefetch queue, so a backlog is not pulled into the
+            // node every second.
+            .set("max.partition.fetch.bytes", "16384")
+            .set("fetch.max.bytes", "65536")
+            .set("message.max.bytes", "65536")
+            .set("queued.min.messages", "1")
+            .set("queued.max.messages.kbytes", "64")
             .create()?;
         Ok(LagProbe {
             consumer,

@@ -206,6 +206,13 @@ fn a_request_id_reaches_the_kafka_headers_and_the_settlers_log() {
         "kt",
         &json!({ "stock": 2, "per_user_limit": 1, "payment_timeout_s": 4 }),
     );
+    // The settler has read the topic up to the sale (its own record in
+    // Redis says it is caught up): it reads the reservation at once.
+    crate::support::eventually(Duration::from_secs(20), "the settler reads", || {
+        let record = crate::cluster::redis_cli(&redis, &["GET", "sk:{stats}:settler"]);
+        let record: Value = serde_json::from_str(record.trim()).ok()?;
+        (record["lag_events"] == 0).then_some(())
+    });
     let won = purchase(
         &mut c,
         "kt",
