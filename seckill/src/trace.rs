@@ -5,8 +5,8 @@
 //!
 //! Every event of the order is shown with when it was made, its request id
 //! and `traceparent`, who produced it (the Kafka header `x-origin`:
-//! `node-<id>` or `settler`; in a journal, the node whose journal it is)
-//! and where it was found. The node that took the order is the order id's
+//! `node-<id>` or `settler`) and where it was found (the journal file, or
+//! the partition and offset). The node that took the order is the order id's
 //! first part (`{node}-{random}`, `-{sale}` appended in cluster mode).
 //!
 //! Cost: a journal is read whole (events folded into the embedded snapshot
@@ -87,7 +87,8 @@ pub struct Traced {
     pub kind: &'static str,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
-    /// Who produced it: `node-<id>` or `settler`.
+    /// Who produced it (Kafka's `x-origin`): `node-<id>` or `settler`;
+    /// none for a journal's events (`source` names the journal).
     pub by: Option<String>,
     /// `journal <path>` or `kafka <partition>/<offset>`.
     pub source: String,
@@ -117,7 +118,7 @@ pub fn collect(flags: &TraceFlags) -> anyhow::Result<OrderTrace> {
     let id_sale = parts.nth(1).map(str::to_owned);
     let mut events = Vec::new();
     for dir in &flags.data_dirs {
-        read_journal(dir, order_id, node, &mut events)?;
+        read_journal(dir, order_id, &mut events)?;
     }
     if let Some(brokers) = &flags.kafka {
         read_topic(brokers, &flags.kafka_topic, order_id, timeout, &mut events)?;
@@ -175,7 +176,7 @@ pub fn render(trace: &OrderTrace) -> String {
             "{}  {:<16} by {:<9} request {:<24} {}{}",
             utc_ms(e.at),
             e.kind,
-            e.by.as_deref().unwrap_or("?"),
+            e.by.as_deref().unwrap_or("-"),
             e.request_id.as_deref().unwrap_or("-"),
             e.source,
             e.traceparent
@@ -186,12 +187,7 @@ pub fn render(trace: &OrderTrace) -> String {
     out
 }
 
-fn read_journal(
-    dir: &Path,
-    order_id: &str,
-    node: Option<u32>,
-    out: &mut Vec<(Event, Traced)>,
-) -> anyhow::Result<()> {
+fn read_journal(dir: &Path, order_id: &str, out: &mut Vec<(Event, Traced)>) -> anyhow::Result<()> {
     let mut files: Vec<PathBuf> = queue::journal::sealed_segments(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .into_iter()
@@ -208,10 +204,10 @@ fn read_journal(
             if order_of(&event.kind) != Some(order_id) {
                 continue;
             }
-            // A journal holds its own node's events, and in cluster mode
-            // those a reconciler logged for a dead node.
-            let by = node.map(|n| format!("node-{n}"));
-            let traced = traced(&event, by, format!("journal {}", path.display()));
+            // A journal is one node's, but which one it does not say; in
+            // cluster mode a reconciler also logs other nodes' changes
+            // into its own: `source` names the file.
+            let traced = traced(&event, None, format!("journal {}", path.display()));
             out.push((event, traced));
         }
     }
