@@ -14,6 +14,12 @@
 //!   it: the journal refuses to open, the settler exits, the audit fails.
 //! - `type`: one of the [`EventKind`] variants in snake case.
 //! - `at`: when the event was made, Unix milliseconds.
+//! - `request_id`, `traceparent` (optional): the id of the HTTP request
+//!   that made the change (the client's `X-Request-Id`, or one the node
+//!   generated) and the client's W3C `traceparent`, when it sent a valid
+//!   one. Absent in events made by no request (expiry, the settler's
+//!   compensation without a known request) and in older logs; readers that
+//!   do not know them ignore them, so the version stays 1.
 //!
 //! Times inside events (`starts_at`, `ends_at`, `expires_at`) are Unix
 //! seconds, as in the HTTP API.
@@ -35,6 +41,12 @@ pub struct Event {
     pub v: u32,
     /// Unix milliseconds when the event was made.
     pub at: u64,
+    /// The request that made the change, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The client's W3C `traceparent` of that request, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
@@ -46,8 +58,18 @@ impl Event {
         Event {
             v: SCHEMA_VERSION,
             at: at_ms,
+            request_id: None,
+            traceparent: None,
             kind,
         }
+    }
+
+    /// The event, made by the request `request_id` (with the client's
+    /// `traceparent`, if any).
+    pub fn traced(mut self, request_id: Option<&str>, traceparent: Option<&str>) -> Self {
+        self.request_id = request_id.map(str::to_owned);
+        self.traceparent = traceparent.map(str::to_owned);
+        self
     }
 
     /// The JSON encoding written to the log.
@@ -251,6 +273,26 @@ mod tests {
         assert_eq!(v["at"], 1_000);
         assert!(v.get("idempotency_key").is_none());
         assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
+    fn request_ids_are_optional_and_round_trip() {
+        let kind = EventKind::OrderPaid {
+            order_id: "1-2".into(),
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            quantity: 1,
+        };
+        let plain = Event::new(7, kind.clone());
+        assert!(!String::from_utf8(plain.to_json())
+            .unwrap()
+            .contains("request_id"));
+        let traced = Event::new(7, kind).traced(Some("r-1"), Some("00-ab-cd-01"));
+        let v: serde_json::Value = serde_json::from_slice(&traced.to_json()).unwrap();
+        assert_eq!(v["request_id"], "r-1");
+        assert_eq!(v["traceparent"], "00-ab-cd-01");
+        assert_eq!(v["type"], "order_paid");
+        assert_eq!(Event::from_json(&traced.to_json()).unwrap(), traced);
     }
 
     #[test]

@@ -515,6 +515,15 @@ pub fn read_segment(path: &Path) -> Result<Vec<Event>, JournalError> {
     Ok(replay.events)
 }
 
+/// Every event of a journal file, the live one of a running node too: a
+/// torn tail (a frame being written) ends it. For readers beside the node
+/// (`seckill trace`); a bad frame before the end is an error.
+pub fn read_file(path: &Path) -> Result<Vec<Event>, JournalError> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    Ok(replay(&mut file, len, path)?.events)
+}
+
 /// Removes the sealed segments up to generation `covers` (a snapshot holds
 /// them), oldest first, calling `removed` after each; then syncs the
 /// directory.

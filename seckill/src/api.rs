@@ -23,6 +23,7 @@ use stock::{
     Attempt, KeyLookup, Order, OrderChange, OrderStatus, Reservation, Sale, SaleSpec,
     StockAuthority, StockError, Switch, Transition,
 };
+use tracing::debug;
 
 use crate::auth::{self, PayloadBuf};
 use crate::clock::{now_ms, now_s};
@@ -30,6 +31,7 @@ use crate::error::ApiError;
 pub use crate::http::Reply;
 use crate::http::{Method, Request, Response};
 use crate::node::{Core, Failpoint};
+use crate::reqid::{self, Trace};
 use crate::timefmt;
 
 /// The default payment timeout of a sale: 15 minutes.
@@ -51,7 +53,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         let _inflight = self.begin_request();
         body.clear();
         let keep_alive = req.keep_alive && !self.node.is_shutting_down();
-        match self.route(req, peer, body).await {
+        let trace = reqid::is_traced(req.path).then(|| self.trace(req));
+        let request_id = trace.as_ref().map(Trace::request_id);
+        match self.route(req, peer, body, trace.as_ref()).await {
             Ok(reply) => {
                 self.metrics().response(reply.status);
                 Response {
@@ -61,12 +65,13 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     retry_after: None,
                     replayed: reply.replayed,
                     allow: None,
+                    request_id,
                 }
                 .write_to(out, keep_alive);
             }
             Err(err) => {
                 self.metrics().response(err.status());
-                err.render(body).write_to(out, keep_alive);
+                err.render_for(body, request_id).write_to(out, keep_alive);
             }
         }
         keep_alive
@@ -77,14 +82,24 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         req: &Request<'_>,
         peer: IpAddr,
         body: &mut Vec<u8>,
+        trace: Option<&Trace<'_>>,
     ) -> Result<Reply, ApiError> {
         let path = req.path;
         let method = req.method;
         if let Some(rest) = path.strip_prefix("/sales/") {
             return match (method, rest.split_once('/')) {
                 (Method::Post, Some((id, "purchase"))) => {
-                    let answer = self.purchase(id, req, peer, body).await;
+                    let answer = self.purchase(id, req, peer, body, trace).await;
                     crate::stats::count_purchase(self, &answer);
+                    if let Err(e) = &answer {
+                        debug!(
+                            request_id = trace.map(Trace::request_id),
+                            sale_id = id,
+                            status = e.status(),
+                            code = e.code(),
+                            "purchase refused"
+                        );
+                    }
                     answer
                 }
                 (Method::Get, None) => self.get_sale(rest, body),
@@ -97,10 +112,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             return match (method, rest.split_once('/')) {
                 (Method::Get, None) => self.get_order(rest, req, body).await,
                 (Method::Post, Some((id, "pay"))) => {
-                    self.pay_or_cancel(id, OrderStatus::Paid, req, body).await
+                    self.pay_or_cancel(id, OrderStatus::Paid, req, body, trace)
+                        .await
                 }
                 (Method::Post, Some((id, "cancel"))) => {
-                    self.pay_or_cancel(id, OrderStatus::Cancelled, req, body)
+                    self.pay_or_cancel(id, OrderStatus::Cancelled, req, body, trace)
                         .await
                 }
                 (_, None) => Err(ApiError::MethodNotAllowed("GET")),
@@ -159,6 +175,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         req: &Request<'_>,
         peer: IpAddr,
         body: &mut Vec<u8>,
+        trace: Option<&Trace<'_>>,
     ) -> Result<Reply, ApiError> {
         let started = Instant::now();
         let mut token = PayloadBuf::default();
@@ -197,7 +214,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 return self.replayed(&order, body);
             }
             if let Err(refused) = sale.gate(now) {
-                return self.recall_or(refused, &sale, &attempt, body).await;
+                return self.recall_or(refused, &sale, &attempt, body, trace).await;
             }
             if attempt.quantity > sale.spec().per_user_limit {
                 return Err(StockError::LimitExceeded.into());
@@ -220,7 +237,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 Err(refused @ (StockError::SoldOut | StockError::SaleNotOpen))
                     if attempt.idempotency_key.is_some() =>
                 {
-                    return self.recall_or(refused, &sale, &attempt, body).await;
+                    return self.recall_or(refused, &sale, &attempt, body, trace).await;
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -228,19 +245,26 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         let (order, pending) = match self.node.authority.reserve(&sale, &attempt, units).await? {
             Reservation::Replay(order) => {
                 return self
-                    .replayed_from_authority(&sale, &order, &attempt, body)
+                    .replayed_from_authority(&sale, &order, &attempt, body, trace)
                     .await;
             }
             Reservation::New { order, pending } => (order, pending),
         };
         self.node.failpoint(Failpoint::AfterReserve);
-        let event = reserved_event(&order, &attempt, sale.id());
+        let (request_id, traceparent) = ids(trace);
+        let event = reserved_event(&order, &attempt, sale.id()).traced(request_id, traceparent);
         if let Err(e) = self.node.log.append(&event).await {
             self.node.authority.abort(pending);
             return Err(e.into());
         }
         self.node.authority.confirm(pending);
         self.metrics().order(started.elapsed().as_micros() as u64);
+        debug!(
+            request_id = trace.map(Trace::request_id),
+            order_id = order.order_id,
+            sale_id,
+            "purchase reserved"
+        );
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
     }
@@ -276,10 +300,11 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         sale: &Sale,
         attempt: &Attempt<'_>,
         body: &mut Vec<u8>,
+        trace: Option<&Trace<'_>>,
     ) -> Result<Reply, ApiError> {
         match self.node.authority.recall_key(sale, attempt).await? {
             KeyLookup::Replay(order) => {
-                self.replayed_from_authority(sale, &order, attempt, body)
+                self.replayed_from_authority(sale, &order, attempt, body, trace)
                     .await
             }
             KeyLookup::Unused => Err(refused.into()),
@@ -298,6 +323,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         order: &Order,
         attempt: &Attempt<'_>,
         body: &mut Vec<u8>,
+        trace: Option<&Trace<'_>>,
     ) -> Result<Reply, ApiError> {
         if self.node.relog_replays {
             if self.node.fails_once(Failpoint::ReplayLog) {
@@ -305,9 +331,12 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                     "failpoint replay_log".into(),
                 )));
             }
-            let reserved = reserved_event(order, attempt, &order.sale_id);
+            let (request_id, traceparent) = ids(trace);
+            let reserved =
+                reserved_event(order, attempt, &order.sale_id).traced(request_id, traceparent);
             self.node.log.append(&reserved).await?;
             if let Some(event) = transition_event(order, order.status) {
+                let event = event.traced(request_id, traceparent);
                 self.node.log.append(&event).await?;
             }
         }
@@ -356,6 +385,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         to: OrderStatus,
         req: &Request<'_>,
         body: &mut Vec<u8>,
+        trace: Option<&Trace<'_>>,
     ) -> Result<Reply, ApiError> {
         let mut token = PayloadBuf::default();
         if to == OrderStatus::Paid {
@@ -364,7 +394,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             let order = self.node.authority.order(order_id).await?;
             owned_by(&order, Some(buyer))?;
         }
-        let order = self.move_order(order_id, to).await?;
+        let order = self.move_order(order_id, to, trace).await?;
         write_json(body, &OrderView::from(&order));
         Ok(Reply::json())
     }
@@ -403,8 +433,14 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
 
     /// Moves an order to `to` (paid, cancelled or expired): the authority
     /// checks the move, the log records it, then the authority applies it
-    /// (cancel and expiry return the units exactly once).
-    pub async fn move_order(&self, order_id: &str, to: OrderStatus) -> Result<Order, ApiError> {
+    /// (cancel and expiry return the units exactly once). `trace`: the
+    /// request that asked for the move (none for the expiry sweep).
+    pub async fn move_order(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        trace: Option<&Trace<'_>>,
+    ) -> Result<Order, ApiError> {
         let authority = &self.node.authority;
         let (order, pending) = match authority.begin_transition(order_id, to, now_s()).await? {
             Transition::Unchanged(order) => return Ok(order),
@@ -414,6 +450,8 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             authority.abort_transition(pending);
             return Err(StockError::InvalidState("an order cannot go back to reserved").into());
         };
+        let (request_id, traceparent) = ids(trace);
+        let event = event.traced(request_id, traceparent);
         let logged = if self.node.fails_once(Failpoint::TransitionLog) {
             Err(queue::LogError::Unavailable(
                 "failpoint transition_log".into(),
@@ -566,6 +604,14 @@ fn transition_event(order: &Order, to: OrderStatus) -> Option<Event> {
         moved => EventKind::order(moved.into(), order, None, None),
     };
     Some(Event::new(now_ms(), kind))
+}
+
+/// The request id and `traceparent` an event of `trace`'s request carries.
+fn ids<'t>(trace: Option<&'t Trace<'_>>) -> (Option<&'t str>, Option<&'t str>) {
+    (
+        trace.map(Trace::request_id),
+        trace.and_then(|t| t.traceparent),
+    )
 }
 
 /// Another buyer's order is answered exactly like a missing one.

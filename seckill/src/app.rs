@@ -33,6 +33,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.kafka.is_some() {
         let node = KafkaNode::open_kafka(config, token.clone())?;
         crate::stats::start_publisher(node.clone(), node.authority.stats_board())?;
+        crate::stats::start_lag_probe(node.clone())?;
         info!(
             node_id = node.config.node_id,
             topic = node.log.topic(),
@@ -88,6 +89,8 @@ fn serve<A: StockAuthority, L: OrderLog>(
                     path: "/admin/sales/demo",
                     idempotency_key: None,
                     authorization: Some(admin.as_bytes()),
+                    request_id: None,
+                    traceparent: None,
                     body,
                     keep_alive: true,
                     expects_continue: false,

@@ -113,6 +113,9 @@ pub enum Command {
     /// Prints a buyer token signed with the first of the configured
     /// `buyer_keys` (TOML or SECKILL_BUYER_KEYS), for operators and curl.
     Token(TokenFlags),
+    /// Shows an order's life in time order: its events in the journal or
+    /// the Kafka topic, request ids, who acted, its record in Redis.
+    Trace(crate::trace::TraceFlags),
 }
 
 /// Flags of `seckill settle`.
@@ -185,6 +188,10 @@ pub struct Config {
     pub kafka_timeout_ms: u64,
     /// Kafka mode: the producer's batching window. Default 2 ms.
     pub kafka_linger_ms: u64,
+    /// Kafka mode: the settlers' consumer group (`seckill settle
+    /// --group`), whose lag the node measures each second for
+    /// `/admin/stats` and `/metrics`. Default `seckill-settler`.
+    pub settler_group: String,
     pub node_id: u32,
     pub driver: Driver,
     pub demo: bool,
@@ -281,6 +288,7 @@ impl Default for Config {
             kafka_partitions: 6,
             kafka_timeout_ms: 5_000,
             kafka_linger_ms: 2,
+            settler_group: "seckill-settler".into(),
             node_id: 1,
             driver: Driver::Legacy,
             demo: false,
@@ -322,6 +330,7 @@ impl Config {
         opts.partitions = self.kafka_partitions;
         opts.message_timeout = std::time::Duration::from_millis(self.kafka_timeout_ms);
         opts.linger = std::time::Duration::from_millis(self.kafka_linger_ms);
+        opts.origin = Some(format!("node-{}", self.node_id));
         Some(opts)
     }
 

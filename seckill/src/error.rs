@@ -140,13 +140,23 @@ impl ApiError {
     /// Writes `{"error": CODE, "message": "..."}` into `body` and returns the
     /// response that carries it.
     pub fn render<'b>(&self, body: &'b mut Vec<u8>) -> Response<'b> {
+        self.render_for(body, None)
+    }
+
+    /// [`ApiError::render`] for the request `request_id`: the id is in the
+    /// `x-request-id` header and in the log line of a backend error.
+    pub fn render_for<'b>(
+        &self,
+        body: &'b mut Vec<u8>,
+        request_id: Option<&'b str>,
+    ) -> Response<'b> {
         body.clear();
         body.extend_from_slice(b"{\"error\":\"");
         body.extend_from_slice(self.code().as_bytes());
         body.extend_from_slice(b"\",\"message\":\"");
         match self.stable_message() {
             Some(message) => {
-                log_detail(self);
+                log_detail(self, request_id);
                 body.extend_from_slice(message.as_bytes());
             }
             // Display writes straight into the buffer, escaped: no String.
@@ -157,6 +167,7 @@ impl ApiError {
         body.extend_from_slice(b"\"}");
         let mut resp = Response::json(self.status(), body);
         resp.retry_after = self.retry_after();
+        resp.request_id = request_id;
         if let ApiError::MethodNotAllowed(allow) = self {
             resp.allow = Some(allow);
         }
@@ -167,7 +178,7 @@ impl ApiError {
 /// Logs the detail of a backend error answered with a stable message: at
 /// most one line a second per thread (per core), counting the ones left
 /// out since the last.
-fn log_detail(err: &ApiError) {
+fn log_detail(err: &ApiError, request_id: Option<&str>) {
     thread_local! {
         /// When a line was last logged, and how many were left out since.
         static LAST: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
@@ -180,7 +191,7 @@ fn log_detail(err: &ApiError) {
             return;
         }
         last.set((Some(now), 0));
-        warn!(error = %err, left_out, "a backend error answered 503");
+        warn!(error = %err, request_id, left_out, "a backend error answered 503");
     });
 }
 

@@ -50,6 +50,10 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub idempotency_key: Option<&'a [u8]>,
     pub authorization: Option<&'a [u8]>,
+    /// `X-Request-Id` as sent (validated by `reqid::RequestId`).
+    pub request_id: Option<&'a [u8]>,
+    /// W3C `traceparent` as sent (validated by `reqid::valid_traceparent`).
+    pub traceparent: Option<&'a [u8]>,
     pub body: &'a [u8],
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
@@ -113,6 +117,8 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let mut content_length: Option<usize> = None;
     let mut idempotency_key = None;
     let mut authorization = None;
+    let mut request_id = None;
+    let mut traceparent = None;
     let mut expects_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -138,6 +144,10 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
             idempotency_key = Some(h.value);
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value);
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            request_id = Some(h.value);
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            traceparent = Some(h.value);
         } else if name.eq_ignore_ascii_case("expect") {
             expects_continue = h.value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -158,6 +168,8 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
             path,
             idempotency_key,
             authorization,
+            request_id,
+            traceparent,
             body: &buf[head_len..total],
             keep_alive,
             expects_continue,
@@ -222,6 +234,9 @@ pub struct Response<'a> {
     pub replayed: bool,
     /// The `Allow` header of a 405: the methods the path serves.
     pub allow: Option<&'static str>,
+    /// The `X-Request-Id` header: the request's id (purchases and order
+    /// calls).
+    pub request_id: Option<&'a str>,
 }
 
 impl<'a> Response<'a> {
@@ -233,6 +248,7 @@ impl<'a> Response<'a> {
             retry_after: None,
             replayed: false,
             allow: None,
+            request_id: None,
         }
     }
 
@@ -255,6 +271,11 @@ impl<'a> Response<'a> {
         }
         if let Some(allow) = self.allow {
             let _ = write!(out, "allow: {allow}\r\n");
+        }
+        if let Some(id) = self.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
@@ -283,10 +304,26 @@ mod tests {
         assert_eq!(r.path, "/sales/s1/purchase");
         assert_eq!(r.body, b"{}");
         assert_eq!(r.idempotency_key, Some(&b"k1"[..]));
+        assert_eq!(r.request_id, None);
         assert!(r.keep_alive);
         // Pipelined: the next request starts right after.
         let (r2, _) = complete(&raw[n..]);
         assert_eq!(r2.path, "/healthz");
+    }
+
+    #[test]
+    fn parses_request_id_and_traceparent() {
+        let raw = b"GET /orders/1-a HTTP/1.1\r\nX-Request-Id: r-1\r\ntraceparent: 00-ab\r\n\r\n";
+        let (r, _) = complete(raw);
+        assert_eq!(r.request_id, Some(&b"r-1"[..]));
+        assert_eq!(r.traceparent, Some(&b"00-ab"[..]));
+        let mut out = Vec::new();
+        let mut resp = Response::json(410, b"{}");
+        resp.request_id = Some("r-1");
+        resp.write_to(&mut out, true);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("x-request-id: r-1\r\n"));
     }
 
     #[test]

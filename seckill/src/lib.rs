@@ -15,6 +15,8 @@
 //!   and the journal replay.
 //! - `error`: [`error::ApiError`], the one place errors become statuses and
 //!   stable codes.
+//! - `reqid`: request ids (`X-Request-Id`, made on the core when the
+//!   client sent none valid) and the client's `traceparent`.
 //! - `ratelimit`: per-core per-user and per-IP purchase rate limits (GCRA).
 //! - `metrics`: per-core counters, Prometheus text on `/metrics`.
 //! - `stats`: `GET /admin/stats`, the operator's numbers; in cluster mode
@@ -24,6 +26,8 @@
 //! - `openapi`: the OpenAPI document of the API (`docs/openapi.yaml`),
 //!   served at `GET /openapi.json`.
 //! - `app`: start-up glue used by `main`: token, demo sale, signals.
+//! - `trace`: `seckill trace ORDER_ID`, an order's life from the journal,
+//!   Redis and the Kafka topic.
 //! - `settle`: `seckill settle`, the settler of a Kafka cluster (expiry,
 //!   reconciliation of changes that never reached the log).
 
@@ -39,7 +43,9 @@ pub mod metrics;
 pub mod node;
 pub mod openapi;
 pub mod ratelimit;
+pub mod reqid;
 pub mod server;
 pub mod settle;
 pub mod stats;
 pub mod timefmt;
+pub mod trace;

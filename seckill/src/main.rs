@@ -1,6 +1,7 @@
 //! `seckill`: load the configuration, start the node, serve until SIGTERM;
 //! `seckill settle`: run the settler of a Kafka cluster;
-//! `seckill token`: print a buyer token.
+//! `seckill token`: print a buyer token;
+//! `seckill trace ORDER_ID`: print an order's life.
 
 use std::io::IsTerminal;
 
@@ -18,6 +19,7 @@ fn main() -> anyhow::Result<()> {
             }
             other => other,
         },
+        Some(seckill::config::Command::Trace(trace)) => seckill::trace::run(trace),
         Some(seckill::config::Command::Token(token)) => {
             seckill::app::token(&seckill::config::Config::from_flags(flags)?, &token)
         }

@@ -143,6 +143,9 @@ pub struct Metrics {
     sampler: Mutex<Sampler>,
     /// Cluster mode: this node's stats record and every live node's.
     pub board: OnceLock<Arc<StatsBoard>>,
+    /// Kafka mode: the settlers' lag as last measured at the broker
+    /// (`stats::start_lag_probe`). Locked on the stats path only.
+    pub settler_lag: Mutex<Option<queue::kafka::Lag>>,
 }
 
 impl Metrics {
@@ -155,6 +158,7 @@ impl Metrics {
                 rates: [0.0; OUTCOMES.len()],
             }),
             board: OnceLock::new(),
+            settler_lag: Mutex::new(None),
         }
     }
 
@@ -325,6 +329,19 @@ impl Metrics {
                 h.errors,
                 h.last_latency_us as f64 / 1e6
             );
+            render_call_latency(out, &board.calls);
+        }
+        if let Some(lag) = *self.settler_lag.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP seckill_settler_lag_events Order events past the settlers' committed offsets, measured at the broker.\n\
+                 # TYPE seckill_settler_lag_events gauge\n\
+                 seckill_settler_lag_events {}\n\
+                 # HELP seckill_settler_lag_seconds Age of the oldest order event the settlers have not committed.\n\
+                 # TYPE seckill_settler_lag_seconds gauge\n\
+                 seckill_settler_lag_seconds {}",
+                lag.events, lag.seconds
+            );
         }
         let name = "seckill_purchase_seconds";
         let _ = writeln!(
@@ -341,6 +358,38 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
         let sum = self.sum(|c| &c.latency_sum_us) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// `seckill_redis_call_seconds{call}`: the backend's script calls to Redis
+/// (a reserve pipeline, a recall pipeline, a transition), timed by the
+/// backend thread.
+fn render_call_latency(out: &mut Vec<u8>, calls: &stock::redis::stats::CallLatency) {
+    use stock::redis::stats::{ScriptCall, CALL_BUCKETS};
+    let name = "seckill_redis_call_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Round trip of the backend's Redis script calls: a pipeline of reservations, of key recalls, one transition.\n# TYPE {name} histogram"
+    );
+    for call in ScriptCall::ALL {
+        let label = call.as_str();
+        let (counts, sum_us) = calls.counts(call);
+        let mut cumulative = 0;
+        for (bound, n) in CALL_BUCKETS.iter().zip(counts) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{call=\"{label}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += counts[CALL_BUCKETS.len()];
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{call=\"{label}\",le=\"+Inf\"}} {cumulative}\n\
+             {name}_sum{{call=\"{label}\"}} {}\n\
+             {name}_count{{call=\"{label}\"}} {cumulative}",
+            sum_us as f64 / 1e6
+        );
     }
 }
 

@@ -18,8 +18,10 @@ use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthorit
 
 pub use crate::clock::{now_micros, now_ms, now_s};
 use crate::config::{Config, StockModeSetting};
+use crate::http::Request;
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::ratelimit::RateLimits;
+use crate::reqid::{self, RequestId, Trace};
 
 /// Shared by every core of one node.
 pub struct Node<A, L> {
@@ -442,6 +444,8 @@ pub struct Core<A, L> {
     sales: RefCell<SaleCache>,
     connections: Cell<usize>,
     inflight: Cell<usize>,
+    /// The next generated request id's counter (`reqid::RequestId`).
+    request_seq: Cell<u64>,
 }
 
 /// A sale as a core holds it: cloning the `Rc` is a core-local increment,
@@ -468,6 +472,26 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             sales: RefCell::new(SaleCache::default()),
             connections: Cell::new(0),
             inflight: Cell::new(0),
+            // Start time in ms times 2^16: ids of a restarted node start
+            // past every id the last run could have made.
+            request_seq: Cell::new(now_ms() << 16),
+        }
+    }
+
+    /// The ids of `req`: its valid `X-Request-Id`, else one made from this
+    /// core's counter; its `traceparent` when well formed. No allocation.
+    pub fn trace<'r>(&self, req: &Request<'r>) -> Trace<'r> {
+        let id = req
+            .request_id
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(|| {
+                let seq = self.request_seq.get();
+                self.request_seq.set(seq.wrapping_add(1));
+                RequestId::generated(self.node.config.node_id, self.id, seq)
+            });
+        Trace {
+            id,
+            traceparent: req.traceparent.and_then(reqid::valid_traceparent),
         }
     }
 

@@ -330,7 +330,7 @@ async fn sweep_expiries<A: StockAuthority, L: OrderLog>(core: Rc<Core<A, L>>) {
         let now = now_s();
         core.node.authority.due_expiries(core.id, now, &mut due);
         for order_id in due.drain(..) {
-            match core.move_order(&order_id, OrderStatus::Expired).await {
+            match core.move_order(&order_id, OrderStatus::Expired, None).await {
                 Ok(_) => {}
                 // Paid or cancelled meanwhile: nothing to expire.
                 Err(ApiError::Stock(StockError::InvalidState(_) | StockError::OrderNotFound)) => {}

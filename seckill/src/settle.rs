@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use queue::kafka::Renewing;
+use queue::kafka::{LagProbe, Renewing};
 use queue::{Event, EventKind, KafkaOptions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -160,7 +160,23 @@ struct Settler {
     /// Reconciliation is held back by a live node whose delivery timeout
     /// is not below the grace (logged once per episode).
     held_back: bool,
+    /// The request id of each order read reserved and not yet finished
+    /// (paid, cancelled, expired, released), for the settler's log lines
+    /// and events about it. Bounded ([`MAX_REQUEST_IDS`]); orders reserved
+    /// before the offsets a restarted settler resumes from are not in it.
+    request_ids: HashMap<String, String>,
+    /// Measures this settler's lag at the broker (its group's committed
+    /// offsets vs the head), published in Redis about once a second.
+    lag: Arc<LagProbe>,
+    lag_measured: Option<std::time::Instant>,
 }
+
+/// How long the settler's record in Redis outlives its last publish.
+const RECORD_TTL: Duration = Duration::from_secs(10);
+
+/// Most request ids [`Settler::request_ids`] keeps (about 100 bytes each);
+/// past it, new orders are logged without theirs.
+const MAX_REQUEST_IDS: usize = 1 << 18;
 
 #[derive(Default)]
 struct Batch {
@@ -253,6 +269,17 @@ impl Settler {
             batch: Batch::default(),
             pass: None,
             held_back: false,
+            request_ids: HashMap::new(),
+            lag: Arc::new(
+                LagProbe::new(
+                    &flags.kafka,
+                    &flags.kafka_topic,
+                    &flags.group,
+                    kafka_timeout,
+                )
+                .context("cannot create the lag probe")?,
+            ),
+            lag_measured: None,
         })
     }
 
@@ -287,6 +314,7 @@ impl Settler {
                     let mut tally = Tally::default();
                     self.expire_due(&mut tally).await;
                     self.reconcile(&mut tally).await;
+                    self.publish_lag().await;
                     if tally.expired + tally.released + tally.relogged > 0 {
                         info!(?tally, "settled");
                     }
@@ -310,6 +338,7 @@ impl Settler {
             why,
         })?;
         self.batch.offsets.insert(partition, offset + 1);
+        self.remember_request_id(&event);
         if let Some((sale, order, change)) = event.kind.order_change() {
             self.batch
                 .entries
@@ -319,6 +348,66 @@ impl Settler {
             self.batch.len += 1;
         }
         Ok(())
+    }
+
+    /// Measures how far behind the topic's head the settler is (at most
+    /// once a second) and publishes it as its record in Redis
+    /// (`sk:{stats}:settler`: `lag_events`, `lag_seconds`, `at_ms`).
+    async fn publish_lag(&mut self) {
+        if self
+            .lag_measured
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.lag_measured = Some(std::time::Instant::now());
+        let probe = self.lag.clone();
+        let lag = match tokio::task::spawn_blocking(move || probe.measure(now_ms())).await {
+            Ok(Ok(lag)) => lag,
+            Ok(Err(e)) => {
+                debug!(error = %e, "cannot measure the lag");
+                return;
+            }
+            Err(_) => return,
+        };
+        let record = serde_json::json!({
+            "lag_events": lag.events,
+            "lag_seconds": lag.seconds,
+            "at_ms": now_ms(),
+        });
+        if let Err(e) = self
+            .store
+            .publish_settler(&record.to_string(), RECORD_TTL)
+            .await
+        {
+            debug!(error = %e, "cannot publish the settler's record");
+        }
+    }
+
+    /// Keeps the request id of an order read reserved until the order is
+    /// read finished.
+    fn remember_request_id(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::OrderReserved { order_id, .. } => {
+                if let Some(id) = &event.request_id {
+                    if self.request_ids.len() < MAX_REQUEST_IDS {
+                        self.request_ids.insert(order_id.clone(), id.clone());
+                    }
+                }
+            }
+            EventKind::OrderPaid { order_id, .. }
+            | EventKind::OrderCancelled { order_id, .. }
+            | EventKind::OrderExpired { order_id, .. }
+            | EventKind::StockReleased { order_id, .. } => {
+                self.request_ids.remove(order_id);
+            }
+            EventKind::SaleCreated { .. } | EventKind::SaleSwitched { .. } => {}
+        }
+    }
+
+    /// The request id that reserved `order_id`, if known.
+    fn request_id(&self, order_id: &str) -> Option<&str> {
+        self.request_ids.get(order_id).map(String::as_str)
     }
 
     /// Applies the batch's effects (retrying until Redis takes them), then
@@ -386,7 +475,13 @@ impl Settler {
             {
                 Ok(Moved::Changed(order)) => {
                     tally.expired += 1;
-                    deliveries.push(self.produce(&event_for(&order, OrderChange::Expired)));
+                    let request_id = self.request_id(&order_id);
+                    info!(
+                        order_id,
+                        request_id, sale, "expired an unpaid order: its units are back in the pool"
+                    );
+                    let event = event_for(&order, OrderChange::Expired).traced(request_id, None);
+                    deliveries.push(self.produce(&event));
                 }
                 Ok(_) => {}
                 Err(e) => warn!(order_id, error = %e, "expiry failed; will retry"),
@@ -406,8 +501,9 @@ impl Settler {
         &self,
         event: &Event,
     ) -> impl std::future::Future<Output = Result<(), queue::LogError>> + 'static {
+        let headers = queue::kafka::event_headers(event, Some("settler"));
         self.producer
-            .send(&self.topic, event.kind.key(), &event.to_json())
+            .send(&self.topic, event.kind.key(), &event.to_json(), headers)
     }
 
     /// One step of reconciliation: start a pass, or finish the pass whose
@@ -555,6 +651,12 @@ impl Settler {
                 match self.store.release(sale, order_id).await? {
                     Moved::Changed(released) => {
                         tally.released += 1;
+                        info!(
+                            order_id,
+                            request_id = self.request_id(order_id),
+                            sale,
+                            "released a reservation that never reached the log"
+                        );
                         self.produce(&event_for(&released, OrderChange::Released))
                             .await?;
                         self.store

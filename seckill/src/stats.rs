@@ -80,6 +80,26 @@ pub struct NodeRecord {
     pub backend: BackendErrors,
     /// Cluster mode: the node's stats exchange with Redis.
     pub redis: Option<RedisHealth>,
+    /// Kafka mode: the order log's consumers. Absent in the records of
+    /// older nodes.
+    #[serde(default)]
+    pub kafka: Option<KafkaHealth>,
+}
+
+/// The order topic's consumers, as a node sees them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct KafkaHealth {
+    /// The settlers' lag, measured at the broker each second; `null`
+    /// until measured (or while the broker does not answer).
+    pub settler_lag: Option<SettlerLag>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct SettlerLag {
+    /// Events past the settlers' committed offsets.
+    pub events: u64,
+    /// Age of the oldest of them, seconds (0 when caught up).
+    pub seconds: f64,
 }
 
 /// Purchases failed by a backend (`metrics::BACKEND_ERRORS`).
@@ -114,6 +134,21 @@ pub struct RedisHealth {
     pub last_latency_ms: f64,
     pub publishes: u64,
     pub errors: u64,
+    /// The backend's script calls: p50/p99 in ms and how many. Absent in
+    /// the records of older nodes.
+    #[serde(default)]
+    pub calls: Option<RedisCalls>,
+}
+
+/// Latency of the backend's Redis script calls, by call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct RedisCalls {
+    /// One pipeline of reservations (`reserve.lua`).
+    pub reserve: Latency,
+    /// One pipeline of Idempotency-Key recalls (`recall.lua`).
+    pub recall: Latency,
+    /// One order move: pay, cancel, expiry (`transition.lua`).
+    pub transition: Latency,
 }
 
 #[derive(Serialize)]
@@ -159,6 +194,45 @@ pub fn count_purchase<A: StockAuthority, L: OrderLog>(
     m.admission(a.tokens() - a.available(), a.waiting());
 }
 
+/// Kafka mode: measures the settlers' lag at the broker each second, on a
+/// thread of its own (the calls block), into `Metrics::settler_lag`.
+pub fn start_lag_probe<A, L>(node: Arc<Node<A, L>>) -> std::io::Result<()>
+where
+    A: StockAuthority + Send + Sync + 'static,
+    L: OrderLog + Send + Sync + 'static,
+{
+    let Some(brokers) = node.config.kafka.clone() else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("seckill-lag".into())
+        .spawn(move || {
+            let config = &node.config;
+            let timeout = Duration::from_millis(config.kafka_timeout_ms.min(2_000));
+            let probe = match queue::kafka::LagProbe::new(
+                &brokers,
+                &config.kafka_topic,
+                &config.settler_group,
+                timeout,
+            ) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot measure the settlers' lag");
+                    return;
+                }
+            };
+            while !node.is_shutting_down() {
+                let lag = probe.measure(now_ms());
+                if let Err(e) = &lag {
+                    tracing::debug!(error = %e, "cannot measure the settlers' lag");
+                }
+                *node.metrics.settler_lag.lock() = lag.ok();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
+    Ok(())
+}
+
 /// This node's record, as of now.
 pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
     let m = &node.metrics;
@@ -167,11 +241,28 @@ pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
     let (in_flight, waiting) = m.admission();
     let redis = m.board.get().map(|b| {
         let h = b.health();
+        let of = |call| {
+            let (p50, count) = b.calls.quantile_ms(call, 0.5);
+            let (p99, _) = b.calls.quantile_ms(call, 0.99);
+            Latency { p50, p99, count }
+        };
+        use stock::redis::stats::ScriptCall;
         RedisHealth {
             last_latency_ms: h.last_latency_us as f64 / 1e3,
             publishes: h.publishes,
             errors: h.errors,
+            calls: Some(RedisCalls {
+                reserve: of(ScriptCall::Reserve),
+                recall: of(ScriptCall::Recall),
+                transition: of(ScriptCall::Transition),
+            }),
         }
+    });
+    let kafka = node.config.kafka.is_some().then(|| KafkaHealth {
+        settler_lag: m.settler_lag.lock().map(|l| SettlerLag {
+            events: l.events,
+            seconds: l.seconds,
+        }),
     });
     NodeRecord {
         node_id: node.config.node_id,
@@ -199,6 +290,7 @@ pub fn record<A: StockAuthority, L: OrderLog>(node: &Node<A, L>) -> NodeRecord {
             waiting,
         },
         redis,
+        kafka,
     }
 }
 

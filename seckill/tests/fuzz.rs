@@ -320,6 +320,8 @@ mod bodies {
                 path,
                 idempotency_key: key,
                 authorization: admin.then_some(auth.as_bytes()),
+                request_id: None,
+                traceparent: None,
                 body,
                 keep_alive: true,
                 expects_continue: false,

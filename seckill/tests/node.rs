@@ -45,6 +45,8 @@
 //! - `deploy`: the alert rules pass promtool; the Grafana dashboard and the
 //!   rules name only metrics a node exposes.
 //! - `logs`: no colour codes in a log file; `--log-format json`.
+//! - `trace`: one request id from the buyer to the journal, the Kafka
+//!   headers and the settler's log.
 
 #[path = "node/support.rs"]
 mod support;
@@ -93,3 +95,5 @@ mod runtime;
 mod stats;
 #[path = "node/switch_crash.rs"]
 mod switch_crash;
+#[path = "node/trace.rs"]
+mod trace;

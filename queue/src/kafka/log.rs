@@ -18,6 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -40,6 +41,9 @@ pub struct KafkaOptions {
     /// How long the producer waits to fill a batch (`linger.ms`).
     /// Default 2 ms.
     pub linger: Duration,
+    /// Who produces, sent as each message's `x-origin` header (`node-3`).
+    /// Default none.
+    pub origin: Option<String>,
 }
 
 impl KafkaOptions {
@@ -50,6 +54,7 @@ impl KafkaOptions {
             partitions: 6,
             message_timeout: Duration::from_secs(5),
             linger: Duration::from_millis(2),
+            origin: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl KafkaOptions {
 pub struct KafkaLog {
     producer: Arc<Renewing>,
     topic: String,
+    origin: Option<String>,
 }
 
 /// An idempotent producer that is replaced by a fresh one (a new producer
@@ -118,13 +124,19 @@ impl Renewing {
         topic: &str,
         key: &str,
         payload: &[u8],
+        headers: Option<OwnedHeaders>,
     ) -> impl Future<Output = Result<(), LogError>> + 'static {
         let sent = {
             let current = self.current.load();
-            // Copies key and payload into librdkafka's queue; never blocks.
+            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            if let Some(headers) = headers {
+                record = record.headers(headers);
+            }
+            // Copies key, payload and headers into librdkafka's queue;
+            // never blocks.
             current
                 .producer
-                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                .send_result(record)
                 .map(|delivery| (current.n, delivery))
                 .map_err(|(e, _)| match e {
                     KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
@@ -203,6 +215,7 @@ impl KafkaLog {
         Ok(KafkaLog {
             producer: Arc::new(Renewing::new(opts.producer_config())?),
             topic: opts.topic.clone(),
+            origin: opts.origin.clone(),
         })
     }
 
@@ -320,6 +333,28 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
+/// The headers of `event`'s message: `x-request-id` and `traceparent`
+/// when the event carries them, and `x-origin` (who produced it: `node-3`,
+/// `settler`) when given. None when there is nothing to say.
+pub fn event_headers(event: &Event, origin: Option<&str>) -> Option<OwnedHeaders> {
+    let fields = [
+        ("x-request-id", event.request_id.as_deref()),
+        ("traceparent", event.traceparent.as_deref()),
+        ("x-origin", origin),
+    ];
+    let mut headers: Option<OwnedHeaders> = None;
+    for (key, value) in fields {
+        if let Some(value) = value {
+            let header = Header {
+                key,
+                value: Some(value),
+            };
+            headers = Some(headers.unwrap_or_default().insert(header));
+        }
+    }
+    headers
+}
+
 /// What a failed delivery means for the event.
 fn classify(e: KafkaError) -> LogError {
     match e {
@@ -337,8 +372,9 @@ fn classify(e: KafkaError) -> LogError {
 
 impl OrderLog for KafkaLog {
     fn append(&self, event: &Event) -> impl Future<Output = Result<(), LogError>> + 'static {
+        let headers = event_headers(event, self.origin.as_deref());
         self.producer
-            .send(&self.topic, event.kind.key(), &event.to_json())
+            .send(&self.topic, event.kind.key(), &event.to_json(), headers)
     }
 
     fn close(&self) {

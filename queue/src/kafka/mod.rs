@@ -8,9 +8,11 @@
 //!   storage) on a free loopback port for tests, killed on drop.
 
 pub mod fixture;
+pub mod lag;
 pub mod log;
 
-pub use log::{ensure_topic, KafkaLog, KafkaOptions, Renewing};
+pub use lag::{Lag, LagProbe};
+pub use log::{ensure_topic, event_headers, KafkaLog, KafkaOptions, Renewing};
 
 /// The settler's fetches wait for this much data ...
 ///

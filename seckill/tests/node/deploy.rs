@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use stock::redis::fixture::RedisServer;
@@ -90,6 +91,7 @@ fn dashboard_and_alerts_name_only_metrics_a_node_exposes() {
         "SeckillRedisUndetermined",
         "SeckillOrderLogFailures",
         "SeckillNodeDown",
+        "SeckillSettlerLagging",
     ] {
         assert!(alerts.contains(&wanted), "no alert {wanted}: {alerts:?}");
     }
@@ -110,7 +112,19 @@ fn dashboard_and_alerts_name_only_metrics_a_node_exposes() {
     let node = cluster_node(&redis, 1, &[]);
     let mut c = node.client();
     c.create_sale("m", &json!({ "stock": 3, "per_user_limit": 1 }));
-    let text = c.get("/metrics").text();
+    let mut text = c.get("/metrics").text();
+    // And a Kafka node: the settlers' lag, once measured at the broker.
+    let broker = queue::kafka::fixture::Broker::start();
+    let kafka = crate::kafka::kafka_node(&redis, &broker, 2, &[]);
+    let mut k = kafka.client();
+    text.push_str(&crate::support::eventually(
+        Duration::from_secs(20),
+        "the settler lag on /metrics",
+        || {
+            let text = k.get("/metrics").text();
+            text.contains("seckill_settler_lag_events ").then_some(text)
+        },
+    ));
     let exposed: HashSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

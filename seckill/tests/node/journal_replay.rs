@@ -241,7 +241,7 @@ impl World {
                 let core = self.cores[usize::from(i) % 2].clone();
                 let order_id = id.clone();
                 let fut: Pin<Box<dyn Future<Output = (u16, Value)>>> = Box::pin(async move {
-                    match core.move_order(&order_id, OrderStatus::Expired).await {
+                    match core.move_order(&order_id, OrderStatus::Expired, None).await {
                         Ok(_) => (200, Value::Null),
                         Err(e) => (e.status(), Value::Null),
                     }
@@ -440,6 +440,8 @@ fn request(
                 path: &path,
                 idempotency_key: key.as_deref().map(str::as_bytes),
                 authorization: admin.then_some(ADMIN.as_bytes()),
+                request_id: None,
+                traceparent: None,
                 body: body.as_bytes(),
                 keep_alive: true,
                 expects_continue: false,

@@ -175,3 +175,58 @@ fn cluster_stats_count_reservations_redis_did_not_answer() {
     assert_eq!(undetermined + unavailable, 2, "{s:#}");
     assert_eq!(backend["log_failed"], 0, "{s:#}");
 }
+
+/// The value of the metric line that starts with `prefix` (name and
+/// labels), if the node exposes it.
+fn metric(c: &mut Client, prefix: &str) -> Option<f64> {
+    let text = c.get("/metrics").text();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn cluster_metrics_time_the_redis_reservation_calls() {
+    let redis = RedisServer::start();
+    let node = cluster_node(&redis, 1, &[]);
+    let mut c = node.client();
+    c.create_sale("timed", &json!({ "stock": 10, "per_user_limit": 1 }));
+    let mut orders = Vec::new();
+    for user in ["t1", "t2", "t3"] {
+        orders.push(assert_ok(&c.purchase("timed", user))["order_id"].clone());
+    }
+    assert_ok(&c.pay(orders[0].as_str().unwrap()));
+    assert_ok(&c.cancel(orders[1].as_str().unwrap()));
+
+    // Every reservation went out in some reserve call; pay and cancel are
+    // one transition each.
+    let reserves = metric(
+        &mut c,
+        r#"seckill_redis_call_seconds_count{call="reserve"}"#,
+    )
+    .expect("reserve calls in /metrics");
+    assert!((1.0..=3.0).contains(&reserves), "{reserves}");
+    let moves = metric(
+        &mut c,
+        r#"seckill_redis_call_seconds_count{call="transition"}"#,
+    )
+    .expect("transition calls in /metrics");
+    assert_eq!(moves, 2.0);
+    let inf = metric(
+        &mut c,
+        r#"seckill_redis_call_seconds_bucket{call="reserve",le="+Inf"}"#,
+    );
+    assert_eq!(inf, Some(reserves));
+    assert!(metric(&mut c, r#"seckill_redis_call_seconds_sum{call="reserve"}"#).unwrap() > 0.0);
+
+    // /admin/stats shows p50/p99 per call, in this node's record.
+    let s = stats(&mut c);
+    let reserve = &s["redis"]["calls"]["reserve"];
+    assert_eq!(reserve["count"].as_f64(), Some(reserves), "{s:#}");
+    let (p50, p99) = (
+        reserve["p50"].as_f64().unwrap(),
+        reserve["p99"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{s:#}");
+    assert_eq!(s["redis"]["calls"]["transition"]["count"], 2, "{s:#}");
+}

@@ -181,6 +181,13 @@ impl Node {
     }
 
     /// The last few KiB of every run's stderr, for failure messages.
+    /// The node's whole log, every run.
+    pub fn log_text(&self) -> String {
+        (0..self.starts)
+            .map(|n| std::fs::read_to_string(log_path(self.root.path(), n)).unwrap_or_default())
+            .collect()
+    }
+
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
         for n in 0..self.starts {

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::model::{OrderChange, StockError, Switch};
+use crate::redis::stats::{ScriptCall, StatsBoard};
 use crate::redis::{Abandoned, KeyRecall, Recalled, RedisStore, ReserveCall, ReserveOutcome};
 
 use super::leases::{lease, leases_settled, reset_after_no_lease, return_leases};
@@ -132,7 +133,7 @@ pub(super) async fn backend_main(
                     // Purchases in flight finish first: the batches out,
                     // then the one gathered meanwhile.
                     while reserving.join_next().await.is_some() {}
-                    reserve_and_reply(&store, batch, replies).await;
+                    reserve_and_reply(&store, &shared.stats, batch, replies).await;
                     // A node that lost its id leaves that id's lease to
                     // the process that holds it now. A lease call still
                     // running could lease after the return: wait for them
@@ -158,16 +159,16 @@ pub(super) async fn backend_main(
         }
         if !recalls.is_empty() {
             // One pipeline for the key lookups of this drain.
-            let store = store.clone();
+            let (store, board) = (store.clone(), shared.stats.clone());
             let recalls = std::mem::take(&mut recalls);
-            tokio::spawn(async move { recall_and_reply(&store, recalls).await });
+            tokio::spawn(async move { recall_and_reply(&store, &board, recalls).await });
         }
         if !batch.is_empty() && reserving.len() < RESERVE_BATCHES_IN_FLIGHT {
             // One pipeline for every reservation gathered since the last.
-            let store = store.clone();
+            let (store, board) = (store.clone(), shared.stats.clone());
             let calls = std::mem::take(&mut batch);
             let replies = std::mem::take(&mut replies);
-            reserving.spawn(async move { reserve_and_reply(&store, calls, replies).await });
+            reserving.spawn(async move { reserve_and_reply(&store, &board, calls, replies).await });
         }
     }
     // Every sender is gone: no one waits for an answer, but the batches out
@@ -178,13 +179,16 @@ pub(super) async fn backend_main(
 /// Sends one batch of reservations and answers each caller.
 async fn reserve_and_reply(
     store: &RedisStore,
+    board: &StatsBoard,
     calls: Vec<ReserveCall>,
     replies: Vec<oneshot::Sender<Result<ReserveOutcome, StockError>>>,
 ) {
     if calls.is_empty() {
         return;
     }
+    let started = Instant::now();
     let results = store.reserve_batch(&calls).await;
+    board.calls.record(ScriptCall::Reserve, started.elapsed());
     for (reply, result) in replies.into_iter().zip(results) {
         let _ = reply.send(result);
     }
@@ -204,10 +208,14 @@ async fn mark_logged(store: &RedisStore, logged: HashMap<String, Vec<(String, Or
 /// Looks up one drain's Idempotency-Keys and answers each caller.
 async fn recall_and_reply(
     store: &RedisStore,
+    board: &StatsBoard,
     recalls: Vec<(KeyRecall, oneshot::Sender<Result<Recalled, StockError>>)>,
 ) {
     let (keys, replies): (Vec<_>, Vec<_>) = recalls.into_iter().unzip();
-    for (reply, result) in replies.into_iter().zip(store.recall_keys(&keys).await) {
+    let started = Instant::now();
+    let results = store.recall_keys(&keys).await;
+    board.calls.record(ScriptCall::Recall, started.elapsed());
+    for (reply, result) in replies.into_iter().zip(results) {
         let _ = reply.send(result);
     }
 }
@@ -247,7 +255,13 @@ async fn handle(store: RedisStore, shared: Arc<Shared>, call: Call) {
             let _ = reply.send(result);
         }
         Call::Move(sale, order, to, now, reply) => {
-            let _ = reply.send(store.transition(&sale, &order, to, now).await);
+            let started = Instant::now();
+            let moved = store.transition(&sale, &order, to, now).await;
+            shared
+                .stats
+                .calls
+                .record(ScriptCall::Transition, started.elapsed());
+            let _ = reply.send(moved);
         }
         Call::Order(sale, order, reply) => {
             let _ = reply.send(store.order(&sale, &order).await);

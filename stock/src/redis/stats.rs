@@ -42,6 +42,99 @@ pub struct StatsBoard {
     publishes: AtomicU64,
     errors: AtomicU64,
     last: Mutex<Option<Instant>>,
+    /// Latency of the backend's script calls (reserve, recall, transition).
+    pub calls: CallLatency,
+}
+
+/// The backend's script calls whose latency [`CallLatency`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptCall {
+    /// One pipeline of `reserve.lua` calls (a batch of reservations).
+    Reserve,
+    /// One pipeline of `recall.lua` key lookups.
+    Recall,
+    /// One `transition.lua` call (pay, cancel, expiry).
+    Transition,
+}
+
+impl ScriptCall {
+    pub const ALL: [ScriptCall; 3] = [
+        ScriptCall::Reserve,
+        ScriptCall::Recall,
+        ScriptCall::Transition,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScriptCall::Reserve => "reserve",
+            ScriptCall::Recall => "recall",
+            ScriptCall::Transition => "transition",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of [`CallLatency`]'s buckets.
+pub const CALL_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A histogram per [`ScriptCall`] of how long the call took, from sending
+/// to the answer (errors and timeouts included). Written by the backend's
+/// thread, read by `/metrics` and `/admin/stats`: relaxed atomics, no
+/// lock, nothing on the cores' path.
+#[derive(Default)]
+pub struct CallLatency {
+    buckets: [[AtomicU64; CALL_BUCKETS.len() + 1]; 3],
+    sum_us: [AtomicU64; 3],
+}
+
+impl CallLatency {
+    /// Counts one `call` that took `elapsed`.
+    pub fn record(&self, call: ScriptCall, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = CALL_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(CALL_BUCKETS.len());
+        let c = call as usize;
+        self.buckets[c][i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us[c].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The counts of `call` per bucket (the last is over every bound) and
+    /// the sum of its latencies in microseconds.
+    pub fn counts(&self, call: ScriptCall) -> ([u64; CALL_BUCKETS.len() + 1], u64) {
+        let c = call as usize;
+        (
+            std::array::from_fn(|i| self.buckets[c][i].load(Ordering::Relaxed)),
+            self.sum_us[c].load(Ordering::Relaxed),
+        )
+    }
+
+    /// The `q` quantile (0..1) of `call`'s latency in milliseconds,
+    /// interpolated within its bucket (as Prometheus's
+    /// `histogram_quantile`), and how many calls were measured.
+    pub fn quantile_ms(&self, call: ScriptCall, q: f64) -> (f64, u64) {
+        let (counts, _) = self.counts(call);
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return (0.0, 0);
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, n) in counts.iter().enumerate() {
+            if *n > 0 && (below + n) as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { CALL_BUCKETS[i - 1] };
+                let Some(&upper) = CALL_BUCKETS.get(i) else {
+                    return (lower * 1e3, total);
+                };
+                let within = (rank - below as f64) / *n as f64;
+                return ((lower + (upper - lower) * within) * 1e3, total);
+            }
+            below += n;
+        }
+        (CALL_BUCKETS[CALL_BUCKETS.len() - 1] * 1e3, total)
+    }
 }
 
 /// The health numbers of a node's exchanges with Redis.
@@ -102,7 +195,21 @@ pub async fn exchange(store: &RedisStore, board: &StatsBoard, node: u32) {
     }
 }
 
+/// The settler's record: its lag behind the order topic, JSON, set by
+/// `seckill settle` about once a second with a TTL (gone: no settler).
+pub const SETTLER_KEY: &str = "sk:{stats}:settler";
+
 impl RedisStore {
+    /// Sets the settler's record ([`SETTLER_KEY`]), expiring after `ttl`.
+    pub async fn publish_settler(&self, record: &str, ttl: Duration) -> Result<(), StockError> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(SETTLER_KEY)
+            .arg(record)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        self.query::<()>(&cmd).await
+    }
+
     /// Publishes `record` as node `node`'s stats (expiring after `ttl`) and
     /// returns every live node's record, sorted by node id.
     pub async fn publish_stats(
@@ -129,6 +236,27 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_latency_quantiles_come_from_the_buckets() {
+        let calls = CallLatency::default();
+        assert_eq!(calls.quantile_ms(ScriptCall::Reserve, 0.5), (0.0, 0));
+        for _ in 0..98 {
+            calls.record(ScriptCall::Reserve, Duration::from_micros(300));
+        }
+        calls.record(ScriptCall::Reserve, Duration::from_millis(40));
+        calls.record(ScriptCall::Reserve, Duration::from_millis(40));
+        calls.record(ScriptCall::Transition, Duration::from_secs(3));
+        let (p50, n) = calls.quantile_ms(ScriptCall::Reserve, 0.5);
+        assert_eq!(n, 100);
+        assert!((0.25..=0.5).contains(&p50), "{p50}");
+        let (p99, _) = calls.quantile_ms(ScriptCall::Reserve, 0.99);
+        assert!((25.0..=50.0).contains(&p99), "{p99}");
+        assert_eq!(calls.quantile_ms(ScriptCall::Recall, 0.99), (0.0, 0));
+        let (counts, sum_us) = calls.counts(ScriptCall::Transition);
+        assert_eq!(counts[CALL_BUCKETS.len()], 1);
+        assert_eq!(sum_us, 3_000_000);
+    }
     use crate::redis::fixture::RedisServer;
 
     #[tokio::test]
