@@ -204,8 +204,10 @@ fn a_request_id_reaches_the_kafka_headers_and_the_settlers_log() {
     // knows the request ids of the reservations it has read).
     c.create_sale(
         "kt",
-        &json!({ "stock": 2, "per_user_limit": 1, "payment_timeout_s": 4 }),
+        &json!({ "stock": 2, "per_user_limit": 1, "payment_timeout_s": 10 }),
     );
+    // (10 s: on a loaded machine the settler read the reservation more than
+    // 4 s late once, and expired it without knowing its request id.)
     // The settler has read the topic up to the sale (its own record in
     // Redis says it is caught up): it reads the reservation at once.
     crate::support::eventually(Duration::from_secs(20), "the settler reads", || {
@@ -227,7 +229,7 @@ fn a_request_id_reaches_the_kafka_headers_and_the_settlers_log() {
 
     // The settler expires it and says so, with the buyer's request id.
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         "the settler logs the expiry",
         || {
             settler
