@@ -16,6 +16,9 @@
 //!   the read-back of every live node's, for the operator's view.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
+//! - `cluster_fixture`: [`cluster_fixture::RedisCluster`] (3 masters + 3
+//!   replicas) and [`cluster_fixture::SentinelSet`] (primary, replica, 3
+//!   sentinels), real processes for tests, killed on drop.
 //!
 //! # Data model
 //!
@@ -59,6 +62,7 @@
 //! order id, by target status), so an undetermined one is settled by
 //! repeating it or reading the order.
 
+pub mod cluster_fixture;
 pub mod fixture;
 mod node;
 pub mod stats;
