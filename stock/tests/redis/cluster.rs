@@ -29,3 +29,173 @@ fn the_sentinel_fixture_fails_over_to_the_replica() {
     let new = set.wait_failover(old);
     assert_ne!(new, old);
 }
+
+/// Sale ids whose keys live on three different masters, in the masters'
+/// order.
+pub fn sales_on_every_master(cluster: &RedisCluster) -> Vec<String> {
+    let masters = cluster.masters();
+    masters
+        .iter()
+        .map(|&m| {
+            (0..)
+                .map(|i| format!("s{i}"))
+                .find(|s| cluster.master_of(&format!("sk:{{{s}}}:pool")) == m)
+                .expect("some sale id lands on each master")
+        })
+        .collect()
+}
+
+mod store {
+    use std::time::Duration;
+
+    use stock::redis::cluster_fixture::RedisCluster;
+    use stock::redis::{
+        Abandoned, ClaimOutcome, KeyRecall, Moved, NodeClaim, Persistence, Recalled, RedisStore,
+        ReserveOutcome,
+    };
+    use stock::{Attempt, OrderStatus};
+
+    use super::sales_on_every_master;
+    use crate::{call, counts, now_s, spec, TIMEOUT};
+
+    fn fingerprint(sale: &str, user: &str, key: &str) -> u64 {
+        Attempt {
+            user_id: user,
+            quantity: 1,
+            idempotency_key: Some(key),
+            now: now_s(),
+            core: 0,
+        }
+        .fingerprint(sale)
+    }
+
+    /// Every call of the store on a 3-master cluster, with sales on every
+    /// master and the batched calls (reserve, recall, heartbeat) mixing
+    /// them in one batch.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_call_works_on_a_cluster_with_batches_spanning_masters() {
+        let cluster = RedisCluster::start();
+        let store = RedisStore::connect(&cluster.seeds(), TIMEOUT)
+            .await
+            .expect("connect to the cluster by its seed list");
+        let sales = sales_on_every_master(&cluster);
+        for sale in &sales {
+            store.create_sale(&spec(sale, 10, 1)).await.unwrap();
+            let grant = store
+                .lease(sale, 1, 4, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(grant.granted > 0);
+        }
+        let mut ids = store.sale_ids().await.unwrap();
+        ids.sort();
+        let mut want = sales.clone();
+        want.sort();
+        assert_eq!(ids, want);
+
+        // One batch, three sales, three masters.
+        let calls: Vec<_> = sales
+            .iter()
+            .flat_map(|sale| {
+                (0..2).map(move |i| {
+                    let user = format!("u{i}");
+                    let key = format!("k{i}");
+                    let mut c = call(sale, 1, &format!("o-{sale}-{i}"), &user);
+                    c.fingerprint = fingerprint(sale, &user, &key);
+                    c.idempotency_key = Some(key);
+                    c
+                })
+            })
+            .collect();
+        let answers = store.reserve_batch(&calls).await;
+        for (c, a) in calls.iter().zip(&answers) {
+            assert_eq!(a.as_ref().unwrap(), &ReserveOutcome::Reserved, "{c:?}");
+        }
+        let recalls: Vec<_> = sales
+            .iter()
+            .map(|sale| KeyRecall {
+                sale_id: sale.clone(),
+                key: "k0".into(),
+                fingerprint: fingerprint(sale, "u0", "k0"),
+            })
+            .collect();
+        for (sale, found) in sales.iter().zip(store.recall_keys(&recalls).await) {
+            assert!(
+                matches!(found.as_ref().unwrap(), Recalled::Replay(o) if o.order_id == format!("o-{sale}-0")),
+                "{found:?}"
+            );
+        }
+        store
+            .heartbeat(&sales, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        for sale in &sales {
+            let (_, _, sold) = counts(&store, sale).await;
+            assert_eq!(sold, 2);
+            let tail = store.tail(sale, 2).await.unwrap();
+            assert_eq!(tail.sold, 2);
+            let ask = store
+                .lease_or_want(sale, 2, 1, Duration::from_secs(30), Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(ask.sold, 2);
+            assert_eq!(
+                store.give_back(sale, 2, ask.granted).await.unwrap(),
+                ask.granted
+            );
+            let paid = store
+                .transition(sale, &format!("o-{sale}-0"), OrderStatus::Paid, now_s())
+                .await
+                .unwrap();
+            assert!(matches!(paid, Moved::Changed(_)), "{paid:?}");
+            // o1 was never answered by a replay: released.
+            let released = store.release(sale, &format!("o-{sale}-1")).await.unwrap();
+            assert!(matches!(released, Moved::Changed(_)), "{released:?}");
+            let gone = store
+                .abandon(sale, "never", 1, 1, now_s() + 900)
+                .await
+                .unwrap();
+            assert!(matches!(gone, Abandoned::NeverRecorded { .. }), "{gone:?}");
+            assert_eq!(store.expire_keys(sale, 10).await.unwrap(), 0);
+            assert!(store.due(sale, now_s(), 10).await.unwrap().is_empty());
+            assert!(store
+                .order(sale, &format!("o-{sale}-0"))
+                .await
+                .unwrap()
+                .is_some());
+            assert!(store.unlogged(sale, u64::MAX, 10).await.unwrap().is_empty());
+            store.return_lease(sale, 1).await.unwrap();
+            store.reclaim(sale).await.unwrap();
+            let (pool, leased, sold) = counts(&store, sale).await;
+            assert_eq!((pool, leased, sold), (9, 0, 1));
+        }
+        let claim = NodeClaim::new(1, Duration::from_secs(5), 0).unwrap();
+        assert_eq!(
+            store.claim_node(&claim).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+        assert_eq!(store.live_nodes().await.unwrap().len(), 1);
+        assert!(store.release_node(&claim).await.unwrap());
+        let records = store
+            .publish_stats(1, "{}", Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(store.persistence().await, Persistence::AppendOnly);
+        assert!(store.time_ms().await.unwrap() > 0);
+    }
+
+    /// One URL of a cluster-enabled server is enough: the store finds the
+    /// others from it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_url_of_a_cluster_node_finds_the_whole_cluster() {
+        let cluster = RedisCluster::start();
+        let one = cluster.url_of(cluster.masters()[0]);
+        let store = RedisStore::connect(&one, TIMEOUT).await.unwrap();
+        for sale in sales_on_every_master(&cluster) {
+            store.create_sale(&spec(&sale, 5, 1)).await.unwrap();
+            let (pool, _, _) = counts(&store, &sale).await;
+            assert_eq!(pool, 5);
+        }
+    }
+}
