@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
     ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value,
 };
@@ -15,7 +14,9 @@ use serde::Deserialize;
 
 use crate::authority::{Order, OrderStatus, SaleSpec, StockError, Switch};
 
+mod conn;
 mod rebalance;
+use conn::Conn;
 pub use rebalance::{Ask, Tail};
 
 /// The set of every sale id. Another slot than the sales' own keys, so it is
@@ -25,11 +26,12 @@ const SALES_KEY: &str = "sk:sales";
 /// while a script runs, so a call is kept to about a millisecond.
 pub const RESERVE_CALL_MAX: usize = 128;
 
-/// The async client of the Redis side of the cluster stock authority.
+/// The async client of the Redis side of the cluster stock authority, on
+/// one Redis server or a Redis Cluster.
 /// Cheap to clone (one shared, self-reconnecting connection).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     scripts: Arc<Scripts>,
     /// Write every order change into the sale's not-yet-logged set (a
@@ -200,31 +202,16 @@ impl RedisStore {
     /// a failure). `timeout` bounds the connect and every later call, from
     /// the caller's first poll to the answer, reconnects included.
     ///
+    /// `url` is one server (`redis://host:port`), or a Redis Cluster: its
+    /// seed list (`redis://h1:p1,redis://h2:p2,...`) or one URL of a
+    /// cluster-enabled server. On a cluster every script call keeps its
+    /// keys in one slot (a sale's hash tag), and the batched calls
+    /// (reserve, recall, heartbeat) send one script call per sale at once
+    /// rather than one pipeline.
+    ///
     /// Errors: `Unavailable` when Redis cannot be reached in time.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StockError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StockError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            // A reconnect is one quick retry, not a long backoff: callers
-            // must fail fast (503) while Redis is down; the next call
-            // starts the next attempt.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(timeout);
-        let conn =
-            match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(StockError::Unavailable(format!("connect {url}: {e}"))),
-                Err(_) => {
-                    return Err(StockError::Unavailable(format!(
-                        "connect {url}: no connection within {timeout:?}"
-                    )))
-                }
-            };
+        let conn = Conn::open(url, timeout).await?;
         Ok(RedisStore {
             conn,
             timeout,
@@ -908,7 +895,8 @@ impl RedisStore {
     }
 
     /// `INFO commandstats` as (command, calls), e.g. `("evalsha", 50)`; for
-    /// tests and benchmarks (Redis commands per order).
+    /// tests and benchmarks (Redis commands per order). One server only: on
+    /// a Redis Cluster the client sends INFO to every master.
     pub async fn command_stats(&self) -> Result<Vec<(String, u64)>, StockError> {
         let mut cmd = ::redis::cmd("INFO");
         cmd.arg("commandstats");
@@ -956,13 +944,24 @@ impl RedisStore {
     }
 
     /// Runs EVALSHA invocations of one script in one pipeline; the calls
-    /// that answered NOSCRIPT are retried once after SCRIPT LOAD.
+    /// that answered NOSCRIPT are retried once after SCRIPT LOAD. On a
+    /// Redis Cluster, where a pipeline must keep to one slot and the
+    /// invocations are of several sales, they are sent at once as single
+    /// calls instead (each loads the script on NOSCRIPT), on the cluster
+    /// client's one connection per master.
     async fn pipeline(
         &self,
         script: &Script,
         invocations: &[ScriptInvocation<'_>],
     ) -> RedisResult<Vec<RedisResult<Value>>> {
         let mut conn = self.conn.clone();
+        if conn.is_cluster() {
+            let calls = invocations.iter().map(|inv| {
+                let mut conn = conn.clone();
+                async move { inv.invoke_async::<Value>(&mut conn).await }
+            });
+            return Ok(futures_util::future::join_all(calls).await);
+        }
         let mut results = send_pipeline(&mut conn, invocations.iter()).await?;
         let missing: Vec<usize> = (0..results.len())
             .filter(|&i| is_noscript(&results[i]))
@@ -1124,7 +1123,7 @@ struct KeyRecord {
 }
 
 async fn send_pipeline<'a, 'b: 'a>(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     invocations: impl Iterator<Item = &'a ScriptInvocation<'b>>,
 ) -> RedisResult<Vec<RedisResult<Value>>> {
     let mut pipe = ::redis::pipe();
