@@ -199,3 +199,51 @@ mod store {
         }
     }
 }
+
+mod sentinel {
+    use std::time::{Duration, Instant};
+
+    use stock::redis::cluster_fixture::SentinelSet;
+    use stock::redis::{RedisStore, ReserveOutcome};
+
+    use crate::{call, counts, spec, TIMEOUT};
+
+    /// `--redis redis+sentinel://.../seckill` finds the primary, and after
+    /// the primary is killed and a sentinel failover promotes the replica,
+    /// the same store works on the new primary, with what was replicated.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_store_finds_the_primary_and_follows_a_failover() {
+        let mut set = SentinelSet::start();
+        let store = RedisStore::connect(&set.url(), TIMEOUT)
+            .await
+            .expect("connect through the sentinels");
+        store.create_sale(&spec("s", 10, 1)).await.unwrap();
+        store
+            .lease("s", 1, 5, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let first = store.reserve_batch(&[call("s", 1, "o1", "u1")]).await;
+        assert_eq!(first[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+        // Let the replica catch up (no WAIT in this test).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = set.kill_primary();
+        let new = set.wait_failover(old);
+        assert_ne!(new, old);
+        // Calls fail while the store learns of the failover, then work.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answer = loop {
+            let answer = store.reserve_batch(&[call("s", 1, "o2", "u2")]).await;
+            match &answer[0] {
+                Ok(outcome) => break outcome.clone(),
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "the store did not follow the failover: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(answer, ReserveOutcome::Reserved);
+        let (_, _, sold) = counts(&store, "s").await;
+        assert_eq!(sold, 2, "o1 (replicated) and o2 on the new primary");
+    }
+}
