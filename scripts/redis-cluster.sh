@@ -48,8 +48,9 @@ spawn() { # dir name port args...
   shift 3
   port_free "$port" || die "port $port is taken (set CLUSTER_PORT / SENTINEL_REDIS_PORT / SENTINEL_PORT)"
   mkdir -p "$dir/$name"
+  # --repl-diskless-sync-delay 0: a replica's first sync starts at once.
   redis-server "$@" --port "$port" --bind 127.0.0.1 --dir "$dir/$name" \
-    --daemonize no --logfile "$dir/$name/redis.log" </dev/null >/dev/null 2>&1 &
+    --repl-diskless-sync-delay 0 --daemonize no --logfile "$dir/$name/redis.log" </dev/null >/dev/null 2>&1 &
   echo "$! $port $name" >>"$dir/pids"
   wait_pong "$port" "$!" "$dir/$name/redis.log"
 }

@@ -118,6 +118,9 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.wait_ok();
+        for port in ports {
+            wait_replica_synced(port);
+        }
         cluster
     }
 
@@ -302,6 +305,7 @@ impl SentinelSet {
             servers,
             sentinels,
         };
+        wait_replica_synced(set.servers[1].port);
         let deadline = Instant::now() + READY_TIMEOUT;
         for s in &set.sentinels {
             loop {
@@ -423,6 +427,23 @@ fn cluster_nodes(port: u16) -> Result<Vec<ClusterNode>, String> {
     }
 }
 
+/// Waits until the server on `port`, if a replica, has its link to its
+/// master up (the first full sync done).
+fn wait_replica_synced(port: u16) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let info = cli(port, &["INFO", "replication"]);
+        if info.contains("role:master") || info.contains("master_link_status:up") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica on {port} did not sync: {info}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `redis-cli -p PORT ARGS...`, its stdout ("" when it cannot run).
 fn cli(port: u16, args: &[&str]) -> String {
     Command::new("redis-cli")
@@ -443,6 +464,9 @@ fn spawn(port: u16, dir: &Path, args: &[&str]) -> Child {
     let mut child = Command::new("redis-server")
         .args(args)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        // A replica's first full sync starts at once, not after the
+        // default 5 s wait for more replicas.
+        .args(["--repl-diskless-sync-delay", "0"])
         .arg("--dir")
         .arg(dir)
         .args(["--daemonize", "no"])
