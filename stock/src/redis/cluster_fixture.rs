@@ -41,14 +41,44 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct Server {
     port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
+    fn start(port: u16, dir: PathBuf, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = spawn(port, &dir, &args);
+        Server {
+            port,
+            dir,
+            args,
+            child: Some(child),
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed server again: same port, files and arguments.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(self.port, &self.dir, &self.args));
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(sig)
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} {}", child.id());
         }
     }
 }
@@ -73,9 +103,9 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for (i, &port) in ports.iter().enumerate() {
             let node_dir = dir.join(format!("node-{i}"));
-            let child = spawn(
+            nodes.push(Server::start(
                 port,
-                &node_dir,
+                node_dir,
                 &[
                     "--cluster-enabled",
                     "yes",
@@ -94,11 +124,7 @@ impl RedisCluster {
                     "--save",
                     "",
                 ],
-            );
-            nodes.push(Server {
-                port,
-                child: Some(child),
-            });
+            ));
         }
         let cluster = RedisCluster { dir, nodes };
         let mut create = Command::new("redis-cli");
@@ -195,6 +221,56 @@ impl RedisCluster {
         }
     }
 
+    /// The port of a replica of the master on `master`.
+    ///
+    /// # Panics
+    /// When it has none.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let text = cli(master, &["CLUSTER", "NODES"]);
+        let port_of = |addr: &str| -> Option<u16> {
+            addr.split('@').next()?.rsplit(':').next()?.parse().ok()
+        };
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let id = lines
+            .iter()
+            .find(|f| f.len() > 2 && port_of(f[1]) == Some(master))
+            .map(|f| f[0])
+            .unwrap_or_else(|| panic!("{master} is not in CLUSTER NODES: {text}"));
+        lines
+            .iter()
+            .find(|f| f.len() > 3 && f[3] == id)
+            .and_then(|f| port_of(f[1]))
+            .unwrap_or_else(|| panic!("{master} has no replica: {text}"))
+    }
+
+    /// SIGSTOP the node on `port`: connected, answering nothing (a
+    /// stalled replica acknowledges no write; `WAIT` times out).
+    pub fn freeze(&self, port: u16) {
+        for node in self.nodes.iter().filter(|n| n.port == port) {
+            node.signal("-STOP");
+        }
+    }
+
+    /// SIGCONT the node on `port`.
+    pub fn thaw(&self, port: u16) {
+        for node in self.nodes.iter().filter(|n| n.port == port) {
+            node.signal("-CONT");
+        }
+    }
+
+    /// Starts a killed node again (same port and files): it rejoins the
+    /// cluster, as a replica of whoever took its slots.
+    pub fn restart(&mut self, port: u16) {
+        for node in self.nodes.iter_mut().filter(|n| n.port == port) {
+            node.restart();
+        }
+        wait_replica_synced(port);
+        self.wait_ok();
+    }
+
     /// Waits until `key`'s slot is served by a master other than `old`,
     /// and the surviving nodes say `cluster_state:ok`; returns the new
     /// master's port.
@@ -269,17 +345,11 @@ impl SentinelSet {
         let ports = free_ports(5, false);
         let aof = ["--appendonly", "yes", "--appendfsync", "everysec"];
         let primary = ports[0];
-        let mut servers = vec![Server {
-            port: primary,
-            child: Some(spawn(primary, &dir.join("primary"), &aof)),
-        }];
+        let mut servers = vec![Server::start(primary, dir.join("primary"), &aof)];
         let replica_of = primary.to_string();
         let mut replica_args = aof.to_vec();
         replica_args.extend(["--replicaof", "127.0.0.1", &replica_of]);
-        servers.push(Server {
-            port: ports[1],
-            child: Some(spawn(ports[1], &dir.join("replica"), &replica_args)),
-        });
+        servers.push(Server::start(ports[1], dir.join("replica"), &replica_args));
         let mut sentinels = Vec::new();
         for (i, &port) in ports[2..].iter().enumerate() {
             let sdir = dir.join(format!("sentinel-{i}"));
@@ -295,10 +365,7 @@ impl SentinelSet {
             )
             .expect("write sentinel.conf");
             let conf = conf.to_str().expect("a UTF-8 temp path").to_owned();
-            sentinels.push(Server {
-                port,
-                child: Some(spawn(port, &sdir, &[&conf, "--sentinel"])),
-            });
+            sentinels.push(Server::start(port, sdir, &[&conf, "--sentinel"]));
         }
         let set = SentinelSet {
             dir,
@@ -361,6 +428,49 @@ impl SentinelSet {
             s.kill();
         }
         port
+    }
+
+    /// The port of the server that is not the primary now.
+    pub fn replica(&self) -> u16 {
+        let primary = self.primary();
+        self.servers
+            .iter()
+            .map(|s| s.port)
+            .find(|&p| p != primary)
+            .expect("two servers")
+    }
+
+    /// SIGSTOP the replica: it stays connected and acknowledges nothing
+    /// (a stalled replica; `WAIT` times out).
+    pub fn freeze_replica(&self) {
+        let port = self.replica();
+        for s in self.servers.iter().filter(|s| s.port == port) {
+            s.signal("-STOP");
+        }
+    }
+
+    /// SIGCONT the replica.
+    pub fn thaw_replica(&self) {
+        for s in &self.servers {
+            s.signal("-CONT");
+        }
+    }
+
+    /// Starts a killed server again (same port, files and arguments); the
+    /// sentinels make it a replica of the current primary. Waits until it
+    /// has synced.
+    pub fn restart(&mut self, port: u16) {
+        for s in self.servers.iter_mut().filter(|s| s.port == port) {
+            s.restart();
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !cli(port, &["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(
+                Instant::now() < deadline,
+                "{port} did not rejoin as a replica"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until the sentinels name a primary other than `old` and it
@@ -458,7 +568,7 @@ fn cli(port: u16, args: &[&str]) -> String {
 
 /// Spawns `redis-server` with `args` on `port` (files in `dir`) and waits
 /// until it answers PING.
-fn spawn(port: u16, dir: &Path, args: &[&str]) -> Child {
+fn spawn(port: u16, dir: &Path, args: &[String]) -> Child {
     std::fs::create_dir_all(dir).expect("create the server's dir");
     let log = std::fs::File::create(dir.join("redis.log")).expect("create redis.log");
     let mut child = Command::new("redis-server")
