@@ -101,6 +101,10 @@ pub struct ClusterOptions {
     /// append's worst time: a reservation still being appended when it
     /// passes would be released under its node.
     pub journal_grace: Duration,
+    /// Replicas a batch of reservations must reach before any is answered
+    /// ([`RedisStore::with_min_replicas`]); `None`: 1 when the primary has
+    /// a replica at start, else 0 ([`min_replicas`]).
+    pub min_replicas: Option<u32>,
 }
 
 impl ClusterOptions {
@@ -117,6 +121,7 @@ impl ClusterOptions {
             kafka_timeout_ms: 0,
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
             journal_grace: Duration::from_secs(30),
+            min_replicas: None,
         }
     }
 }
@@ -382,6 +387,8 @@ impl RedisAuthority {
             store = store.tracking_moves();
         }
         runtime.block_on(store.persistence()).warn_if_at_risk();
+        let min_replicas = runtime.block_on(store.min_replicas_for(opts.min_replicas));
+        store = store.with_min_replicas(min_replicas);
         // One live process per node id: two would share a lease.
         let claim = NodeClaim::new(opts.node_id, opts.lease_ttl, opts.kafka_timeout_ms)?;
         // A process restarted right after a crash finds its predecessor's

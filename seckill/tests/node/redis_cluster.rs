@@ -258,3 +258,23 @@ fn a_cluster_master_killed_mid_sale_keeps_every_200_and_the_sale_resumes() {
         new
     });
 }
+
+/// A node warns at start when no replica would keep its 200s through a
+/// failover (a lone primary, `redis_min_replicas` 0 by default there), and
+/// not when the primary has a replica (the default waits for it).
+#[test]
+fn a_node_warns_when_the_primary_has_no_replica() {
+    let lone = stock::redis::fixture::RedisServer::start();
+    let node = cluster_node_at(&lone.url(), 1, &[]);
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("has no replica"))
+    };
+    eventually(Duration::from_secs(10), "the no-replica warning", || {
+        warned(&node.log_tail()).then_some(())
+    });
+    let set = SentinelSet::start();
+    let node = cluster_node_at(&set.url(), 1, &[]);
+    assert_ok(&node.client().get("/healthz"));
+    assert!(!warned(&node.log_tail()), "{}", node.log_tail());
+}

@@ -183,6 +183,22 @@ mod store {
         assert_eq!(records.len(), 1);
         assert_eq!(store.persistence().await, Persistence::AppendOnly);
         assert!(store.time_ms().await.unwrap() > 0);
+        // WAIT goes to each sale's master, after its call.
+        assert_eq!(store.replicas().await.unwrap(), 1);
+        let store = store.with_min_replicas(1);
+        let calls: Vec<_> = sales
+            .iter()
+            .map(|sale| call(sale, 3, &format!("w-{sale}"), "waiter"))
+            .collect();
+        for sale in &sales {
+            store
+                .lease(sale, 3, 1, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        for answer in store.reserve_batch(&calls).await {
+            assert_eq!(answer.unwrap(), ReserveOutcome::Reserved);
+        }
     }
 
     /// One URL of a cluster-enabled server is enough: the store finds the
@@ -245,5 +261,35 @@ mod sentinel {
         assert_eq!(answer, ReserveOutcome::Reserved);
         let (_, _, sold) = counts(&store, "s").await;
         assert_eq!(sold, 2, "o1 (replicated) and o2 on the new primary");
+    }
+    /// With `WAIT 1`, a batch is `Reserved` only once the replica has it:
+    /// a stalled replica turns the answers into `Undetermined`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reservation_counts_only_once_the_replica_has_it() {
+        let set = SentinelSet::start();
+        let store = RedisStore::connect(&set.url(), TIMEOUT).await.unwrap();
+        assert_eq!(store.replicas().await.unwrap(), 1);
+        assert_eq!(store.min_replicas_for(None).await, 1);
+        let store = store.with_min_replicas(1);
+        store.create_sale(&spec("w", 40, 1)).await.unwrap();
+        store
+            .lease("w", 1, 5, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let first = store.reserve_batch(&[call("w", 1, "o1", "u1")]).await;
+        assert_eq!(first[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
+        set.freeze_replica();
+        let stalled = store
+            .reserve_batch(&[call("w", 1, "o2", "u2"), call("w", 1, "o3", "u3")])
+            .await;
+        for answer in &stalled {
+            assert!(
+                matches!(answer, Err(stock::StockError::Undetermined(_))),
+                "{answer:?}"
+            );
+        }
+        set.thaw_replica();
+        let again = store.reserve_batch(&[call("w", 1, "o4", "u4")]).await;
+        assert_eq!(again[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
     }
 }
