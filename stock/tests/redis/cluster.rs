@@ -292,4 +292,56 @@ mod sentinel {
         let again = store.reserve_batch(&[call("w", 1, "o4", "u4")]).await;
         assert_eq!(again[0].as_ref().unwrap(), &ReserveOutcome::Reserved);
     }
+
+    /// A replay is an answer too: the order it names may be the one whose
+    /// WAIT just timed out (on the primary only). While the replica
+    /// acknowledges nothing, neither a replay in a reserve batch nor a
+    /// key lookup may hand it out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_replay_of_an_unreplicated_order_is_not_answered() {
+        let set = SentinelSet::start();
+        let store = RedisStore::connect(&set.url(), TIMEOUT)
+            .await
+            .unwrap()
+            .with_min_replicas(1);
+        store.create_sale(&spec("r", 40, 1)).await.unwrap();
+        store
+            .lease("r", 1, 5, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let keyed = |order: &str| {
+            let mut c = call("r", 1, order, "alice");
+            c.idempotency_key = Some("k1".into());
+            c
+        };
+        set.freeze_replica();
+        let first = store.reserve_batch(&[keyed("o1")]).await;
+        assert!(
+            matches!(first[0], Err(stock::StockError::Undetermined(_))),
+            "{first:?}"
+        );
+        // The buyer retries with the key before o1 is abandoned.
+        let retry = store.reserve_batch(&[keyed("o2")]).await;
+        assert!(
+            !matches!(retry[0], Ok(ReserveOutcome::Replay(_))),
+            "a replay of an order no replica has: {retry:?}"
+        );
+        let lookup = store
+            .recall_keys(&[stock::redis::KeyRecall {
+                sale_id: "r".into(),
+                key: "k1".into(),
+                fingerprint: 0,
+            }])
+            .await;
+        assert!(
+            !matches!(lookup[0], Ok(stock::redis::Recalled::Replay(_))),
+            "a recalled order no replica has: {lookup:?}"
+        );
+        set.thaw_replica();
+        let later = store.reserve_batch(&[keyed("o3")]).await;
+        assert!(
+            matches!(&later[0], Ok(ReserveOutcome::Replay(o)) if o.order_id == "o1"),
+            "{later:?}"
+        );
+    }
 }
