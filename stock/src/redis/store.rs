@@ -279,6 +279,17 @@ impl RedisStore {
         self
     }
 
+    /// The error of an answer that fewer than `min_replicas` replicas
+    /// acknowledged (`acked`: what WAIT counted, if it answered).
+    fn unreplicated(&self, acked: Option<u64>) -> StockError {
+        StockError::Undetermined(format!(
+            "the write reached {} of {} replicas within {} ms",
+            acked.map_or("?".into(), |a| a.to_string()),
+            self.min_replicas,
+            self.wait_ms()
+        ))
+    }
+
     /// The `WAIT` timeout: half the response timeout, so the answer comes
     /// within it (at least 1 ms: `WAIT n 0` would block for ever).
     fn wait_ms(&self) -> u64 {
@@ -592,14 +603,14 @@ impl RedisStore {
                     let unreplicated = wait.is_some_and(|(n, _)| acked.unwrap_or(0) < u64::from(n));
                     for &i in group {
                         out[i] = Some(match replies.next() {
+                            // A replay names an order that may be the one
+                            // whose WAIT just timed out: it waits too (the
+                            // replay's own write comes after that order's).
                             Some(reply) => match parse_reserve(&calls[i], reply) {
-                                Ok(ReserveOutcome::Reserved) if unreplicated => {
-                                    Err(StockError::Undetermined(format!(
-                                        "the reservation reached {} of {} replicas within {} ms",
-                                        acked.map_or("?".into(), |a| a.to_string()),
-                                        self.min_replicas,
-                                        self.wait_ms()
-                                    )))
+                                Ok(ReserveOutcome::Reserved | ReserveOutcome::Replay(_))
+                                    if unreplicated =>
+                                {
+                                    Err(self.unreplicated(acked))
                                 }
                                 parsed => parsed,
                             },
@@ -782,12 +793,16 @@ impl RedisStore {
             .iter()
             .map(|_| Err(StockError::Undetermined("no reply".into())))
             .collect();
+        // A replay is answered 200: its order must be on the replicas
+        // (the lookup's own write, the acknowledged mark, comes after it).
+        let wait = (self.min_replicas > 0).then_some((self.min_replicas, self.wait_ms()));
         match self
-            .bounded(self.pipeline(&self.scripts.recall, &invocations))
+            .bounded(self.pipeline_waiting(&self.scripts.recall, &invocations, wait))
             .await
         {
             Ok(results) => {
-                for (group, result) in groups.iter().zip(results) {
+                for (group, (result, acked)) in groups.iter().zip(results) {
+                    let unreplicated = wait.is_some_and(|(n, _)| acked.unwrap_or(0) < u64::from(n));
                     let replies: Result<Vec<Vec<String>>, StockError> = result
                         .map_err(|e| e.to_string())
                         .and_then(|v| ::redis::from_redis_value(v).map_err(|e| e.to_string()))
@@ -795,7 +810,12 @@ impl RedisStore {
                     match replies {
                         Ok(replies) => {
                             for (&i, reply) in group.iter().zip(replies) {
-                                out[i] = parse_recall(&keys[i].sale_id, &reply);
+                                out[i] = match parse_recall(&keys[i].sale_id, &reply) {
+                                    Ok(Recalled::Replay(_)) if unreplicated => {
+                                        Err(self.unreplicated(acked))
+                                    }
+                                    parsed => parsed,
+                                };
                             }
                         }
                         Err(e) => {
