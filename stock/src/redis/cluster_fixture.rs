@@ -600,31 +600,37 @@ fn spawn(port: u16, dir: &Path, args: &[String]) -> Child {
     child
 }
 
-/// `n` ports free a moment ago; `with_bus`: also each port + 10000 (the
-/// cluster bus), so they are drawn below 55536.
+/// `n` ports free a moment ago, with each port + 10000 (a cluster node's
+/// bus) free too: drawn from 12000..22767, so that the bus ports stay below
+/// the kernel's ephemeral range (32768..) where other tests' servers bind
+/// port 0. Each call of a process starts 16 ports after the last one's
+/// start, so fixtures starting at once do not pick the same ports.
 fn free_ports(n: usize, with_bus: bool) -> Vec<u16> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 12_000;
+    const SPAN: u64 = 10_768;
+    static CURSOR: AtomicU64 = AtomicU64::new(0);
     let seed = u64::from(std::process::id()) * 7919
-        + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729
         + u64::from(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0),
         );
-    let bindable = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let bindable =
+        |port: u64| u16::try_from(port).is_ok_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+    let mut offset = (seed + CURSOR.fetch_add(16, Ordering::Relaxed)) % SPAN;
     let mut ports = Vec::new();
-    let mut candidate = 20_000 + (seed % 25_000) as u16;
-    while ports.len() < n {
-        candidate = if candidate >= 45_000 {
-            20_000
-        } else {
-            candidate + 1
-        };
-        if bindable(candidate) && (!with_bus || bindable(candidate + 10_000)) {
-            ports.push(candidate);
+    for _ in 0..SPAN {
+        if ports.len() == n {
+            break;
         }
+        let port = LOW + offset;
+        if bindable(port) && (!with_bus || bindable(port + 10_000)) {
+            ports.push(port as u16);
+        }
+        offset = (offset + 1) % SPAN;
     }
+    assert_eq!(ports.len(), n, "no {n} free ports in {LOW}..{}", LOW + SPAN);
     ports
 }
 

@@ -27,7 +27,7 @@ const SALES_KEY: &str = "sk:sales";
 pub const RESERVE_CALL_MAX: usize = 128;
 
 /// The async client of the Redis side of the cluster stock authority, on
-/// one Redis server or a Redis Cluster.
+/// one Redis server, a Redis Cluster, or the primary Sentinel names.
 /// Cheap to clone (one shared, self-reconnecting connection).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -205,9 +205,10 @@ impl RedisStore {
     /// a failure). `timeout` bounds the connect and every later call, from
     /// the caller's first poll to the answer, reconnects included.
     ///
-    /// `url` is one server (`redis://host:port`), or a Redis Cluster: its
-    /// seed list (`redis://h1:p1,redis://h2:p2,...`) or one URL of a
-    /// cluster-enabled server. On a cluster every script call keeps its
+    /// `url` is one server (`redis://host:port`), a Redis Cluster (its
+    /// seed list `redis://h1:p1,redis://h2:p2,...`, or one URL of a
+    /// cluster-enabled server), or the sentinels of a primary
+    /// (`redis+sentinel://h1:p1,h2:p2/NAME`, followed over a failover). On a cluster every script call keeps its
     /// keys in one slot (a sale's hash tag), and the batched calls
     /// (reserve, recall, heartbeat) send one script call per sale at once
     /// rather than one pipeline.
@@ -265,8 +266,10 @@ impl RedisStore {
     /// replicas have it: each batch of [`RedisStore::reserve_batch`] is
     /// followed, on the same connection, by `WAIT n` (half the response
     /// timeout at most); when fewer replicas acknowledge in time, the
-    /// batch's `Reserved` answers become `Undetermined`, to be abandoned
-    /// by order id like a lost reply. 0 (the default) waits for none.
+    /// batch's `Reserved` and `Replay` answers become `Undetermined`, to be
+    /// abandoned by order id like a lost reply (a replayed order is kept:
+    /// its mark stands). [`RedisStore::recall_keys`] waits the same way.
+    /// 0 (the default) waits for none.
     ///
     /// What it gives: a reservation answered `Reserved` is on `n` replicas
     /// as well as the primary, so a failover that promotes one of them
