@@ -345,3 +345,30 @@ mod sentinel {
         );
     }
 }
+
+/// A server that refuses `INFO` (a managed Redis, an ACL without it) is
+/// still one server to connect to: the cluster probe does not lock it out.
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_refusing_info_is_taken_as_one_server() {
+    let server = stock::redis::fixture::RedisServer::start();
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "noinfo", "on", ">pw", "~*", "&*", "+@all", "-info",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://noinfo:pw@127.0.0.1:{}", server.port());
+    let store = stock::redis::RedisStore::connect(&url, crate::TIMEOUT)
+        .await
+        .expect("connect without INFO");
+    store
+        .create_sale(&crate::spec("i", 3, 1))
+        .await
+        .expect("the store works");
+}
