@@ -186,15 +186,20 @@ async fn single(client: ::redis::Client, timeout: Duration) -> Result<Connection
     }
 }
 
-/// `INFO cluster` says `cluster_enabled:1`.
+/// `INFO cluster` says `cluster_enabled:1`. A server that refuses INFO
+/// (renamed or disabled, as managed services do) is taken as one server.
 async fn is_cluster_enabled(client: &::redis::Client, timeout: Duration) -> Result<bool, String> {
     let probe = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let info: String = ::redis::cmd("INFO")
+        let info: Result<String, _> = ::redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut conn)
-            .await?;
-        Ok::<_, ::redis::RedisError>(info.contains("cluster_enabled:1"))
+            .await;
+        match info {
+            Ok(info) => Ok(info.contains("cluster_enabled:1")),
+            Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     };
     match tokio::time::timeout(timeout, probe).await {
         Ok(result) => result.map_err(|e| e.to_string()),
