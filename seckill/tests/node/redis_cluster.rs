@@ -278,3 +278,50 @@ fn a_node_warns_when_the_primary_has_no_replica() {
     assert_ok(&node.client().get("/healthz"));
     assert!(!warned(&node.log_tail()), "{}", node.log_tail());
 }
+
+/// A sale's slot moves to another master mid-sale (keys migrated a few at a
+/// time: ASK and TRYAGAIN meanwhile): buyers get 200, 410 or 503 with
+/// Retry-After, nothing else; no oversell, and the sale sells its whole
+/// stock on its new master.
+#[test]
+fn a_slot_migration_mid_sale_answers_nothing_but_503_and_loses_nothing() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seeds();
+    let nodes: Vec<Node> = (1..=2).map(|id| cluster_node_at(&seeds, id, &[])).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+    let sales = sales_on_every_master(&cluster);
+    let (sale, to) = (&sales[0], cluster.masters()[1]);
+    let pool = format!("sk:{{{sale}}}:pool");
+    assert_ne!(cluster.master_of(&pool), to);
+    nodes[0]
+        .client()
+        .create_sale(sale, &json!({"stock": 300, "per_user_limit": 1}));
+    wait_for_sale(&nodes.iter().collect::<Vec<_>>(), sale);
+    let stop = &AtomicBool::new(false);
+    let targets = &addrs[..];
+    let (during, codes) = std::thread::scope(|s| {
+        let buyers: Vec<_> = (0..2)
+            .map(|t| s.spawn(move || crowd(targets, sale, t, stop)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster.migrate_slot(&pool, to, 2, Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::Relaxed);
+        let mut during = Vec::new();
+        let mut codes: HashMap<String, usize> = HashMap::new();
+        for b in buyers {
+            let (orders, by_code) = b.join().unwrap();
+            during.extend(orders);
+            for (k, v) in by_code {
+                *codes.entry(k).or_default() += v;
+            }
+        }
+        (during, codes)
+    });
+    assert_eq!(cluster.master_of(&pool), to, "the slot moved");
+    let rest = buy_the_rest(&addrs, sale, "late", Duration::from_secs(60));
+    let all: HashSet<String> = during.iter().cloned().chain(rest).collect();
+    assert_eq!(all.len(), 300, "sold == stock once settled ({codes:?})");
+    let sold = cli(to, &["GET", &format!("sk:{{{sale}}}:sold")]);
+    assert_eq!(sold.trim(), "300");
+}

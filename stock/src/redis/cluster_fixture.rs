@@ -246,6 +246,51 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("{master} has no replica: {text}"))
     }
 
+    /// Moves `key`'s slot, with its keys, from its master to the master on
+    /// `to`, as a resharding does (IMPORTING/MIGRATING, MIGRATE in batches
+    /// of `batch` keys with `pause` between batches, then SETSLOT NODE on
+    /// every master): meanwhile clients get ASK and TRYAGAIN for the slot.
+    ///
+    /// # Panics
+    /// When a step is refused.
+    pub fn migrate_slot(&self, key: &str, to: u16, batch: usize, pause: Duration) {
+        let from = self.master_of(key);
+        let slot = cli(from, &["CLUSTER", "KEYSLOT", key]).trim().to_owned();
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |port: u16, args: &[&str]| {
+            let out = cli(port, args);
+            assert!(out.trim() == "OK", "{args:?} on {port}: {out}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        let to_port = to.to_string();
+        let count = batch.to_string();
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, &count]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            let out = cli(from, &args);
+            assert!(
+                out.trim() == "OK" || out.trim() == "NOKEY",
+                "MIGRATE: {out}"
+            );
+            thread::sleep(pause);
+        }
+        for port in self.masters() {
+            ok(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        self.wait_ok();
+    }
+
     /// SIGSTOP the node on `port`: connected, answering nothing (a
     /// stalled replica acknowledges no write; `WAIT` times out).
     pub fn freeze(&self, port: u16) {
