@@ -203,6 +203,12 @@ pub struct Config {
     /// Cluster mode: longest wait for one Redis reply; past it the outcome
     /// is undetermined and reconciled. Default 500 ms.
     pub redis_timeout_ms: u64,
+    /// Cluster mode: replicas that must acknowledge a batch of
+    /// reservations (Redis `WAIT`, at most half `redis_timeout_ms`) before
+    /// any of them is answered 200; fewer in time → 503, and the
+    /// reservations are abandoned by order id. Default (unset): 1 when the
+    /// primary (every cluster master) has a replica at start, else 0.
+    pub redis_min_replicas: Option<u32>,
     /// Cluster mode with the journal (no `--kafka`): a change Redis made
     /// and no node logged this long after is logged by some node's
     /// reconciler (a reservation never answered is released instead).
@@ -295,6 +301,7 @@ impl Default for Config {
             stock_mode: StockModeSetting::Leased,
             lease_ttl_s: 5,
             redis_timeout_ms: 500,
+            redis_min_replicas: None,
             journal_grace_s: 30,
             max_connections: 10_000,
             idle_timeout_s: 60,

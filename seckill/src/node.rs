@@ -329,6 +329,7 @@ fn connect_redis(config: &Config) -> anyhow::Result<RedisAuthority> {
     };
     opts.lease_ttl = std::time::Duration::from_secs(config.lease_ttl_s);
     opts.call_timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    opts.min_replicas = config.redis_min_replicas;
     // As in embedded mode, 0 forgets a key at once (to the cluster
     // authority 0 means for ever).
     opts.key_ttl_s = config.idempotency_ttl_s.max(1);

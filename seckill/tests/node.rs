@@ -24,6 +24,8 @@
 //! - `switch_crash`: pause/resume/close racing with purchases, then
 //!   SIGKILL: the restart shows the same sales and orders.
 //! - `cluster`: several nodes on one real `redis-server` (cluster mode).
+//! - `redis_cluster`: nodes on a real Redis Cluster (3 masters + 3
+//!   replicas), sales spread over every master.
 //! - `cluster_journal`: a cluster node's own journal is sealed into kept
 //!   segments, and a restart reads only the live file.
 //! - `hygiene`: one live node per node id; the settler stops at an
@@ -87,6 +89,8 @@ mod logs;
 mod memory;
 #[path = "node/rebalance.rs"]
 mod rebalance;
+#[path = "node/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "node/replay.rs"]
 mod replay;
 #[path = "node/runtime.rs"]

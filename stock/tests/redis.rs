@@ -15,6 +15,8 @@
 //!   released, or tombstoned with its unit returned; the late reserve race.
 //! - `recall`: the cluster authority's key lookups across nodes (Redis and
 //!   memory), kept orders, the bound on lookups in flight.
+//! - `cluster`: the Redis Cluster and Sentinel fixtures; the store on a
+//!   cluster (scripts on every master, failover).
 //! - `clock`: a node whose clock runs behind Redis's keeps the units of
 //!   reservations refused as too old.
 
@@ -28,6 +30,8 @@ use stock::SaleSpec;
 mod abandon;
 #[path = "redis/clock.rs"]
 mod clock;
+#[path = "redis/cluster.rs"]
+mod cluster;
 #[path = "redis/faults.rs"]
 mod faults;
 #[path = "redis/lease.rs"]

@@ -23,6 +23,12 @@ use crate::support::{assert_error, assert_ok, Client, Node};
 /// A cluster node on `redis` with node id `id` and a short lease TTL, so
 /// that a killed node's lease comes back within the test's time.
 pub(crate) fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
+    cluster_node_at(&redis.url(), id, extra)
+}
+
+/// [`cluster_node`] on any `--redis` value (a Redis Cluster's seed list, a
+/// Sentinel URL).
+pub(crate) fn cluster_node_at(url: &str, id: u32, extra: &[&str]) -> Node {
     let root = tempfile::Builder::new()
         .prefix("seckill-cluster-")
         .tempdir()
@@ -32,11 +38,10 @@ pub(crate) fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node
         "lease_ttl_s = 2\nredis_timeout_ms = 300\n",
     )
     .expect("write config");
-    let url = redis.url();
     let id = id.to_string();
     let mut args = vec![
         "--redis",
-        url.as_str(),
+        url,
         "--node-id",
         id.as_str(),
         "--config",

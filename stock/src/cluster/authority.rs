@@ -86,6 +86,8 @@ impl RedisAuthority {
             store = store.tracking_moves();
         }
         runtime.block_on(store.persistence()).warn_if_at_risk();
+        let min_replicas = runtime.block_on(store.min_replicas_for(opts.min_replicas));
+        store = store.with_min_replicas(min_replicas);
         // One live process per node id: two would share a lease.
         let claim = NodeClaim::new(opts.node_id, opts.lease_ttl, opts.kafka_timeout_ms)?;
         // A process restarted right after a crash finds its predecessor's

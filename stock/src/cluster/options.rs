@@ -46,6 +46,11 @@ pub struct ClusterOptions {
     /// append's worst time: a reservation still being appended when it
     /// passes would be released under its node.
     pub journal_grace: Duration,
+    /// Replicas a batch of reservations must reach before any is answered
+    /// ([`RedisStore::with_min_replicas`](crate::redis::RedisStore::with_min_replicas)); `None`: 1 when
+    /// the primary has a replica at start, else 0
+    /// ([`RedisStore::min_replicas_for`](crate::redis::RedisStore::min_replicas_for)).
+    pub min_replicas: Option<u32>,
 }
 
 impl ClusterOptions {
@@ -62,6 +67,7 @@ impl ClusterOptions {
             kafka_timeout_ms: 0,
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
             journal_grace: Duration::from_secs(30),
+            min_replicas: None,
         }
     }
 }

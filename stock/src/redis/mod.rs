@@ -16,6 +16,9 @@
 //!   the read-back of every live node's, for the operator's view.
 //! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
 //!   loopback port for tests, killed on drop.
+//! - `cluster_fixture`: [`cluster_fixture::RedisCluster`] (3 masters + 3
+//!   replicas) and [`cluster_fixture::SentinelSet`] (primary, replica, 3
+//!   sentinels), real processes for tests, killed on drop.
 //!
 //! # Data model
 //!
@@ -38,6 +41,13 @@
 //! | `gone:<order_id>` | string, TTL | a tombstone: the node that made this order id gave up on its reservation, which Redis never recorded; a late copy of it is refused (`RedisStore::abandon`) |
 //! | `unlogged` | ZSET | `order_id\|change` (reserved, paid, cancelled, expired; released with Kafka only) by Redis time in ms, written with the change; removed by the settler once the Kafka log shows it, or by the node once its journal has it; with the journal, an entry past the grace is claimed by a node's reconciler (`claim_unlogged.lua` re-scores it to now) |
 //!
+//! On a Redis Cluster (`RedisStore::connect` with a seed list, or one URL
+//! of a cluster-enabled server) every script call and every MULTI names
+//! keys of one slot only: one sale's keys, or one of the global keys below,
+//! alone. The batched calls (reserve, recall, heartbeat) go as one pipeline
+//! to one server, but as one concurrent script call per sale on a cluster,
+//! where a pipeline may not span slots.
+//!
 //! `sk:sales` (a SET of sale ids, another slot) is written by a plain SADD
 //! beside the create script. `sk:nodes` (a HASH, another slot) holds the
 //! node claims: node id → JSON `{token, kafka_timeout_ms, started_at,
@@ -59,6 +69,7 @@
 //! order id, by target status), so an undetermined one is settled by
 //! repeating it or reading the order.
 
+pub mod cluster_fixture;
 pub mod fixture;
 mod node;
 pub mod stats;

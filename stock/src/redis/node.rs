@@ -167,6 +167,38 @@ impl RedisStore {
             .collect())
     }
 
+    /// The replicas a reservation must reach ([`RedisStore::with_min_replicas`]):
+    /// `asked`, or, when unset, 1 if every primary has a replica now and 0
+    /// if not. Warns when the result leaves acknowledged reservations to a
+    /// single copy (0 against a primary without a replica), or can never
+    /// be met (more than the primary has: every purchase answers 503 until
+    /// replicas are added). Never fails: replicas unknown count as none.
+    pub async fn min_replicas_for(&self, asked: Option<u32>) -> u32 {
+        let replicas = match self.replicas().await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "cannot count Redis replicas; taking none");
+                0
+            }
+        };
+        let min = asked.unwrap_or(u32::from(replicas > 0));
+        if min == 0 && replicas == 0 {
+            warn!(
+                "the Redis primary has no replica and redis_min_replicas is 0: a failover or a \
+                 lost disk loses acknowledged reservations and the stock count rolls back \
+                 (units sold again); add a replica (the default then waits for it)"
+            );
+        } else if min > replicas {
+            warn!(
+                min,
+                replicas,
+                "redis_min_replicas is more than the Redis primary's replicas: every \
+                 purchase answers 503 until enough replicas acknowledge"
+            );
+        }
+        min
+    }
+
     /// Whether Redis persists its data (`CONFIG GET appendonly` and
     /// `save`). Never fails: a refused `CONFIG` is `Unknown`.
     pub async fn persistence(&self) -> Persistence {

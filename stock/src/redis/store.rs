@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
     ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value,
 };
@@ -15,7 +14,9 @@ use serde::Deserialize;
 
 use crate::model::{Order, OrderChange, OrderStatus, SaleSpec, StockError, Switch};
 
+mod conn;
 mod rebalance;
+use conn::Conn;
 pub use rebalance::{Ask, Tail};
 
 /// The set of every sale id. Another slot than the sales' own keys, so it is
@@ -25,11 +26,12 @@ const SALES_KEY: &str = "sk:sales";
 /// while a script runs, so a call is kept to about a millisecond.
 pub const RESERVE_CALL_MAX: usize = 128;
 
-/// The async client of the Redis side of the cluster stock authority.
+/// The async client of the Redis side of the cluster stock authority, on
+/// one Redis server, a Redis Cluster, or the primary Sentinel names.
 /// Cheap to clone (one shared, self-reconnecting connection).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     scripts: Arc<Scripts>,
     /// Write every order change into the sale's not-yet-logged set (a
@@ -46,6 +48,9 @@ pub struct RedisStore {
     /// How long an Idempotency-Key record lives after its order is made
     /// (0: for ever); see [`RedisStore::with_key_ttl`].
     key_ttl_s: u64,
+    /// Replicas that must have a batch of reservations before any of them
+    /// counts as made (`WAIT`); see [`RedisStore::with_min_replicas`].
+    min_replicas: u32,
 }
 
 /// The tombstone grace for a response `timeout`: at least a minute, and
@@ -195,31 +200,17 @@ impl RedisStore {
     /// a failure). `timeout` bounds the connect and every later call, from
     /// the caller's first poll to the answer, reconnects included.
     ///
+    /// `url` is one server (`redis://host:port`), a Redis Cluster (its
+    /// seed list `redis://h1:p1,redis://h2:p2,...`, or one URL of a
+    /// cluster-enabled server), or the sentinels of a primary
+    /// (`redis+sentinel://h1:p1,h2:p2/NAME`, followed over a failover). On a cluster every script call keeps its
+    /// keys in one slot (a sale's hash tag), and the batched calls
+    /// (reserve, recall, heartbeat) send one script call per sale at once
+    /// rather than one pipeline.
+    ///
     /// Errors: `Unavailable` when Redis cannot be reached in time.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StockError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StockError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            // A reconnect is one quick retry, not a long backoff: callers
-            // must fail fast (503) while Redis is down; the next call
-            // starts the next attempt.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(timeout);
-        let conn =
-            match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(StockError::Unavailable(format!("connect {url}: {e}"))),
-                Err(_) => {
-                    return Err(StockError::Unavailable(format!(
-                        "connect {url}: no connection within {timeout:?}"
-                    )))
-                }
-            };
+        let conn = Conn::open(url, timeout).await?;
         Ok(RedisStore {
             conn,
             timeout,
@@ -228,6 +219,7 @@ impl RedisStore {
             track_moves: false,
             grace_s: grace_for(timeout),
             key_ttl_s: crate::embedded::DEFAULT_KEY_TTL_S,
+            min_replicas: 0,
         })
     }
 
@@ -263,6 +255,63 @@ impl RedisStore {
     pub fn with_key_ttl(mut self, ttl_s: u64) -> Self {
         self.key_ttl_s = ttl_s;
         self
+    }
+
+    /// The same store, counting a reservation as made only once `n`
+    /// replicas have it: each batch of [`RedisStore::reserve_batch`] is
+    /// followed, on the same connection, by `WAIT n` (half the response
+    /// timeout at most); when fewer replicas acknowledge in time, the
+    /// batch's `Reserved` and `Replay` answers become `Undetermined`, to be
+    /// abandoned by order id like a lost reply (a replayed order is kept:
+    /// its mark stands). [`RedisStore::recall_keys`] waits the same way.
+    /// 0 (the default) waits for none.
+    ///
+    /// What it gives: a reservation answered `Reserved` is on `n` replicas
+    /// as well as the primary, so a failover that promotes one of them
+    /// keeps it. What it does not: Redis replication stays asynchronous,
+    /// `WAIT` is not a consensus; a failover may promote a replica that is
+    /// not among the `n` (with more replicas than `n`), and a write that
+    /// WAIT timed out on may still survive (it is abandoned by order id).
+    pub fn with_min_replicas(mut self, n: u32) -> Self {
+        self.min_replicas = n;
+        self
+    }
+
+    /// The error of an answer that fewer than `min_replicas` replicas
+    /// acknowledged (`acked`: what WAIT counted, if it answered).
+    fn unreplicated(&self, acked: Option<u64>) -> StockError {
+        StockError::Undetermined(format!(
+            "the write reached {} of {} replicas within {} ms",
+            acked.map_or("?".into(), |a| a.to_string()),
+            self.min_replicas,
+            self.wait_ms()
+        ))
+    }
+
+    /// The `WAIT` timeout: half the response timeout, so the answer comes
+    /// within it (at least 1 ms: `WAIT n 0` would block for ever).
+    fn wait_ms(&self) -> u64 {
+        (millis(self.timeout) / 2).max(1)
+    }
+
+    /// The fewest replicas any primary has now: `connected_slaves` of
+    /// `INFO replication` on one server; on a cluster, the replicas of the
+    /// master with the fewest (from `CLUSTER NODES`).
+    pub async fn replicas(&self) -> Result<u32, StockError> {
+        if self.conn.is_cluster() {
+            let mut cmd = ::redis::cmd("CLUSTER");
+            cmd.arg("NODES");
+            let nodes: String = self.query(&cmd).await?;
+            return Ok(fewest_replicas(&nodes));
+        }
+        let mut cmd = ::redis::cmd("INFO");
+        cmd.arg("replication");
+        let info: String = self.query(&cmd).await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Creates a sale with its whole stock in the pool, and adds it to the
@@ -516,12 +565,13 @@ impl RedisStore {
             .collect();
         let mut out: Vec<Option<Result<ReserveOutcome, StockError>>> =
             calls.iter().map(|_| None).collect();
+        let wait = (self.min_replicas > 0).then_some((self.min_replicas, self.wait_ms()));
         match self
-            .bounded(self.pipeline(&self.scripts.reserve, &invocations))
+            .bounded(self.pipeline_waiting(&self.scripts.reserve, &invocations, wait))
             .await
         {
             Ok(results) => {
-                for (group, result) in groups.iter().zip(results) {
+                for (group, (result, acked)) in groups.iter().zip(results) {
                     let parsed = result
                         .map_err(|e| e.to_string())
                         .and_then(|v| ::redis::from_redis_value(v).map_err(|e| e.to_string()));
@@ -540,9 +590,22 @@ impl RedisStore {
                         }
                     };
                     let mut replies = replies.into_iter();
+                    // Fewer replicas than asked have the group's writes: a
+                    // failover may lose them, so none is answered as made.
+                    let unreplicated = wait.is_some_and(|(n, _)| acked.unwrap_or(0) < u64::from(n));
                     for &i in group {
                         out[i] = Some(match replies.next() {
-                            Some(reply) => parse_reserve(&calls[i], reply),
+                            // A replay names an order that may be the one
+                            // whose WAIT just timed out: it waits too (the
+                            // replay's own write comes after that order's).
+                            Some(reply) => match parse_reserve(&calls[i], reply) {
+                                Ok(ReserveOutcome::Reserved | ReserveOutcome::Replay(_))
+                                    if unreplicated =>
+                                {
+                                    Err(self.unreplicated(acked))
+                                }
+                                parsed => parsed,
+                            },
                             None => Err(StockError::Undetermined(
                                 "reserve script answered fewer reservations than sent".into(),
                             )),
@@ -722,12 +785,16 @@ impl RedisStore {
             .iter()
             .map(|_| Err(StockError::Undetermined("no reply".into())))
             .collect();
+        // A replay is answered 200: its order must be on the replicas
+        // (the lookup's own write, the acknowledged mark, comes after it).
+        let wait = (self.min_replicas > 0).then_some((self.min_replicas, self.wait_ms()));
         match self
-            .bounded(self.pipeline(&self.scripts.recall, &invocations))
+            .bounded(self.pipeline_waiting(&self.scripts.recall, &invocations, wait))
             .await
         {
             Ok(results) => {
-                for (group, result) in groups.iter().zip(results) {
+                for (group, (result, acked)) in groups.iter().zip(results) {
+                    let unreplicated = wait.is_some_and(|(n, _)| acked.unwrap_or(0) < u64::from(n));
                     let replies: Result<Vec<Vec<String>>, StockError> = result
                         .map_err(|e| e.to_string())
                         .and_then(|v| ::redis::from_redis_value(v).map_err(|e| e.to_string()))
@@ -735,7 +802,12 @@ impl RedisStore {
                     match replies {
                         Ok(replies) => {
                             for (&i, reply) in group.iter().zip(replies) {
-                                out[i] = parse_recall(&keys[i].sale_id, &reply);
+                                out[i] = match parse_recall(&keys[i].sale_id, &reply) {
+                                    Ok(Recalled::Replay(_)) if unreplicated => {
+                                        Err(self.unreplicated(acked))
+                                    }
+                                    parsed => parsed,
+                                };
                             }
                         }
                         Err(e) => {
@@ -897,7 +969,8 @@ impl RedisStore {
     }
 
     /// `INFO commandstats` as (command, calls), e.g. `("evalsha", 50)`; for
-    /// tests and benchmarks (Redis commands per order).
+    /// tests and benchmarks (Redis commands per order). One server only: on
+    /// a Redis Cluster the client sends INFO to every master.
     pub async fn command_stats(&self) -> Result<Vec<(String, u64)>, StockError> {
         let mut cmd = ::redis::cmd("INFO");
         cmd.arg("commandstats");
@@ -945,26 +1018,48 @@ impl RedisStore {
     }
 
     /// Runs EVALSHA invocations of one script in one pipeline; the calls
-    /// that answered NOSCRIPT are retried once after SCRIPT LOAD.
+    /// that answered NOSCRIPT are retried once after SCRIPT LOAD. On a
+    /// Redis Cluster, where a pipeline must keep to one slot and the
+    /// invocations are of several sales, they are sent at once as single
+    /// calls instead (each loads the script on NOSCRIPT), on the cluster
+    /// client's one connection per master.
     async fn pipeline(
         &self,
         script: &Script,
         invocations: &[ScriptInvocation<'_>],
     ) -> RedisResult<Vec<RedisResult<Value>>> {
-        let mut conn = self.conn.clone();
-        let mut results = send_pipeline(&mut conn, invocations.iter()).await?;
-        let missing: Vec<usize> = (0..results.len())
-            .filter(|&i| is_noscript(&results[i]))
-            .collect();
-        if missing.is_empty() {
-            return Ok(results);
+        let answered = self.pipeline_waiting(script, invocations, None).await?;
+        Ok(answered.into_iter().map(|(result, _)| result).collect())
+    }
+
+    /// [`RedisStore::pipeline`], with `WAIT replicas timeout_ms` sent after
+    /// the calls on the same connection (in the same pipeline), when
+    /// `wait` is given: each call's result comes with the number of
+    /// replicas that acknowledged every write up to it (`None`: no WAIT
+    /// asked, or it failed). On a cluster each call is its own pipeline
+    /// with its own WAIT (to its slot's master).
+    async fn pipeline_waiting(
+        &self,
+        script: &Script,
+        invocations: &[ScriptInvocation<'_>],
+        wait: Option<(u32, u64)>,
+    ) -> RedisResult<Vec<(RedisResult<Value>, Option<u64>)>> {
+        let conn = self.conn.clone();
+        if conn.is_cluster() {
+            let calls = invocations.iter().map(|inv| {
+                let mut conn = conn.clone();
+                async move {
+                    match send_loading(&mut conn, script, std::slice::from_ref(inv), wait).await {
+                        Ok((mut results, acked)) => (results.remove(0), acked),
+                        Err(e) => (Err(e), None),
+                    }
+                }
+            });
+            return Ok(futures_util::future::join_all(calls).await);
         }
-        script.load_async(&mut conn).await?;
-        let again = send_pipeline(&mut conn, missing.iter().map(|&i| &invocations[i])).await?;
-        for (i, result) in missing.into_iter().zip(again) {
-            results[i] = result;
-        }
-        Ok(results)
+        let mut conn = conn;
+        let (results, acked) = send_loading(&mut conn, script, invocations, wait).await?;
+        Ok(results.into_iter().map(|r| (r, acked)).collect())
     }
 
     /// One script call (EVALSHA, loading the script on NOSCRIPT).
@@ -1112,16 +1207,75 @@ struct KeyRecord {
     fp: Option<String>,
 }
 
+/// Sends `invocations` in one pipeline (then `WAIT`, when `wait` is
+/// given); the calls that answered NOSCRIPT are sent again after SCRIPT
+/// LOAD. Returns each call's result and what WAIT counted (the fewer of
+/// the two WAITs when there was a second pipeline).
+async fn send_loading(
+    conn: &mut Conn,
+    script: &Script,
+    invocations: &[ScriptInvocation<'_>],
+    wait: Option<(u32, u64)>,
+) -> RedisResult<(Vec<RedisResult<Value>>, Option<u64>)> {
+    let (mut results, mut acked) = send_pipeline(conn, invocations.iter(), wait).await?;
+    let missing: Vec<usize> = (0..results.len())
+        .filter(|&i| is_noscript(&results[i]))
+        .collect();
+    if missing.is_empty() {
+        return Ok((results, acked));
+    }
+    script.load_async(conn).await?;
+    let (again, acked_again) =
+        send_pipeline(conn, missing.iter().map(|&i| &invocations[i]), wait).await?;
+    for (i, result) in missing.into_iter().zip(again) {
+        results[i] = result;
+    }
+    acked = acked.zip(acked_again).map(|(a, b)| a.min(b));
+    Ok((results, acked))
+}
+
 async fn send_pipeline<'a, 'b: 'a>(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     invocations: impl Iterator<Item = &'a ScriptInvocation<'b>>,
-) -> RedisResult<Vec<RedisResult<Value>>> {
+    wait: Option<(u32, u64)>,
+) -> RedisResult<(Vec<RedisResult<Value>>, Option<u64>)> {
     let mut pipe = ::redis::pipe();
     pipe.ignore_errors();
     for inv in invocations {
         pipe.invoke_script(inv);
     }
-    pipe.query_async(conn).await
+    if let Some((replicas, timeout_ms)) = wait {
+        pipe.cmd("WAIT").arg(replicas).arg(timeout_ms);
+    }
+    let mut results: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+    let acked = match wait {
+        Some(_) => results
+            .pop()
+            .and_then(|r| r.ok())
+            .and_then(|v| ::redis::from_redis_value::<u64>(v).ok()),
+        None => None,
+    };
+    Ok((results, acked))
+}
+
+/// The fewest live replicas of a master that serves slots, in `CLUSTER
+/// NODES` (`<id> <addr> <flags> <master id> ... <slots>`).
+fn fewest_replicas(nodes: &str) -> u32 {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    lines
+        .iter()
+        .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+        .map(|master| {
+            lines
+                .iter()
+                .filter(|f| f.len() > 3 && f[3] == master[0] && !f[2].contains("fail"))
+                .count() as u32
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 fn is_noscript(result: &RedisResult<Value>) -> bool {
@@ -1242,6 +1396,18 @@ mod tests {
         let k = Keys::new("s1");
         assert_eq!(k.spec(), "sk:{s1}:spec");
         assert_eq!(k.due(), "sk:{s1}:due");
+    }
+
+    #[test]
+    fn the_master_with_the_fewest_replicas_counts() {
+        let nodes = "a 127.0.0.1:1@2 myself,master - 0 0 1 connected 0-5460\n\
+                     b 127.0.0.1:3@4 master - 0 0 2 connected 5461-16383\n\
+                     c 127.0.0.1:5@6 slave a 0 0 1 connected\n\
+                     d 127.0.0.1:7@8 slave b 0 0 2 connected\n\
+                     e 127.0.0.1:9@10 slave,fail b 0 0 2 connected\n";
+        assert_eq!(fewest_replicas(nodes), 1);
+        let lone = "a 127.0.0.1:1@2 myself,master - 0 0 1 connected 0-16383\n";
+        assert_eq!(fewest_replicas(lone), 0);
     }
 
     #[test]
