@@ -7,13 +7,14 @@
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use queue::LogError;
 use stock::StockError;
 use tracing::warn;
 
-use crate::http::{HttpError, Response};
+use crate::http::{HttpError, Prebuilt, Response};
 
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,25 @@ impl ApiError {
             ApiError::Log(_) => Some("the order log is unavailable; retry"),
             _ => None,
         }
+    }
+
+    /// Appends the whole answer to `out`, `body` as scratch for its body.
+    /// A sale's refusals (sold out, not open) are copied from bytes made
+    /// once: the same bytes `render` gives, without formatting them again.
+    pub fn write_to(&self, out: &mut Vec<u8>, body: &mut Vec<u8>, keep_alive: bool) {
+        static SOLD_OUT: LazyLock<Prebuilt> =
+            LazyLock::new(|| ApiError::Stock(StockError::SoldOut).prebuild());
+        static NOT_OPEN: LazyLock<Prebuilt> =
+            LazyLock::new(|| ApiError::Stock(StockError::SaleNotOpen).prebuild());
+        match self {
+            ApiError::Stock(StockError::SoldOut) => SOLD_OUT.write_to(out, keep_alive),
+            ApiError::Stock(StockError::SaleNotOpen) => NOT_OPEN.write_to(out, keep_alive),
+            _ => self.render(body).write_to(out, keep_alive),
+        }
+    }
+
+    fn prebuild(&self) -> Prebuilt {
+        Prebuilt::new(&self.render(&mut Vec::new()))
     }
 
     /// Writes `{"error": CODE, "message": "..."}` into `body` and returns the
@@ -241,6 +261,27 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(resp.body).unwrap();
             assert_eq!(v["error"], "unavailable", "{err:?}");
             assert_eq!(v["message"], message, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn prebuilt_refusals_are_the_rendered_bytes() {
+        for err in [
+            ApiError::Stock(StockError::SoldOut),
+            ApiError::Stock(StockError::SaleNotOpen),
+            ApiError::Overloaded,
+        ] {
+            for keep_alive in [true, false] {
+                let (mut rendered, mut body) = (b"before".to_vec(), Vec::new());
+                err.render(&mut body).write_to(&mut rendered, keep_alive);
+                let mut written = b"before".to_vec();
+                err.write_to(&mut written, &mut Vec::new(), keep_alive);
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    String::from_utf8(rendered).unwrap(),
+                    "{err:?}, keep-alive {keep_alive}"
+                );
+            }
         }
     }
 
