@@ -184,7 +184,6 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         peer: IpAddr,
         body: &mut Vec<u8>,
     ) -> Result<Reply, ApiError> {
-        let started = Instant::now();
         let mut token = PayloadBuf::default();
         let buyer = verify_buyer(req, sale_id, &self.node.config.buyer_keys, &mut token)?;
         let idempotency_key = idempotency_key(req)?;
@@ -202,6 +201,9 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 Ok(sale.clone())
             })
             .ok_or(StockError::SaleNotFound)??;
+        // The clock of the rate limits and the order latency: read once the
+        // crowd's refusals are answered.
+        let started = Instant::now();
         let input = PurchaseInput::parse(req.body, buyer)?;
         let attempt = Attempt {
             user_id: &input.user_id,
