@@ -11,6 +11,9 @@
 #   embedded-sale     bench/wrk/purchase.lua, a fresh sale of 10^8 units (orders)
 #   leased-sale       the same on a cluster node (--redis, leased stock)
 #   per-request-sale  the same on a cluster node with --stock-mode per-request
+#   base-healthz, base-soldout   node-healthz and node-soldout on a second
+#                     embedded node running BASELINE_BIN (a before/after in
+#                     the same rounds; added to the defaults when it is set)
 # For each: answers/s (and 2xx answers/s), and CPU per request of each
 # process involved (utime+stime from /proc/<pid>/stat before and after the
 # round: nginx's master and workers, the node, redis-server; wrk's own from
@@ -25,6 +28,7 @@
 #                 QUICK=1 (DURATION=2s: about a minute in all)
 #                 SCENARIOS="..." (any subset of the above, run in that order)
 #                 NODE_BIN=<a seckill binary> (default: this tree's release build)
+#                 BASELINE_BIN=<another seckill binary, e.g. main's>
 #                 OUT=<file.md to write the run to>
 set -euo pipefail
 source "$(dirname "$0")/lib/apt.sh"
@@ -35,7 +39,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
 CONNS=${CONNS:-64}
 NODE_CORES=${NODE_CORES:-$(nproc)}
-SCENARIOS=${SCENARIOS:-nginx-get nginx-post nginx-purchase node-healthz node-soldout embedded-sale leased-sale per-request-sale}
+SCENARIOS=${SCENARIOS:-nginx-get nginx-post nginx-purchase node-healthz node-soldout ${BASELINE_BIN:+base-healthz base-soldout }embedded-sale leased-sale per-request-sale}
 TOKEN=bench-token
 export NODE_CORES
 
@@ -56,7 +60,7 @@ wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 need() { for s in "$@"; do wanted "$s" && return 0; done; return 1; }
 
 # --- the servers -----------------------------------------------------------
-nginx_pids="" node_pid="" leased_pid="" per_request_pid="" redis_pid=""
+nginx_pids="" node_pid="" base_pid="" leased_pid="" per_request_pid="" redis_pid=""
 if need nginx-get nginx-post nginx-purchase; then
   port=$(cluster_free_port)
   mkdir -p "$work/nginx"
@@ -97,6 +101,10 @@ if need node-healthz node-soldout embedded-sale; then
   cluster_node "$work" embedded
   node_addr=$CLUSTER_ADDR node_pid=${CLUSTER_PIDS[-1]}
 fi
+if need base-healthz base-soldout; then
+  NODE_BIN=${BASELINE_BIN:?base-* scenarios need BASELINE_BIN} cluster_node "$work" baseline
+  base_addr=$CLUSTER_ADDR base_pid=${CLUSTER_PIDS[-1]}
+fi
 if need leased-sale per-request-sale; then
   port=$(cluster_free_port)
   redis_pid=$(bash scripts/redis.sh start "$port" "$work/redis")
@@ -111,10 +119,12 @@ fi
 admin() { # addr, method, path, body
   curl -sf -X "$2" "$1$3" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$4" >/dev/null
 }
-if need node-soldout; then
-  admin "$node_addr" PUT /admin/sales/gone '{"stock":1,"per_user_limit":1}'
-  curl -sf -X POST "$node_addr/sales/gone/purchase" -d '{"user_id":"first"}' >/dev/null
-fi
+sell_out() { # addr: the sale "gone", sold out
+  admin "$1" PUT /admin/sales/gone '{"stock":1,"per_user_limit":1}'
+  curl -sf -X POST "$1/sales/gone/purchase" -d '{"user_id":"first"}' >/dev/null
+}
+if need node-soldout; then sell_out "$node_addr"; fi
+if need base-soldout; then sell_out "$base_addr"; fi
 
 # --- one measured wrk run --------------------------------------------------
 ticks() { # pids...: utime+stime in clock ticks, summed
@@ -156,6 +166,8 @@ for round in $(seq "$ROUNDS"); do
       nginx-purchase) SALE="n$round" measure "$scenario" "$nginx_pids" "" -s bench/wrk/purchase.lua "$nginx_addr" ;;
       node-healthz) measure "$scenario" "$node_pid" "" "$node_addr/healthz" ;;
       node-soldout) SALE=gone measure "$scenario" "$node_pid" "" -s bench/wrk/static.lua "$node_addr" ;;
+      base-healthz) measure "$scenario" "$base_pid" "" "$base_addr/healthz" ;;
+      base-soldout) SALE=gone measure "$scenario" "$base_pid" "" -s bench/wrk/static.lua "$base_addr" ;;
       embedded-sale)
         admin "$node_addr" PUT "/admin/sales/e$round" '{"stock":100000000,"per_user_limit":1}'
         SALE="e$round" measure "$scenario" "$node_pid" "" -s bench/wrk/purchase.lua "$node_addr" ;;
@@ -203,6 +215,8 @@ def ratio(a, b, k="rps", what=""):
 ratio("node-soldout", "nginx-post", what=" (target >= 1.1)")
 ratio("node-healthz", "nginx-get")
 ratio("node-soldout", "node-healthz")
+ratio("base-soldout", "nginx-post", what=" (the baseline binary)")
+ratio("node-soldout", "base-soldout", what=" (this binary vs the baseline)")
 ratio("leased-sale", "per-request-sale", "ok", " in orders/s (target >= 1.5)")
 ratio("leased-sale", "nginx-purchase", "ok", " (orders/s vs nginx answers/s)")
 ratio("embedded-sale", "nginx-purchase", "ok", " (orders/s vs nginx answers/s)")
@@ -216,7 +230,7 @@ if [ -n "${OUT:-}" ]; then
   {
     echo "# scripts/bench-peers.sh, $(date -u +%FT%TZ)"
     echo
-    echo "Command: \`${QUICK:+QUICK=$QUICK }$settings scripts/bench-peers.sh\` (commit $(git rev-parse --short HEAD 2>/dev/null), node binary $NODE_BIN)"
+    echo "Command: \`${QUICK:+QUICK=$QUICK }$settings ${BASELINE_BIN:+BASELINE_BIN=$BASELINE_BIN }scripts/bench-peers.sh\` (commit $(git rev-parse --short HEAD 2>/dev/null), node binary $NODE_BIN)"
     echo
     echo "Machine: $(nproc) cores, $(uname -sr), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), redis $(redis-server --version | grep -o 'v=[0-9.]*')"
     echo
