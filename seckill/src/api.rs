@@ -1,8 +1,10 @@
 //! The HTTP API (docs/api.md): routing and one handler per endpoint.
 //!
 //! PERFORMANCE-CRITICAL PATH: `Core::purchase`. Its steps run in order,
-//! one call each, returning early: parse → sale lookup (per-core cache) →
-//! sale gate (sold-out flag) → rate limit → idempotency replay → admission token → take
+//! one call each, returning early: buyer token and key headers → sale
+//! lookup (per-core cache) → sale gate (sold-out flag; before the body is
+//! parsed, for an unkeyed request) → parse the body → rate limit →
+//! idempotency replay → admission token → take
 //! units from the local shard → reserve with the stock authority → append
 //! to the order log → confirm → answer. Banned on it: blocking I/O, locks
 //! held across `.await`, logging at info level or above, allocation on the
@@ -71,7 +73,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
             }
             Err(err) => {
                 self.metrics().response(err.status());
-                err.render_for(body, request_id).write_to(out, keep_alive);
+                err.write_to(out, body, request_id, keep_alive);
             }
         }
         keep_alive
@@ -177,33 +179,39 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
         body: &mut Vec<u8>,
         trace: Option<&Trace<'_>>,
     ) -> Result<Reply, ApiError> {
-        let started = Instant::now();
         let mut token = PayloadBuf::default();
-        let input = PurchaseInput::parse(req, sale_id, &self.node.config.buyer_keys, &mut token)?;
+        let buyer = verify_buyer(req, sale_id, &self.node.config.buyer_keys, &mut token)?;
+        let idempotency_key = idempotency_key(req)?;
         let now = now_s();
-        let attempt = Attempt {
-            user_id: &input.user_id,
-            quantity: input.quantity,
-            idempotency_key: input.idempotency_key,
-            now,
-            core: self.id,
-        };
-        // Rejections decided from the per-core cache and read-mostly flags
-        // only: no shared write, no allocation.
+        // Refusals that do not depend on the body are decided before it is
+        // read, from the per-core cache and read-mostly flags only: no
+        // shared write, no allocation, no JSON (the sold-out crowd).
         let sale = self
-            .with_sale(sale_id, |sale| {
-                if attempt.idempotency_key.is_some() {
-                    // A retry must get its order back even after sell-out.
-                    return Ok(sale.clone());
-                }
-                sale.gate(now)?;
-                if attempt.quantity > sale.spec().per_user_limit {
-                    return Err(StockError::LimitExceeded);
+            .with_sale(sale_id, |sale| -> Result<_, StockError> {
+                if idempotency_key.is_none() {
+                    // With a key, a retry must get its order back even
+                    // after sell-out: that is decided below.
+                    sale.gate(now)?;
                 }
                 Ok(sale.clone())
             })
             .ok_or(StockError::SaleNotFound)??;
-        if sale.spec().ticket_required && !input.ticket {
+        // The clock of the rate limits and the order latency: read once the
+        // crowd's refusals are answered.
+        let started = Instant::now();
+        let input = PurchaseInput::parse(req.body, buyer)?;
+        let attempt = Attempt {
+            user_id: &input.user_id,
+            quantity: input.quantity,
+            idempotency_key,
+            now,
+            core: self.id,
+        };
+        if idempotency_key.is_none() && attempt.quantity > sale.spec().per_user_limit {
+            return Err(StockError::LimitExceeded.into());
+        }
+        let ticket = buyer.is_some_and(|b| b.sale.is_some());
+        if sale.spec().ticket_required && !ticket {
             return Err(ApiError::Unauthenticated("this sale needs a ticket for it"));
         }
         self.rate_limit(&attempt, peer, started)?;
@@ -638,14 +646,48 @@ fn json_object<'a, T: Deserialize<'a>>(input: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-/// A purchase request, validated.
+/// With buyer `keys` set, the buyer token, verified (401), decoded into
+/// `token`; a ticket for another sale than `sale_id` is 401 too. Header
+/// only: checked before anything else of the request.
+fn verify_buyer<'t>(
+    req: &Request<'_>,
+    sale_id: &str,
+    keys: &auth::BuyerKeys,
+    token: &'t mut PayloadBuf,
+) -> Result<Option<auth::Claims<'t>>, ApiError> {
+    if !keys.is_on() {
+        return Ok(None);
+    }
+    let buyer = keys.verify(req.authorization, now_s(), token)?;
+    if buyer.sale.is_some_and(|s| s != sale_id) {
+        return Err(ApiError::Unauthenticated(
+            "the buyer token is a ticket for another sale",
+        ));
+    }
+    Ok(Some(buyer))
+}
+
+/// The `Idempotency-Key` header, checked: 1 to 64 visible ASCII characters.
+fn idempotency_key<'a>(req: &Request<'a>) -> Result<Option<&'a str>, ApiError> {
+    match req.idempotency_key {
+        None => Ok(None),
+        Some(k) if (1..=MAX_ID_LEN).contains(&k.len()) && k.iter().all(u8::is_ascii_graphic) => {
+            // Visible ASCII is valid UTF-8.
+            std::str::from_utf8(k)
+                .map(Some)
+                .map_err(|_| ApiError::BadRequestStatic("invalid Idempotency-Key"))
+        }
+        Some(_) => Err(ApiError::BadRequestStatic(
+            "Idempotency-Key must be 1 to 64 visible ASCII characters",
+        )),
+    }
+}
+
+/// A purchase body, validated.
 struct PurchaseInput<'a> {
     /// The buyer: the token's `sub` when buyer keys are set, else the body's.
     user_id: Cow<'a, str>,
     quantity: u32,
-    idempotency_key: Option<&'a str>,
-    /// The buyer token is a ticket for this sale (its `sale` claim).
-    ticket: bool,
 }
 
 #[derive(Deserialize)]
@@ -656,41 +698,10 @@ struct PurchaseBody<'a> {
 }
 
 impl<'a> PurchaseInput<'a> {
-    /// With buyer `keys` set, the token is verified first (401), decoded
-    /// into `token`; a ticket for another sale than `sale_id` is 401 too.
-    fn parse(
-        req: &Request<'a>,
-        sale_id: &str,
-        keys: &auth::BuyerKeys,
-        token: &'a mut PayloadBuf,
-    ) -> Result<Self, ApiError> {
-        let buyer = match keys.is_on() {
-            true => Some(keys.verify(req.authorization, now_s(), token)?),
-            false => None,
-        };
-        if buyer.is_some_and(|b| b.sale.is_some_and(|s| s != sale_id)) {
-            return Err(ApiError::Unauthenticated(
-                "the buyer token is a ticket for another sale",
-            ));
-        }
-        let idempotency_key = match req.idempotency_key {
-            None => None,
-            Some(k)
-                if (1..=MAX_ID_LEN).contains(&k.len()) && k.iter().all(u8::is_ascii_graphic) =>
-            {
-                // Visible ASCII is valid UTF-8.
-                Some(
-                    std::str::from_utf8(k)
-                        .map_err(|_| ApiError::BadRequestStatic("invalid Idempotency-Key"))?,
-                )
-            }
-            Some(_) => {
-                return Err(ApiError::BadRequestStatic(
-                    "Idempotency-Key must be 1 to 64 visible ASCII characters",
-                ))
-            }
-        };
-        let body: PurchaseBody<'a> = json_object(req.body)?;
+    /// `buyer`: the verified token, when buyer keys are set; a body
+    /// `user_id` that differs from its `sub` is 400.
+    fn parse(input: &'a [u8], buyer: Option<auth::Claims<'a>>) -> Result<Self, ApiError> {
+        let body: PurchaseBody<'a> = json_object(input)?;
         let user_id = match (buyer, body.user_id) {
             (Some(b), Some(u)) if u != b.sub => {
                 return Err(ApiError::BadRequestStatic(
@@ -715,12 +726,7 @@ impl<'a> PurchaseInput<'a> {
                 ))
             }
         };
-        Ok(PurchaseInput {
-            user_id,
-            quantity,
-            idempotency_key,
-            ticket: buyer.is_some_and(|b| b.sale.is_some()),
-        })
+        Ok(PurchaseInput { user_id, quantity })
     }
 }
 

@@ -7,13 +7,14 @@
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use queue::LogError;
 use stock::StockError;
 use tracing::warn;
 
-use crate::http::{HttpError, Response};
+use crate::http::{HttpError, Prebuilt, Response};
 
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,33 @@ impl ApiError {
             ApiError::Log(_) => Some("the order log is unavailable; retry"),
             _ => None,
         }
+    }
+
+    /// Appends the whole answer to `out`, `body` as scratch for its body.
+    /// A sale's refusals (sold out, not open) are copied from bytes made
+    /// once: the same bytes `render` gives, without formatting them again.
+    pub fn write_to(
+        &self,
+        out: &mut Vec<u8>,
+        body: &mut Vec<u8>,
+        request_id: Option<&str>,
+        keep_alive: bool,
+    ) {
+        static SOLD_OUT: LazyLock<Prebuilt> =
+            LazyLock::new(|| ApiError::Stock(StockError::SoldOut).prebuild());
+        static NOT_OPEN: LazyLock<Prebuilt> =
+            LazyLock::new(|| ApiError::Stock(StockError::SaleNotOpen).prebuild());
+        match self {
+            ApiError::Stock(StockError::SoldOut) => SOLD_OUT.write_to(out, request_id, keep_alive),
+            ApiError::Stock(StockError::SaleNotOpen) => {
+                NOT_OPEN.write_to(out, request_id, keep_alive)
+            }
+            _ => self.render_for(body, request_id).write_to(out, keep_alive),
+        }
+    }
+
+    fn prebuild(&self) -> Prebuilt {
+        Prebuilt::new(&self.render(&mut Vec::new()))
     }
 
     /// Writes `{"error": CODE, "message": "..."}` into `body` and returns the
@@ -305,6 +333,33 @@ mod tests {
             assert_eq!(e.retry_after(), expected, "{e:?}");
             if expected.is_some() {
                 assert!(e.is_retryable(), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn prebuilt_refusals_are_the_rendered_bytes() {
+        for err in [
+            ApiError::Stock(StockError::SoldOut),
+            ApiError::Stock(StockError::SaleNotOpen),
+            ApiError::Overloaded,
+        ] {
+            for (keep_alive, id) in [
+                (true, None),
+                (false, None),
+                (true, Some("r-1")),
+                (false, Some("r-1")),
+            ] {
+                let (mut rendered, mut body) = (b"before".to_vec(), Vec::new());
+                err.render_for(&mut body, id)
+                    .write_to(&mut rendered, keep_alive);
+                let mut written = b"before".to_vec();
+                err.write_to(&mut written, &mut Vec::new(), id, keep_alive);
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    String::from_utf8(rendered).unwrap(),
+                    "{err:?}, keep-alive {keep_alive}, request id {id:?}"
+                );
             }
         }
     }

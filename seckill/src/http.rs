@@ -225,6 +225,9 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The header that ends a connection after its answer.
+const CLOSE: &[u8] = b"connection: close\r\n";
+
 /// A response about to be written: status, extra headers, body.
 pub struct Response<'a> {
     pub status: u16,
@@ -278,10 +281,49 @@ impl<'a> Response<'a> {
             out.extend_from_slice(b"\r\n");
         }
         if !keep_alive {
-            out.extend_from_slice(b"connection: close\r\n");
+            out.extend_from_slice(CLOSE);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.body);
+    }
+}
+
+/// A whole response made once and then copied, for the answers the crowd
+/// gets most (the refusals of a sold-out or closed sale): no formatting per
+/// request. `head` is the status line and the headers, `tail` the blank
+/// line and the body; the headers of the request's own (`x-request-id`,
+/// `connection: close`) go between.
+#[derive(Debug)]
+pub struct Prebuilt {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl Prebuilt {
+    /// The bytes `resp.write_to` writes, split for `write_to`.
+    pub fn new(resp: &Response<'_>) -> Prebuilt {
+        let mut head = Vec::new();
+        resp.write_to(&mut head, true);
+        let blank = head
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a written response has a blank line");
+        let tail = head.split_off(blank + 2);
+        Prebuilt { head, tail }
+    }
+
+    /// Appends the response to `out`, as `Response::write_to` would.
+    pub fn write_to(&self, out: &mut Vec<u8>, request_id: Option<&str>, keep_alive: bool) {
+        out.extend_from_slice(&self.head);
+        if let Some(id) = request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(CLOSE);
+        }
+        out.extend_from_slice(&self.tail);
     }
 }
 

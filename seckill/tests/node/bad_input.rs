@@ -646,3 +646,78 @@ fn a_wrong_method_is_405_with_allow() {
     }
     assert_eq!(c.get("/healthz").status, 200);
 }
+
+/// A sale that refuses every buyer (sold out, closed) answers an unkeyed
+/// purchase before its body is read: the same answer, byte for byte,
+/// whatever the body, so the sold-out crowd costs no JSON parsing. A keyed
+/// request still reads its body, so that a retry gets its first order.
+#[test]
+fn a_refused_sale_answers_before_the_body_is_read() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.create_sale("gone", &json!({ "stock": 1, "per_user_limit": 1 }));
+    let first = c.purchase_with_key("gone", "first", 1, "k-first");
+    let order_id = assert_ok(&first)["order_id"].clone();
+    c.create_sale("shut", &json!({ "stock": 5, "per_user_limit": 1 }));
+    assert_eq!(c.switch("shut", "close").status, 200);
+
+    let bodies: [&[u8]; 8] = [
+        br#"{"user_id":"late","quantity":1}"#,
+        b"{not json",
+        b"",
+        br#"["late",1]"#,
+        br#"{"quantity":1}"#,
+        br#"{"user_id":"late","quantity":0}"#,
+        br#"{"user_id":"late","quantity":99}"#,
+        br#"{"user_id":""}"#,
+    ];
+    for (sale, status, code) in [("gone", 410, "sold_out"), ("shut", 403, "sale_not_open")] {
+        let well_formed = c
+            .try_purchase_raw(sale, bodies[0], None)
+            .expect("an answer");
+        assert_error(&well_formed, status, code);
+        for body in &bodies[1..] {
+            let resp = c.try_purchase_raw(sale, body, None).expect("an answer");
+            assert_eq!(
+                (resp.status, &resp.headers, resp.text()),
+                (well_formed.status, &well_formed.headers, well_formed.text()),
+                "{sale}, body {:?}: {resp:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Connection: close is kept on the refusal too.
+        let resp = c
+            .try_request(
+                "POST",
+                &format!("/sales/{sale}/purchase"),
+                &[("Connection", "close")],
+                Some(b"{not json"),
+            )
+            .expect("an answer");
+        assert_error(&resp, status, code);
+        assert!(resp.closes(), "{resp:?}");
+        c = node.client();
+    }
+
+    // Keyed: the first order comes back; an unknown key is refused; the
+    // body is still checked, and so is the key.
+    let again = c.purchase_with_key("gone", "first", 1, "k-first");
+    assert_eq!(assert_ok(&again)["order_id"], order_id);
+    assert!(again.is_replayed());
+    let other = c.purchase_with_key("gone", "late", 1, "k-late");
+    assert_error(&other, 410, "sold_out");
+    let resp = c
+        .try_purchase_raw("gone", b"{not json", Some("k-first"))
+        .expect("an answer");
+    assert_error(&resp, 400, "bad_request");
+    let resp = c
+        .try_purchase_raw("gone", bodies[0], Some("has space"))
+        .expect("an answer");
+    assert_error(&resp, 400, "bad_request");
+    // An unknown sale is 404 whatever the body.
+    let resp = c
+        .try_purchase_raw("nowhere", b"{not json", None)
+        .expect("an answer");
+    assert_error(&resp, 404, "not_found");
+    assert_eq!(c.sale("gone")["sold"], 1);
+}

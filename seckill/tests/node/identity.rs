@@ -422,6 +422,75 @@ fn tickets_admit_only_their_sale(nodes: &[Node]) {
     wait_sold(nodes, "tk", 1);
 }
 
+/// A sold-out sale checks the buyer token first (401), then answers 410
+/// before it reads the body: a malformed body, or one naming another
+/// buyer, gets the same 410 as a good one.
+fn sold_out_checks_the_token_first(nodes: &[Node]) {
+    let node = &nodes[nodes.len() - 1];
+    create(nodes, "so", &json!({ "stock": 1, "per_user_limit": 1 }));
+    let first = buy_with_key(
+        &nodes[0],
+        "so",
+        Some(&token("alice")),
+        &json!({}),
+        Some("ka"),
+    );
+    let order_id = assert_ok(&first)["order_id"].clone();
+    wait_sold(nodes, "so", 1);
+    let raw = |auth: Option<&str>, body: &[u8]| {
+        let auth = auth.map(bearer);
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        node.client()
+            .request("POST", "/sales/so/purchase", &headers, Some(body))
+    };
+    let forged = token_with(
+        "a-key-nobody-listed-0123456789",
+        &json!({ "sub": "bob", "exp": now_s() + 600 }),
+    );
+    let elsewhere = token_with(
+        KEY_OLD,
+        &json!({ "sub": "bob", "exp": now_s() + 600, "sale": "t" }),
+    );
+    for auth in [
+        None,
+        Some(forged.as_str()),
+        Some(elsewhere.as_str()),
+        Some("junk"),
+    ] {
+        assert_error(&raw(auth, b"{not json"), 401, "unauthorized");
+    }
+    // The first refusal may find out at the shards; the next ones at the gate.
+    let good = raw(Some(&token("bob")), br#"{"user_id":"bob"}"#);
+    assert_error(&good, 410, "sold_out");
+    for body in [&b"{not json"[..], br#"{"user_id":"alice"}"#, b""] {
+        let resp = raw(Some(&token("bob")), body);
+        assert_eq!(
+            (resp.status, resp.text()),
+            (good.status, good.text()),
+            "{}: {resp:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // Alice's retry with her key still gets her order, on any node.
+    let again = buy_with_key(node, "so", Some(&token("alice")), &json!({}), Some("ka"));
+    assert_eq!(assert_ok(&again)["order_id"], order_id);
+    assert!(again.is_replayed());
+}
+
+#[test]
+fn embedded_sold_out_checks_the_token_first() {
+    sold_out_checks_the_token_first(&embedded());
+}
+
+#[test]
+fn cluster_sold_out_checks_the_token_first() {
+    let redis = RedisServer::start();
+    sold_out_checks_the_token_first(&cluster(&redis));
+}
+
 #[test]
 fn embedded_tickets_admit_only_their_sale() {
     let mut nodes = embedded();

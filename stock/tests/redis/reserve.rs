@@ -58,6 +58,80 @@ async fn the_per_user_limit_holds_across_two_nodes() {
     );
 }
 
+/// One script call decides its reservations in order, each seeing what the
+/// earlier ones wrote (the script reads Redis once for the batch and keeps
+/// its own writes until the end): the per-user limit, a key recorded and
+/// replayed, an order id given twice.
+#[tokio::test]
+async fn a_batch_sees_what_its_earlier_reservations_wrote() {
+    let (_server, store) = setup().await;
+    store.create_sale(&spec("s1", 100, 2)).await.unwrap();
+    store.lease("s1", 1, 10, TTL).await.unwrap();
+
+    let keyed = with_key(call("s1", 1, "o4", "bob"), "k1", 0xfeed);
+    let batch = [
+        call("s1", 1, "o1", "alice"),
+        call("s1", 1, "o2", "alice"),
+        call("s1", 1, "o3", "alice"),
+        keyed.clone(),
+        with_key(call("s1", 1, "o5", "bob"), "k1", 0xfeed),
+        with_key(call("s1", 1, "o6", "bob"), "k1", 0xbeef),
+        call("s1", 1, "o1", "alice"),
+        call("s1", 1, "o7", "bob"),
+        call("s1", 1, "o8", "bob"),
+    ];
+    let answers = outcomes(store.reserve_batch(&batch).await);
+    assert_eq!(
+        answers[..4],
+        [
+            ReserveOutcome::Reserved,
+            ReserveOutcome::Reserved,
+            ReserveOutcome::LimitExceeded,
+            ReserveOutcome::Reserved,
+        ]
+    );
+    assert!(
+        matches!(&answers[4], ReserveOutcome::Replay(o) if o.order_id == "o4"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[5..],
+        [
+            ReserveOutcome::KeyReused,
+            ReserveOutcome::Reserved,
+            ReserveOutcome::Reserved,
+            ReserveOutcome::LimitExceeded,
+        ]
+    );
+    // o1, o2, o4, o7 charged once each.
+    assert_eq!(counts(&store, "s1").await, (90, 6, 4));
+    for (order, user) in [
+        ("o1", "alice"),
+        ("o2", "alice"),
+        ("o4", "bob"),
+        ("o7", "bob"),
+    ] {
+        let order = store.order("s1", order).await.unwrap().unwrap();
+        assert_eq!(order.user_id, user);
+        assert_eq!(order.status, OrderStatus::Reserved);
+    }
+    for order in ["o3", "o5", "o6", "o8"] {
+        assert!(store.order("s1", order).await.unwrap().is_none(), "{order}");
+    }
+    // The next batch reads what this one wrote: the holdings, the key.
+    let next = [
+        call("s1", 1, "o9", "alice"),
+        with_key(call("s1", 1, "o10", "bob"), "k1", 0xfeed),
+    ];
+    let answers = outcomes(store.reserve_batch(&next).await);
+    assert_eq!(answers[0], ReserveOutcome::LimitExceeded);
+    assert!(
+        matches!(&answers[1], ReserveOutcome::Replay(o) if o.order_id == "o4"),
+        "{answers:?}"
+    );
+    assert_eq!(counts(&store, "s1").await, (90, 6, 4));
+}
+
 #[tokio::test]
 async fn a_key_replays_its_order_and_refuses_another_request() {
     let (_server, store) = setup().await;

@@ -24,11 +24,18 @@
 --      with track = 1, the order's entry in the not-yet-logged set (the
 --      node removes it once its event is durable; else a reconciler finds
 --      it).
--- Nothing is written for a reservation before its last check passes. What
--- the whole batch charged to the lease, the pool and `sold` is written once
--- at the end (nothing else runs in between: the script is atomic), which
--- is what makes a batch cheaper than one call per reservation: the sale's
--- spec, the clock and the lease are read once.
+-- Nothing is written for a reservation before its last check passes. The
+-- batch's reads and writes are made once for all its reservations
+-- (nothing else runs in between: the script is atomic), which is what
+-- makes a batch cheaper than one call per reservation: the sale's spec,
+-- the clock and the lease are read once; the order ids (HMGET), their
+-- tombstones (one EXISTS of all) and the users' holdings (HMGET) once up
+-- front; the orders, holdings, expiry entries, key records and
+-- not-yet-logged entries written once each at the end, and what the batch
+-- charged to the lease, the pool and `sold` likewise. In between, what an
+-- earlier reservation of the batch wrote lives in the tables `written`
+-- (orders), `held` (users) and `key_records`, which every check
+-- reads before Redis.
 --
 -- KEYS[1] sk:{S}:spec    HASH
 -- KEYS[2] sk:{S}:pool    unleased units
@@ -78,30 +85,63 @@ local function json_string(v)
   return '"' .. v .. '"'
 end
 
+-- The batch's arguments: 7 per reservation from ARGV[5].
+local n = math.floor((#ARGV - 4) / 7)
+local order_ids, user_ids = {}, {}
+for i = 1, n do
+  order_ids[i] = ARGV[5 + 7 * (i - 1)]
+  user_ids[i] = ARGV[6 + 7 * (i - 1)]
+end
+
+-- Read once up front: which order ids Redis has, whether any has a
+-- tombstone (almost never: then each is looked up), the users' holdings.
+local recorded, tombstones, stored_held = {}, 0, {}
+if n > 0 then
+  recorded = redis.call('HMGET', KEYS[7], unpack(order_ids))
+  tombstones = redis.call('EXISTS', unpack(KEYS, 11, 10 + n))
+  stored_held = redis.call('HMGET', KEYS[5], unpack(user_ids))
+end
+
+-- What earlier reservations of the batch wrote, not in Redis yet:
+-- order id -> record, user -> units held, key -> "fingerprint|order_id".
+local written, held, key_records = {}, {}, {}
+-- The writes of the batch, in order, made at the end.
+local order_writes, user_writes, due_writes, key_writes, key_due_writes, unlogged_writes =
+  {}, {}, {}, {}, {}, {}
+
 -- Units left in the node's lease and in the pool, read when first needed;
 -- what the batch took from each, and sold, written at the end.
 local lease_left, pool_left
 local lease_taken, pool_taken, sold = 0, 0, 0
 
+local function push(t, a, b)
+  t[#t + 1] = a
+  t[#t + 1] = b
+end
+
 -- qty is the number, qty_arg and expires_at the arguments as given
 -- (integers in decimal), which go into the records unconverted.
 local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, from_pool)
-  if redis.call('HEXISTS', KEYS[7], order_id) == 1 then
+  if recorded[i] or written[order_id] then
     return {'reserved'}
   end
-  if redis.call('EXISTS', KEYS[10 + i]) == 1 or now >= tonumber(expires_at) + grace then
+  if (tombstones > 0 and redis.call('EXISTS', KEYS[10 + i]) == 1)
+      or now >= tonumber(expires_at) + grace then
     return {'gone'}
   end
   if not spec[1] then
     return {'not_found'}
   end
   if key ~= '' then
-    local record = redis.call('HGET', KEYS[6], key)
-    if record then
-      -- Past its TTL and not trimmed yet: as if absent (overwritten below).
-      local due = redis.call('ZSCORE', KEYS[10], key)
-      if due and tonumber(due) <= now then
-        record = nil
+    local record = key_records[key]
+    if not record then
+      record = redis.call('HGET', KEYS[6], key)
+      if record then
+        -- Past its TTL and not trimmed yet: as if absent (overwritten below).
+        local due = redis.call('ZSCORE', KEYS[10], key)
+        if due and tonumber(due) <= now then
+          record = nil
+        end
       end
     end
     if record then
@@ -110,13 +150,17 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
         return {'key_reused'}
       end
       local first = string.sub(record, sep + 1)
-      local order = redis.call('HGET', KEYS[7], first)
+      local order = written[first] or redis.call('HGET', KEYS[7], first)
       if not order then
         return {'error', 'idempotency record without its order ' .. first}
       end
       if not string.find(order, '"acked":', 1, true) then
         order = string.sub(order, 1, -2) .. ',"acked":1}'
-        redis.call('HSET', KEYS[7], first, order)
+        if written[first] then
+          written[first] = order
+        else
+          redis.call('HSET', KEYS[7], first, order)
+        end
       end
       return {'replay', first, order}
     end
@@ -124,8 +168,8 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
   if not open then
     return {'not_open'}
   end
-  local held = tonumber(redis.call('HGET', KEYS[5], user_id) or '0')
-  if held + qty > limit then
+  local units = held[user_id] or tonumber(stored_held[i] or '0')
+  if units + qty > limit then
     return {'limit'}
   end
   if from_pool then
@@ -153,29 +197,62 @@ local function reserve(i, order_id, user_id, qty, qty_arg, key, fp, expires_at, 
     -- record (the settler's, a reconciler's) carries both.
     order = order .. ',"key":' .. json_string(key) .. ',"fp":"' .. fp .. '"'
   end
-  redis.call('HSET', KEYS[7], order_id, order .. '}')
-  redis.call('HINCRBY', KEYS[5], user_id, qty_arg)
-  redis.call('ZADD', KEYS[8], expires_at, order_id)
+  written[order_id] = order .. '}'
+  order_writes[#order_writes + 1] = order_id
+  if not held[user_id] then
+    user_writes[#user_writes + 1] = user_id
+  end
+  held[user_id] = units + qty
+  push(due_writes, expires_at, order_id)
   if key ~= '' then
-    redis.call('HSET', KEYS[6], key, fp .. '|' .. order_id)
+    if not key_records[key] then
+      key_writes[#key_writes + 1] = key
+    end
+    key_records[key] = fp .. '|' .. order_id
     if key_ttl > 0 then
-      redis.call('ZADD', KEYS[10], now + key_ttl, key)
+      push(key_due_writes, now + key_ttl, key)
     end
   end
   if track then
-    redis.call('ZADD', KEYS[9], now_ms, order_id .. '|reserved')
+    push(unlogged_writes, now_ms, order_id .. '|reserved')
   end
   return {'reserved'}
 end
 
 local replies = {}
-local i, a = 1, 5
-while a + 6 <= #ARGV do
+for i = 1, n do
+  local a = 5 + 7 * (i - 1)
   replies[i] = reserve(i, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == '1')
-  i, a = i + 1, a + 7
 end
 
+-- The batch's writes, one command each.
+if #order_writes > 0 then
+  local args = {}
+  for _, id in ipairs(order_writes) do
+    push(args, id, written[id])
+  end
+  redis.call('HSET', KEYS[7], unpack(args))
+  args = {}
+  for _, user in ipairs(user_writes) do
+    push(args, user, string.format('%d', held[user]))
+  end
+  redis.call('HSET', KEYS[5], unpack(args))
+  redis.call('ZADD', KEYS[8], unpack(due_writes))
+end
+if #key_writes > 0 then
+  local args = {}
+  for _, key in ipairs(key_writes) do
+    push(args, key, key_records[key])
+  end
+  redis.call('HSET', KEYS[6], unpack(args))
+end
+if #key_due_writes > 0 then
+  redis.call('ZADD', KEYS[10], unpack(key_due_writes))
+end
+if #unlogged_writes > 0 then
+  redis.call('ZADD', KEYS[9], unpack(unlogged_writes))
+end
 if lease_taken > 0 then
   redis.call('HINCRBY', KEYS[4], node, -lease_taken)
 end
