@@ -15,18 +15,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::support::{assert_error, assert_ok, Client, Node};
 
 /// A cluster node on `redis` with node id `id` and a short lease TTL, so
 /// that a killed node's lease comes back within the test's time.
 pub(crate) fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-cluster-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-cluster-");
     std::fs::write(
         root.path().join("seckill.toml"),
         "lease_ttl_s = 2\nredis_timeout_ms = 300\n",
@@ -866,10 +863,7 @@ fn sigterm_mid_sale_answers_what_is_in_flight_and_returns_the_lease() {
 /// A cluster node on the journal with a 1 s reconciliation grace, and
 /// `env` (e.g. a failpoint).
 fn journal_node(redis: &RedisServer, id: u32, env: &[(&str, &str)]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-cluster-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-cluster-");
     std::fs::write(
         root.path().join("seckill.toml"),
         "lease_ttl_s = 2\nredis_timeout_ms = 300\njournal_grace_s = 1\n",

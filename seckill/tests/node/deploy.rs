@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
 
+use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::cluster_node;
 

@@ -14,8 +14,6 @@
 //!   Kafka delivery timeout; [`Persistence`], whether Redis persists.
 //! - `stats`: each node's stats record (`sk:{stats}:node:<id>`, TTL) and
 //!   the read-back of every live node's, for the operator's view.
-//! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
-//!   loopback port for tests, killed on drop.
 //!
 //! # Data model
 //!
@@ -59,7 +57,6 @@
 //! order id, by target status), so an undetermined one is settled by
 //! repeating it or reading the order.
 
-pub mod fixture;
 mod node;
 pub mod stats;
 mod store;

@@ -129,7 +129,7 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis::fixture::RedisServer;
+    use seckill_testkit::RedisServer;
 
     #[tokio::test]
     async fn records_expire_and_are_read_back_by_every_node() {

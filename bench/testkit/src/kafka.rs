@@ -2,35 +2,34 @@
 //! loopback port with sqlite storage in its own temporary directory, killed
 //! on drop.
 //!
-//! Usable from any crate's tests (`queue::kafka::fixture::Broker`); it needs
+//! Usable from any crate's tests (`seckill_testkit::kafka::Broker`, feature
+//! `kafka`); it needs
 //! the tansu binary (see [`tansu_binary`]; `scripts/kafka.sh` installs it).
 //! The sqlite engine keeps topics, messages and committed offsets across a
 //! SIGKILL, so [`Broker::stop`] + [`Broker::start_again`] is a broker crash
 //! and restart with its data intact.
 //!
 //! ```no_run
-//! let mut broker = queue::kafka::fixture::Broker::start();
+//! let mut broker = seckill_testkit::kafka::Broker::start();
 //! broker.create_topic("seckill.orders", 6);
 //! let bootstrap = broker.bootstrap(); // 127.0.0.1:PORT
 //! broker.stop(); // "Kafka down" (SIGKILL)
 //! broker.start_again(); // same port, same topics, messages and offsets
 //! ```
 
-use std::future::Future;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{block_on, free_port, temp_dir};
 
 /// How long a started broker may take to answer a metadata request (it is
 /// typically ready in well under a second).
@@ -47,7 +46,7 @@ const CLUSTER_ID: &str = "seckill-test";
 pub struct Broker {
     binary: PathBuf,
     port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -66,11 +65,11 @@ impl Broker {
                  or point SECKILL_TANSU at a tansu binary"
             )
         });
-        let dir = temp_dir();
+        let dir = temp_dir("seckill-tansu-");
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(&binary, port, &dir) {
+            match spawn_ready(&binary, port, dir.path()) {
                 Ok(child) => {
                     return Broker {
                         binary,
@@ -83,10 +82,9 @@ impl Broker {
                 Err(e) => last_error = e,
             }
             // A failed attempt may have left a half-made database behind.
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(dir.path());
+            let _ = std::fs::create_dir_all(dir.path());
         }
-        let _ = std::fs::remove_dir_all(&dir);
         panic!("could not start tansu after {PORT_ATTEMPTS} ports: {last_error}");
     }
 
@@ -101,13 +99,13 @@ impl Broker {
 
     /// The broker's directory: its sqlite database and `tansu.log`.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Everything the broker printed so far (all its runs), e.g. to look
     /// for a `panicked` line.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
     /// Whether the broker process is running (started and not stopped).
@@ -133,7 +131,7 @@ impl Broker {
         self.stop();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match spawn_ready(&self.binary, self.port, &self.dir) {
+            match spawn_ready(&self.binary, self.port, self.dir.path()) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -208,7 +206,6 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -239,46 +236,6 @@ pub fn tansu_binary() -> Option<PathBuf> {
     std::env::split_paths(&paths)
         .map(|dir| dir.join("tansu"))
         .find(|path| path.is_file())
-}
-
-/// Runs a future to completion on this thread (parks between polls).
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park();
-    }
-}
-
-/// A port that was free a moment ago (bind to port 0, read it, release).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "seckill-tansu-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create the tansu temp dir");
-    dir
 }
 
 /// A client for metadata requests only.

@@ -2,29 +2,30 @@
 //! own temporary directory, with persistence off (or, `start_persistent`,
 //! an append-only file fsynced on every write), and killed on drop.
 //!
-//! Usable from any crate's tests (`stock::redis::fixture::RedisServer`); it
+//! Usable from any crate's tests (`seckill_testkit::RedisServer`); it
 //! needs nothing but `redis-server` on `PATH` (`scripts/redis.sh` installs
 //! it).
 //!
 //! ```no_run
-//! let mut redis = stock::redis::fixture::RedisServer::start();
+//! let mut redis = seckill_testkit::RedisServer::start();
 //! let url = redis.url(); // redis://127.0.0.1:PORT/
 //! redis.stop(); // "Redis down"
 //! redis.start_again(); // same port, empty data set
 //!
-//! let mut redis = stock::redis::fixture::RedisServer::start_persistent();
+//! let mut redis = seckill_testkit::RedisServer::start_persistent();
 //! redis.freeze(); // SIGSTOP: connections stay open, nothing is answered
 //! redis.thaw(); // SIGCONT
 //! redis.start_again(); // SIGKILL, then the same port with its data
 //! ```
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, temp_dir};
 
 /// How long a started server may take to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +36,7 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     child: Option<Child>,
     /// Append-only file on, fsynced on every write: a restart keeps every
     /// write Redis answered.
@@ -61,11 +62,11 @@ impl RedisServer {
 
     fn start_with(persistent: bool) -> RedisServer {
         require_redis_server();
-        let dir = temp_dir();
+        let dir = temp_dir("seckill-redis-");
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(port, &dir, persistent) {
+            match spawn_ready(port, dir.path(), persistent) {
                 Ok(child) => {
                     return RedisServer {
                         port,
@@ -78,7 +79,6 @@ impl RedisServer {
                 Err(e) => last_error = e,
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         panic!("could not start redis-server after {PORT_ATTEMPTS} ports: {last_error}");
     }
 
@@ -138,7 +138,7 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match spawn_ready(self.port, &self.dir, self.persistent) {
+            match spawn_ready(self.port, self.dir.path(), self.persistent) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -155,7 +155,6 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -172,27 +171,6 @@ fn require_redis_server() {
         }
         Err(e) => panic!("cannot run redis-server: {e}; see scripts/redis.sh"),
     }
-}
-
-/// A port that was free a moment ago (bind to port 0, read it, release).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "seckill-redis-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create the redis-server temp dir");
-    dir
 }
 
 /// Spawns `redis-server` on `port` and waits until it answers; kills it on
