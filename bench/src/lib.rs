@@ -31,7 +31,10 @@
 //!   `.hgrm` percentile table, machine and versions.
 //! - `tokens`: [`tokens::BuyerTokens`], one pre-minted buyer token per
 //!   simulated buyer (`--buyer-key`), for nodes with `buyer_keys`.
-//! - `cli`: the command line of `seckill-bench` (`run`, `find-max`).
+//! - `summarize`: `seckill-bench summarize`, the medians over rounds and
+//!   the ratios the bench scripts print, from CSV rows and run records.
+//! - `cli`: the command line of `seckill-bench` (`run`, `find-max`,
+//!   `summarize`).
 
 pub mod admin;
 pub mod audit;
@@ -44,6 +47,7 @@ pub mod recorder;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod summarize;
 pub mod tokens;
 
 pub use engine::{run_load, LoadConfig, Mode};
