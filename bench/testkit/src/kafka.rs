@@ -29,7 +29,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{block_on, free_port, temp_dir};
+use crate::{block_on, on_a_free_port, retry_for, temp_dir};
 
 /// How long a started broker may take to answer a metadata request (it is
 /// typically ready in well under a second).
@@ -66,26 +66,24 @@ impl Broker {
             )
         });
         let dir = temp_dir("seckill-tansu-");
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match spawn_ready(&binary, port, dir.path()) {
-                Ok(child) => {
-                    return Broker {
-                        binary,
-                        port,
-                        dir,
-                        child: Some(child),
-                    }
-                }
-                // Most likely the port was taken between probing and binding.
-                Err(e) => last_error = e,
+        let started = on_a_free_port(PORT_ATTEMPTS, |port| {
+            let started = spawn_ready(&binary, port, dir.path());
+            if started.is_err() {
+                // A failed attempt may have left a half-made database behind.
+                let _ = std::fs::remove_dir_all(dir.path());
+                let _ = std::fs::create_dir_all(dir.path());
             }
-            // A failed attempt may have left a half-made database behind.
-            let _ = std::fs::remove_dir_all(dir.path());
-            let _ = std::fs::create_dir_all(dir.path());
+            started
+        });
+        match started {
+            Ok((port, child)) => Broker {
+                binary,
+                port,
+                dir,
+                child: Some(child),
+            },
+            Err(e) => panic!("could not start tansu after {PORT_ATTEMPTS} ports: {e}"),
         }
-        panic!("could not start tansu after {PORT_ATTEMPTS} ports: {last_error}");
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
@@ -129,18 +127,11 @@ impl Broker {
     /// When it does not come back within `READY_TIMEOUT`.
     pub fn start_again(&mut self) {
         self.stop();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match spawn_ready(&self.binary, self.port, self.dir.path()) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("tansu did not come back on port {}: {e}", self.port)
-                }
-                Err(_) => thread::sleep(Duration::from_millis(100)),
-            }
+        let (binary, port, dir) = (&self.binary, self.port, self.dir.path());
+        let pause = Duration::from_millis(100);
+        match retry_for(READY_TIMEOUT, pause, || spawn_ready(binary, port, dir)) {
+            Ok(child) => self.child = Some(child),
+            Err(e) => panic!("tansu did not come back on port {port}: {e}"),
         }
     }
 

@@ -84,6 +84,41 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Runs `spawn` on up to `attempts` free ports (a port can be taken between
+/// probing and binding): the port of the first success and what `spawn`
+/// returned, or the last error.
+pub fn on_a_free_port<T>(
+    attempts: usize,
+    mut spawn: impl FnMut(u16) -> Result<T, String>,
+) -> Result<(u16, T), String> {
+    let mut last_error = String::from("no attempt");
+    for _ in 0..attempts {
+        let port = free_port();
+        match spawn(port) {
+            Ok(started) => return Ok((port, started)),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// Runs `spawn` until it succeeds, pausing `pause` between tries; the last
+/// error once `limit` has passed.
+pub fn retry_for<T>(
+    limit: Duration,
+    pause: Duration,
+    mut spawn: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match spawn() {
+            Ok(started) => return Ok(started),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => thread::sleep(pause),
+        }
+    }
+}
+
 /// A fresh temp directory named `<prefix>…`, removed (with its contents)
 /// when the handle is dropped.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, temp_dir};
+use crate::{on_a_free_port, retry_for, temp_dir};
 
 /// How long a started server may take to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,23 +63,17 @@ impl RedisServer {
     fn start_with(persistent: bool) -> RedisServer {
         require_redis_server();
         let dir = temp_dir("seckill-redis-");
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match spawn_ready(port, dir.path(), persistent) {
-                Ok(child) => {
-                    return RedisServer {
-                        port,
-                        dir,
-                        child: Some(child),
-                        persistent,
-                    }
-                }
-                // Most likely the port was taken between probing and binding.
-                Err(e) => last_error = e,
-            }
+        match on_a_free_port(PORT_ATTEMPTS, |port| {
+            spawn_ready(port, dir.path(), persistent)
+        }) {
+            Ok((port, child)) => RedisServer {
+                port,
+                dir,
+                child: Some(child),
+                persistent,
+            },
+            Err(e) => panic!("could not start redis-server after {PORT_ATTEMPTS} ports: {e}"),
         }
-        panic!("could not start redis-server after {PORT_ATTEMPTS} ports: {last_error}");
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -136,18 +130,11 @@ impl RedisServer {
     /// When it does not come back within a few seconds.
     pub fn start_again(&mut self) {
         self.stop();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match spawn_ready(self.port, self.dir.path(), self.persistent) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("redis-server did not come back on port {}: {e}", self.port)
-                }
-                Err(_) => thread::sleep(Duration::from_millis(50)),
-            }
+        let (port, dir, persistent) = (self.port, self.dir.path(), self.persistent);
+        let pause = Duration::from_millis(50);
+        match retry_for(READY_TIMEOUT, pause, || spawn_ready(port, dir, persistent)) {
+            Ok(child) => self.child = Some(child),
+            Err(e) => panic!("redis-server did not come back on port {port}: {e}"),
         }
     }
 }

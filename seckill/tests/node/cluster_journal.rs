@@ -36,18 +36,11 @@ fn sealing_node(redis: &RedisServer) -> Node {
 
 /// The sealed segments of `dir`, oldest first.
 fn sealed(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
+    queue::journal::sealed_segments(dir)
         .expect("read data dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("orders.journal."))
-                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    out.sort();
-    out
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect()
 }
 
 #[test]

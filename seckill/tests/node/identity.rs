@@ -121,27 +121,10 @@ fn embedded() -> Vec<Node> {
 fn cluster(redis: &RedisServer) -> Vec<Node> {
     (1..=2)
         .map(|id| {
-            let root = seckill_testkit::temp_dir("seckill-identity-cluster-");
-            std::fs::write(
-                root.path().join("seckill.toml"),
-                format!(
-                    "lease_ttl_s = 2\nredis_timeout_ms = 300\nbuyer_keys = [\"{KEY_OLD}\", \"{KEY_NEW}\"]\npayment_token = \"{PAYMENT}\"\n"
-                ),
-            )
-            .expect("write config");
-            let url = redis.url();
-            let id = id.to_string();
-            Node::start_in(
-                root,
-                &[
-                    "--redis",
-                    url.as_str(),
-                    "--node-id",
-                    id.as_str(),
-                    "--config",
-                    "{root}/seckill.toml",
-                ],
-            )
+            let toml = format!(
+                "buyer_keys = [\"{KEY_OLD}\", \"{KEY_NEW}\"]\npayment_token = \"{PAYMENT}\"\n"
+            );
+            Node::start_cluster(&redis.url(), id, &toml, &[], &[])
         })
         .collect()
 }

@@ -51,26 +51,9 @@ pub(crate) fn kafka_node_timeout(
     env: &[(&str, &str)],
     produce_timeout_ms: u64,
 ) -> Node {
-    let root = seckill_testkit::temp_dir("seckill-kafka-");
-    std::fs::write(
-        root.path().join("seckill.toml"),
-        format!(
-            "lease_ttl_s = 2\nredis_timeout_ms = 300\nkafka_timeout_ms = {produce_timeout_ms}\n"
-        ),
-    )
-    .expect("write config");
-    let (url, bootstrap, id) = (redis.url(), broker.bootstrap(), id.to_string());
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--kafka",
-        bootstrap.as_str(),
-        "--node-id",
-        id.as_str(),
-        "--config",
-        "{root}/seckill.toml",
-    ];
-    Node::start_in_env(root, &args, env)
+    let toml = format!("kafka_timeout_ms = {produce_timeout_ms}\n");
+    let bootstrap = broker.bootstrap();
+    Node::start_cluster(&redis.url(), id, &toml, &["--kafka", &bootstrap], env)
 }
 
 /// A `seckill settle` process. Killed on drop.

@@ -58,6 +58,36 @@ impl Node {
         Node::start_in_env(root, extra, &[])
     }
 
+    /// A cluster node (`--redis URL --node-id ID`) whose config file holds
+    /// a short lease TTL and Redis timeout (a killed node's lease comes
+    /// back within a test's time), then `toml`; `extra` flags and `env`
+    /// as for [`Node::start_in_env`].
+    pub fn start_cluster(
+        redis_url: &str,
+        id: u32,
+        toml: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let root = seckill_testkit::temp_dir("seckill-cluster-");
+        std::fs::write(
+            root.path().join("seckill.toml"),
+            format!("lease_ttl_s = 2\nredis_timeout_ms = 300\n{toml}"),
+        )
+        .expect("write config");
+        let id = id.to_string();
+        let mut args = vec![
+            "--redis",
+            redis_url,
+            "--node-id",
+            id.as_str(),
+            "--config",
+            "{root}/seckill.toml",
+        ];
+        args.extend_from_slice(extra);
+        Node::start_in_env(root, &args, env)
+    }
+
     /// Like [`Node::start_in`], with `env` set in the node's environment.
     pub fn start_in_env(root: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let root_text = root.path().display().to_string();
@@ -648,19 +678,10 @@ impl Journal {
 /// decode as an event of schema version 1; reading a file stops at its
 /// first short or bad-CRC frame (`torn_bytes` counts the live file's).
 pub fn read_journal(dir: &Path) -> Journal {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("orders.journal."))
-                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    segments.sort();
+    let segments = queue::journal::sealed_segments(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
     let mut events = Vec::new();
-    for segment in &segments {
+    for (_, segment) in &segments {
         read_journal_file(segment, &mut events);
     }
     let torn_bytes = read_journal_file(&dir.join("orders.journal"), &mut events);
