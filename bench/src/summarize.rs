@@ -9,8 +9,9 @@
 //! - `LABEL=FILE.json`: one harness run record (`seckill-bench run --out`)
 //!   gives `throughput_rps`, `orders_per_s` (200s per second), `ok`,
 //!   `other`, `completed`, `p50_ms`, `p99_ms` and `audit_failed` (failed
-//!   checks); any other JSON object gives its numeric top-level fields
-//!   (`kafka-ceiling`'s line).
+//!   checks); `kafka-ceiling`'s line the same names (`orders_per_s`, `ok`,
+//!   `other`, `p50_ms`, `p99_ms`, and `consumed_per_s`, `caught_up` with a
+//!   reader); any other JSON object its numeric top-level fields.
 //!
 //! Output: one line per label and metric — the median (of an even count,
 //! the mean of the middle two) and the rounds — then one line per
@@ -34,9 +35,13 @@ pub struct SummarizeArgs {
     /// `A/B:METRIC`: A's median METRIC over B's (repeatable).
     #[arg(long = "ratio", value_name = "A/B:METRIC")]
     pub ratios: Vec<String>,
-    /// Only these metrics in the medians (repeatable; default every one).
+    /// Only these metrics (repeatable; default every one).
     #[arg(long = "metric", value_name = "METRIC")]
     pub metrics: Vec<String>,
+    /// `NAME=A/B`: a metric per round, A over B of the same label and
+    /// round (the n-th A over the n-th B; a zero B gives no value).
+    #[arg(long = "derive", value_name = "NAME=A/B")]
+    pub derive: Vec<String>,
     /// Print the inputs' rows as `label,metric,value` CSV, no medians.
     #[arg(long)]
     pub rows: bool,
@@ -56,9 +61,16 @@ pub fn summarize(args: &SummarizeArgs) -> Result<String, BenchError> {
     for input in &args.inputs {
         rows.extend(read_input(input)?);
     }
+    for spec in &args.derive {
+        let (name, a, b) = parse_derive(spec)?;
+        rows.extend(derive(&rows, &name, &a, &b));
+    }
     if args.rows {
         let mut out = String::new();
-        for r in &rows {
+        for r in rows
+            .iter()
+            .filter(|r| args.metrics.is_empty() || args.metrics.contains(&r.metric))
+        {
             let _ = writeln!(out, "{},{},{}", r.label, r.metric, r.value);
         }
         return Ok(out);
@@ -143,6 +155,38 @@ fn number(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
+}
+
+/// Rows `name` = the n-th `a` over the n-th `b`, per label.
+pub fn derive(rows: &[Row], name: &str, a: &str, b: &str) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut labels: Vec<&str> = Vec::new();
+    for r in rows {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    for label in labels {
+        let (xs, ys) = (values(rows, label, a), values(rows, label, b));
+        for (x, y) in xs.iter().zip(&ys).filter(|(_, y)| **y != 0.0) {
+            out.push(Row {
+                label: label.into(),
+                metric: name.into(),
+                value: x / y,
+            });
+        }
+    }
+    out
+}
+
+fn parse_derive(text: &str) -> Result<(String, String, String), BenchError> {
+    let usage = || BenchError::Usage(format!("--derive {text}: want NAME=A/B"));
+    let (name, pair) = text.split_once('=').ok_or_else(usage)?;
+    let (a, b) = pair.split_once('/').ok_or_else(usage)?;
+    if name.is_empty() || a.is_empty() || b.is_empty() {
+        return Err(usage());
+    }
+    Ok((name.into(), a.into(), b.into()))
 }
 
 fn parse_ratio(text: &str) -> Result<(String, String, String), BenchError> {
@@ -234,6 +278,28 @@ pub fn json_rows(label: &str, text: &str) -> Result<Vec<Row>, String> {
     }
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let object = value.as_object().ok_or("not a JSON object")?;
+    if value["tool"] == "kafka-ceiling" {
+        // The broker's ceiling in the node runs' terms.
+        let num = |k: &str| value[k].as_f64();
+        let mut out = Vec::new();
+        for (metric, v) in [
+            ("orders_per_s", num("msgs_per_s")),
+            ("ok", num("delivered")),
+            ("other", num("failed")),
+            ("p50_ms", num("p50_us").map(|us| us / 1000.0)),
+            ("p99_ms", num("p99_us").map(|us| us / 1000.0)),
+            ("consumed_per_s", num("consumed_per_s")),
+            (
+                "caught_up",
+                value["caught_up"].as_bool().map(|b| f64::from(u8::from(b))),
+            ),
+        ] {
+            if let Some(v) = v {
+                out.push(row(metric, v));
+            }
+        }
+        return Ok(out);
+    }
     Ok(object
         .iter()
         .filter_map(|(k, v)| match v {
@@ -299,6 +365,27 @@ mod tests {
         assert_eq!(names, ["caught_up", "failed", "msgs_per_s"]);
         assert_eq!(r[0].value, 1.0);
         assert!(json_rows("x", "[1]").is_err());
+        let ceiling = json_rows(
+            "ceiling",
+            r#"{"tool": "kafka-ceiling", "msgs_per_s": 900.0, "delivered": 1800,
+                "failed": 0, "p50_us": 1500, "p99_us": 4000, "consumed_per_s": null,
+                "caught_up": null}"#,
+        )
+        .unwrap();
+        let got: Vec<(&str, f64)> = ceiling
+            .iter()
+            .map(|r| (r.metric.as_str(), r.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("orders_per_s", 900.0),
+                ("ok", 1800.0),
+                ("other", 0.0),
+                ("p50_ms", 1.5),
+                ("p99_ms", 4.0)
+            ]
+        );
     }
 
     #[test]
@@ -341,6 +428,16 @@ mod tests {
         assert_eq!(get("audit_failed"), 1.0);
         assert!(get("p99_ms") >= get("p50_ms") && get("p50_ms") > 0.0);
         assert!(get("throughput_rps") > 0.0);
+    }
+
+    #[test]
+    fn derived_metrics_pair_the_rounds_of_a_label() {
+        let r = rows("a,calls,10\na,sold,4\nb,calls,9\nb,sold,0\na,calls,30\na,sold,10\n");
+        let d = derive(&r, "per", "calls", "sold");
+        let got: Vec<(&str, f64)> = d.iter().map(|r| (r.label.as_str(), r.value)).collect();
+        assert_eq!(got, [("a", 2.5), ("a", 3.0)]);
+        assert!(parse_derive("per=calls/sold").is_ok());
+        assert!(parse_derive("per=calls").is_err());
     }
 
     #[test]
