@@ -77,15 +77,18 @@ impl Process {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return Some(rest.trim().to_owned());
-                    }
-                }
-                Err(_) => return None,
+            let line = self.next_line(left)?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_owned());
             }
         }
+    }
+
+    /// The next stdout line, waiting up to `limit`; `None` when the child
+    /// closed its stdout and every line was taken, or the time ran out.
+    /// Lines written before a kill can still be taken after it.
+    pub fn next_line(&mut self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
     }
 
     pub fn pid(&self) -> u32 {
