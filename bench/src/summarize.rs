@@ -148,12 +148,15 @@ fn values(rows: &[Row], label: &str, metric: &str) -> Vec<f64> {
         .collect()
 }
 
-/// Whole numbers and large values without decimals, others with two.
+/// Whole numbers and large values without decimals, others with two, and
+/// those under 1 with four (script calls per sold-out request: 0.0012).
 fn number(v: f64) -> String {
     if v.fract() == 0.0 || v.abs() >= 1000.0 {
         format!("{v:.0}")
-    } else {
+    } else if v.abs() >= 1.0 {
         format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
     }
 }
 
@@ -316,6 +319,14 @@ mod tests {
 
     fn rows(text: &str) -> Vec<Row> {
         csv_rows(text).unwrap()
+    }
+
+    #[test]
+    fn numbers_keep_their_meaningful_digits() {
+        assert_eq!(number(51153.4), "51153");
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(2.456), "2.46");
+        assert_eq!(number(0.00123), "0.0012");
     }
 
     #[test]
