@@ -19,7 +19,7 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{block_on, on_a_free_port, retry_for, temp_dir};
+use crate::{block_on, on_a_free_port, retry_for, temp_dir, Process};
 
 /// How long a started broker may take to answer a metadata request (it is
 /// typically ready in well under a second).
@@ -47,7 +47,7 @@ pub struct Broker {
     binary: PathBuf,
     port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<Process>,
 }
 
 impl Broker {
@@ -115,8 +115,7 @@ impl Broker {
     /// no-op when already stopped.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -249,16 +248,10 @@ fn log_tail(dir: &Path) -> String {
 
 /// Spawns `tansu broker` on `port` with its database in `dir`, and waits
 /// until it answers a metadata request; kills it on failure.
-fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("tansu.log"))
-        .map_err(|e| format!("open tansu.log: {e}"))?;
-    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Process, String> {
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut child = Command::new(binary)
-        .arg("broker")
+    let mut cmd = Command::new(binary);
+    cmd.arg("broker")
         .args(["--cluster-id", CLUSTER_ID])
         .args(["--listener-url", &url])
         .args(["--advertised-listener-url", &url])
@@ -269,21 +262,16 @@ fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
         // Settings tansu would otherwise take from the environment.
         .env_remove("SCHEMA_REGISTRY")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-    let fail = |child: &mut Child, why: String| {
-        let _ = child.kill();
-        let _ = child.wait();
+        .env_remove("RUST_LOG");
+    let mut child = Process::spawn_logged(&mut cmd, &dir.join("tansu.log"));
+    let fail = |child: &mut Process, why: String| {
+        child.kill();
         Err(format!("{why}; tansu.log:\n{}", log_tail(dir)))
     };
     let deadline = Instant::now() + READY_TIMEOUT;
     // First the listener, then a metadata round trip.
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = child.try_wait() {
             return Err(format!(
                 "tansu exited ({status}); tansu.log:\n{}",
                 log_tail(dir)
@@ -307,7 +295,7 @@ fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
         let answered = client.fetch_metadata(None, Duration::from_secs(1)).is_ok();
         // The port may belong to someone else if tansu failed to bind it:
         // then tansu exits at once.
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = child.try_wait() {
             return Err(format!(
                 "tansu exited ({status}); tansu.log:\n{}",
                 log_tail(dir)

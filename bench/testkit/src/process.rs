@@ -42,11 +42,7 @@ impl Process {
     /// # Panics
     /// When the log cannot be opened or the program cannot be started.
     pub fn spawn(cmd: &mut Command, log: &Path) -> Process {
-        let err = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap_or_else(|e| panic!("open the log {}: {e}", log.display()));
+        let err = open_log(log);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -62,6 +58,30 @@ impl Process {
                 let _ = tx.send(line);
             }
         });
+        Process {
+            child,
+            log: log.to_owned(),
+            lines,
+            reaped: None,
+        }
+    }
+
+    /// Spawns `cmd` with both its stdout and its stderr appended to `log`
+    /// (a server whose output is only read as a log: redis-server, tansu).
+    /// It has no lines to wait for.
+    ///
+    /// # Panics
+    /// When the log cannot be opened or the program cannot be started.
+    pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Process {
+        let out = open_log(log);
+        let err = out.try_clone().expect("clone the log's handle");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+        let (_, lines) = mpsc::channel();
         Process {
             child,
             log: log.to_owned(),
@@ -191,4 +211,12 @@ pub fn tail(path: &Path, bytes: usize) -> String {
         .find(|i| text.is_char_boundary(*i))
         .unwrap_or(text.len());
     text[start..].to_owned()
+}
+
+fn open_log(path: &Path) -> std::fs::File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open the log {}: {e}", path.display()))
 }

@@ -21,11 +21,11 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{on_a_free_port, retry_for, temp_dir};
+use crate::{on_a_free_port, retry_for, temp_dir, Process};
 
 /// How long a started server may take to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ const PORT_ATTEMPTS: usize = 5;
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<Process>,
     /// Append-only file on, fsynced on every write: a restart keeps every
     /// write Redis answered.
     persistent: bool,
@@ -94,8 +94,7 @@ impl RedisServer {
     /// when already stopped.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -113,12 +112,7 @@ impl RedisServer {
 
     fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
-            let status = Command::new("kill")
-                .arg(sig)
-                .arg(child.id().to_string())
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill {sig} {} failed", child.id());
+            child.signal(sig);
         }
     }
 
@@ -162,37 +156,30 @@ fn require_redis_server() {
 
 /// Spawns `redis-server` on `port` and waits until it answers; kills it on
 /// failure.
-fn spawn_ready(port: u16, dir: &Path, persistent: bool) -> Result<Child, String> {
-    let log = std::fs::File::create(dir.join("redis.log")).map_err(|e| e.to_string())?;
+fn spawn_ready(port: u16, dir: &Path, persistent: bool) -> Result<Process, String> {
     let aof: &[&str] = if persistent {
         &["--appendonly", "yes", "--appendfsync", "always"]
     } else {
         &["--appendonly", "no"]
     };
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
         .args(["--save", "", "--daemonize", "no"])
-        .args(aof)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn redis-server: {e}"))?;
+        .args(aof);
+    let mut child = Process::spawn_logged(&mut cmd, &dir.join("redis.log"));
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-            return Err(format!("redis-server exited ({status}): {log}"));
+        if let Some(status) = child.try_wait() {
+            return Err(format!("redis-server exited ({status}): {}", child.log()));
         }
-        if answers(port, child.id()) {
+        if answers(port, child.pid()) {
             return Ok(child);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             return Err(format!("no PONG on port {port} within {READY_TIMEOUT:?}"));
         }
         thread::sleep(Duration::from_millis(10));
