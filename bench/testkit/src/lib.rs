@@ -9,7 +9,7 @@
 //!   ago; a temp directory removed on drop.
 //! - [`redis::RedisServer`]: a real `redis-server` on a free port in its
 //!   own temp dir (`scripts/redis.sh` installs it).
-//! - [`kafka::Broker`] (feature `kafka`): a real Kafka-API broker (tansu,
+//! - `kafka::Broker` (feature `kafka`): a real Kafka-API broker (tansu,
 //!   sqlite storage) on a free port (`scripts/kafka.sh` installs it).
 //! - [`process::Process`]: one child process (a node, the settler): its
 //!   stderr captured to a log file, its stdout drained and searched for a
