@@ -8,8 +8,10 @@
 #
 # Settings (env): ROUNDS=3 DURATION=5s CONNS=64 NODE_CORES=1 USERS=100000
 #                 OUT=<file to append the summary to>
+#                 CARGO_TARGET_DIR (where the release build goes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/cluster.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
@@ -17,10 +19,7 @@ CONNS=${CONNS:-64}
 USERS=${USERS:-100000}
 TOKEN=bench-token
 
-cargo build --release -q -p seckill -p bench
-NODE_BIN=./target/release/seckill
-BENCH_BIN=./target/release/seckill-bench
-source scripts/lib/cluster.sh
+cluster_build
 work=$(mktemp -d)
 trap 'cluster_stop; rm -rf "$work"' EXIT
 
@@ -32,38 +31,34 @@ cluster_node "$work" on
 unset SECKILL_BUYER_KEYS
 on=$CLUSTER_ADDR
 
-# One sold-out run against a node: prints its answers/s (every answer is a
-# 410 once the harness has bought the sale out).
-run() { # name, target, node, extra flags...
-  local name=$1 target=$2 node=$3
-  shift 3
+# One sold-out run against a node (every answer is a 410 once the harness
+# has bought the sale out); its record is runs/NAME.json.
+runs=()
+run() { # label, round, target, node, extra flags...
+  local label=$1 round=$2 target=$3 node=$4 name=$1-$2
+  shift 4
   "$BENCH_BIN" run --target "$target" --admin-token "$TOKEN" --scenario soldout \
     --connections "$CONNS" --duration "$DURATION" --users "$USERS" --sale "$name" \
     --journal "$work/$node/data" --out "$work/runs" --name "$name" --quiet "$@" >/dev/null
-  python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["throughput_rps"]))' \
-    "$work/runs/$name.json"
+  runs+=("$label=$work/runs/$name.json")
+  echo "round $round: keys $label done"
 }
 
-off_rps=()
-on_rps=()
 for r in $(seq "$ROUNDS"); do
   # Alternate which node goes first, so that drift in the machine's load
   # does not favour one side.
   if ((r % 2)); then
-    off_rps+=("$(run "off-$r" "$off" off)")
-    on_rps+=("$(run "on-$r" "$on" on --buyer-key "$key")")
+    run off "$r" "$off" off
+    run on "$r" "$on" on --buyer-key "$key"
   else
-    on_rps+=("$(run "on-$r" "$on" on --buyer-key "$key")")
-    off_rps+=("$(run "off-$r" "$off" off)")
+    run on "$r" "$on" on --buyer-key "$key"
+    run off "$r" "$off" off
   fi
-  echo "round $r: keys off ${off_rps[-1]} answers/s, keys on ${on_rps[-1]} answers/s"
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-m_off=$(median "${off_rps[@]}")
-m_on=$(median "${on_rps[@]}")
-summary=$(printf 'bench-auth: sold-out answers/s, median of %s rounds (%s, %s connections, %s node core(s)): keys off %s, keys on %s, on/off %s' \
-  "$ROUNDS" "$DURATION" "$CONNS" "${NODE_CORES:-1}" "$m_off" "$m_on" \
-  "$(awk -v a="$m_on" -v b="$m_off" 'BEGIN {printf "%.2f", a / b}')")
+summary=$(cluster_summarize "${runs[@]}" --metric throughput_rps --ratio on/off:throughput_rps)
+echo "bench-auth: sold-out answers/s over $ROUNDS rounds ($DURATION, $CONNS connections, ${NODE_CORES:-1} node core(s)):"
 echo "$summary"
-if [ -n "${OUT:-}" ]; then echo "$summary" >>"$OUT"; fi
+if [ -n "${OUT:-}" ]; then
+  { echo "# scripts/bench-auth.sh ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS NODE_CORES=${NODE_CORES:-1}"; echo "$summary"; } >>"$OUT"
+fi

@@ -8,9 +8,10 @@
 # Settings (env): ROUNDS=3 DURATION=5s CONNS=64 WRK_THREADS=1 NODE_CORES=1
 #                 DRIVER=legacy|uring|auto OUT=<file to append the summary to>
 #                 SCENARIOS="healthz soldout purchase" (any subset, in that order)
+#                 CARGO_TARGET_DIR (where the release build goes)
 set -euo pipefail
-source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
+source scripts/lib/cluster.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
@@ -22,58 +23,39 @@ SCENARIOS=${SCENARIOS:-healthz soldout purchase}
 TOKEN=bench-token
 
 apt_install wrk wrk
-cargo build --release -q -p seckill
-
-NODE_BIN=./target/release/seckill
-source scripts/lib/cluster.sh
-data=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$data"' EXIT
-cluster_node "$data" node --driver "$DRIVER"
+cluster_build
+work=$(mktemp -d)
+trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_node "$work" node --driver "$DRIVER"
 addr=$CLUSTER_ADDR
 
-admin() { curl -sf -X "$1" "$addr$2" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' ${3:+-d "$3"} >/dev/null; }
-admin PUT /admin/sales/soldout '{"stock":1,"per_user_limit":1}'
+cluster_admin "$addr" PUT /admin/sales/soldout '{"stock":1,"per_user_limit":1}' >/dev/null
 curl -sf -X POST "$addr/sales/soldout/purchase" -d '{"user_id":"first"}' >/dev/null
 
-run() { # name, wrk args...
-  local name=$1; shift
-  local rps
-  rps=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" "$@" | awk '/Requests\/sec/ {print $2}')
-  echo "$name $rps"
-}
+# wrk's own "Requests/sec:" line.
+wrk_rps() { wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" "$@" | sed -n 's/^Requests\/sec: *//p'; }
 
-results=$(mktemp)
+rounds=$work/rounds.csv
 for round in $(seq "$ROUNDS"); do
   for scenario in $SCENARIOS; do
     case $scenario in
-      healthz) run healthz "$addr/healthz" ;;
-      soldout) SALE=soldout run soldout -s bench/wrk/static.lua "$addr" ;;
+      healthz) rps=$(wrk_rps "$addr/healthz") ;;
+      soldout) rps=$(SALE=soldout wrk_rps -s bench/wrk/static.lua "$addr") ;;
       purchase)
-        admin PUT "/admin/sales/stock$round" '{"stock":100000000,"per_user_limit":1}'
-        SALE="stock$round" run purchase -s bench/wrk/purchase.lua "$addr" ;;
+        cluster_admin "$addr" PUT "/admin/sales/stock$round" \
+          '{"stock":100000000,"per_user_limit":1}' >/dev/null
+        rps=$(SALE="stock$round" wrk_rps -s bench/wrk/purchase.lua "$addr") ;;
       *) echo "unknown scenario $scenario"; exit 2 ;;
     esac
-  done | tee -a "$results"
+    echo "round $round $scenario $rps req/s"
+    echo "$scenario,rps,$rps" >>"$rounds"
+  done
 done
 
-summary=$(python3 - "$results" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    name, rps = line.split()
-    rows.setdefault(name, []).append(float(rps))
-med = {k: statistics.median(v) for k, v in rows.items()}
-for k in ("healthz", "soldout", "purchase"):
-    if k in med:
-        print(f"median {k:9s} {med[k]:12.0f} req/s  rounds: {' '.join(f'{x:.0f}' for x in rows[k])}")
-for k in ("soldout", "purchase"):
-    if k in med and "healthz" in med:
-        print(f"ratio {k}/healthz {med[k] / med['healthz']:.3f}")
-PY
-)
+summary=$(cluster_summarize "$rounds" --ratio soldout/healthz:rps --ratio purchase/healthz:rps)
 echo "$summary"
-echo "(driver=$DRIVER node_cores=$NODE_CORES wrk_threads=$WRK_THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS)"
+settings="driver=$DRIVER node_cores=$NODE_CORES wrk_threads=$WRK_THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS"
+echo "($settings)"
 if [ -n "${OUT:-}" ]; then
-  { echo "# scripts/bench-wrk.sh driver=$DRIVER node_cores=$NODE_CORES wrk_threads=$WRK_THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS"; cat "$results"; echo "$summary"; } >>"$OUT"
+  { echo "# scripts/bench-wrk.sh $settings"; cat "$rounds"; echo "$summary"; } >>"$OUT"
 fi
-rm -f "$results"

@@ -23,14 +23,15 @@
 #
 # Settings (env): NODE_CORES=1 LOAD_THREADS=1 DRIVER=legacy PIN=0 SLO=5ms RATE=20000
 #   STOCK=1000 DURATION=5s ROUNDS=3 CONNS=64 PLAN_RATE=500000 OUT=<run dir>
-#   MODE=embedded|cluster NODES=2 KEEP=1 (cluster: keep the temp dir with the logs)
+#   MODE=embedded|cluster NODES=2 KEEP=1 (keep the temp dir with the logs)
+#   CARGO_TARGET_DIR (where the release build goes)
 # Cores: with PIN=1 (and enough cores) the node is pinned to the first
 # NODE_CORES cores and the harness to the next LOAD_THREADS (taskset). Off by
 # default: on a shared machine pinning keeps the scheduler from moving either
 # away from someone else's busy core.
 set -euo pipefail
-source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
+source scripts/lib/cluster.sh
 
 scenario=${1:-capacity}
 shift || true
@@ -44,7 +45,6 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 PLAN_RATE=${PLAN_RATE:-500000}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
 TOKEN=bench-token
 OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
 MODE=${MODE:-embedded}
@@ -52,15 +52,14 @@ NODES=${NODES:-2}
 [ "$scenario" = cluster ] && MODE=cluster
 case $MODE in embedded|cluster) ;; *) echo "MODE=$MODE: embedded or cluster"; exit 2 ;; esac
 
-cargo build --release -q -p seckill -p bench
+cluster_build
 # What was built, for the run records (the harness reads SECKILL_COMMIT).
 if [ -z "${SECKILL_COMMIT:-}" ] && git rev-parse HEAD >/dev/null 2>&1; then
   SECKILL_COMMIT=$(git rev-parse --short=12 HEAD)
   git diff --quiet HEAD -- seckill stock queue Cargo.lock || SECKILL_COMMIT="$SECKILL_COMMIT-dirty"
 fi
 export SECKILL_COMMIT=${SECKILL_COMMIT:-unknown}
-NODE_BIN=$TARGET_DIR/release/seckill
-bench_bin=$TARGET_DIR/release/seckill-bench
+bench_bin=$BENCH_BIN
 
 node_pin=() load_pin=()
 if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge $((NODE_CORES + LOAD_THREADS)) ]; then
@@ -69,9 +68,8 @@ if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge $((N
 fi
 
 data=$(mktemp -d)
+trap 'cluster_stop; [ -n "${KEEP:-}" ] || rm -rf "$data"' EXIT
 if [ "$MODE" = cluster ]; then
-  source scripts/lib/cluster.sh
-  trap 'cluster_stop; [ -n "${KEEP:-}" ] || rm -rf "$data"' EXIT
   cluster_backends "$data"
   targets=()
   for i in $(seq "$NODES"); do
@@ -85,16 +83,11 @@ if [ "$MODE" = cluster ]; then
   order_log=(--kafka "$CLUSTER_KAFKA")
   node_pin=() load_pin=()
 else
-  banner=$data/banner
-  "${node_pin[@]}" "$NODE_BIN" --listen 127.0.0.1:0 --data-dir "$data" --admin-token "$TOKEN" \
-    --cores "$NODE_CORES" --driver "$DRIVER" >"$banner" 2>"$data/node.log" &
-  node_pid=$!
-  trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$data"' EXIT
-  for _ in $(seq 100); do grep -q 'listening on' "$banner" && break; sleep 0.1; done
-  addr=$(grep -o 'http://[0-9.:]*' "$banner" | head -n1)
-  [ -n "$addr" ] || { echo "node did not start"; cat "$data/node.log"; exit 1; }
+  CLUSTER_WRAP=("${node_pin[@]}")
+  cluster_node "$data" node --driver "$DRIVER"
+  addr=$CLUSTER_ADDR
   target=$addr
-  order_log=(--journal "$data")
+  order_log=(--journal "$data/node/data")
 fi
 
 mkdir -p "$OUT"
@@ -132,23 +125,21 @@ case $scenario in
     ;;
   healthz-vs-wrk)
     apt_install wrk wrk
-    results=$data/rounds
+    rounds=$data/rounds.csv
     for round in $(seq "$ROUNDS"); do
-      h=$("${load_pin[@]}" "$bench_bin" run --target "$addr" --scenario healthz --threads "$LOAD_THREADS" \
-            --connections "$CONNS" --duration "$DURATION" --no-save --quiet | grep -o '= [0-9]*/s' | tr -dc '0-9')
-      w=$("${load_pin[@]}" wrk -t"$LOAD_THREADS" -c"$CONNS" -d"$DURATION" "$addr/healthz" | awk '/Requests\/sec/ {print $2}')
-      echo "round $round seckill-bench $h wrk $w" | tee -a "$results"
+      "${load_pin[@]}" "$bench_bin" run --target "$addr" --scenario healthz --threads "$LOAD_THREADS" \
+        --connections "$CONNS" --duration "$DURATION" --out "$data/runs" --name "healthz-$round" \
+        --quiet >/dev/null
+      "$bench_bin" summarize --rows --metric throughput_rps \
+        "seckill-bench=$data/runs/healthz-$round.json" >>"$rounds"
+      w=$("${load_pin[@]}" wrk -t"$LOAD_THREADS" -c"$CONNS" -d"$DURATION" "$addr/healthz" |
+        sed -n 's/^Requests\/sec: *//p')
+      echo "wrk,throughput_rps,$w" >>"$rounds"
+      echo "round $round done"
     done
-    python3 - "$results" <<'PY' | tee -a "$OUT/bench.sh.log"
-import statistics, sys
-h, w = [], []
-for line in open(sys.argv[1]):
-    f = line.split()
-    h.append(float(f[3])); w.append(float(f[5]))
-mh, mw = statistics.median(h), statistics.median(w)
-print(f"median seckill-bench {mh:.0f} req/s, wrk {mw:.0f} req/s, ratio {mh / mw:.3f}")
-PY
-    cat "$results" >>"$OUT/bench.sh.log"
+    "$bench_bin" summarize "$rounds" --ratio seckill-bench/wrk:throughput_rps |
+      tee -a "$OUT/bench.sh.log"
+    cat "$rounds" >>"$OUT/bench.sh.log"
     ;;
   run|find-max)
     harness "$scenario" "$@"

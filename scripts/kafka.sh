@@ -30,7 +30,7 @@
 # with cc, sqlite is libsql's bundled amalgamation with pre-made bindings).
 #
 # Tests do not need the `start` form: they start their own broker on a free
-# port (queue::kafka::fixture::Broker) and kill it on drop.
+# port (seckill_testkit::kafka::Broker) and kill it on drop.
 set -euo pipefail
 source "$(dirname "$0")/lib/apt.sh"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local Redis Cluster and a Sentinel set on loopback, for trying cluster
-# mode and for benches (tests start their own: stock::redis::cluster_fixture).
+# mode and for benches (tests start their own: seckill_testkit::redis_cluster).
 #
 #   scripts/redis-cluster.sh start [DIR]   3 masters + 3 replicas (redis-cli
 #                                          --cluster create --cluster-replicas 1),

@@ -8,7 +8,7 @@
 #                                    background; prints its pid
 #
 # Tests do not need the second form: they start their own redis-server on a
-# free port (stock::redis::fixture::RedisServer) and stop it on drop.
+# free port (seckill_testkit::RedisServer) and stop it on drop.
 set -euo pipefail
 source "$(dirname "$0")/lib/apt.sh"
 

@@ -37,27 +37,11 @@ if [ -z "${NODE_BIN:-}" ]; then
   NODE_BIN=${CARGO_TARGET_DIR:-target}/debug/seckill
 fi
 
+source scripts/lib/cluster.sh
 work=$(mktemp -d)
-node_pid=""
-stop() {
-  if [ -n "$node_pid" ]; then
-    kill "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap stop EXIT
-
-"$NODE_BIN" --listen 127.0.0.1:0 --data-dir "$work/data" --admin-token "$TOKEN" \
-  --cores 1 --demo >"$work/banner" 2>"$work/node.log" &
-node_pid=$!
-for _ in $(seq 200); do grep -q 'listening on' "$work/banner" && break; sleep 0.1; done
-addr=$(grep -o 'http://[0-9.:]*' "$work/banner" | head -n1 || true)
-if [ -z "$addr" ]; then
-  echo "the node did not start:" >&2
-  cat "$work/node.log" >&2
-  exit 1
-fi
+trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_node "$work" node --demo
+addr=$CLUSTER_ADDR
 
 # The header authorises the admin calls; the public ones ignore it.
 # The HOME of the run is the temp dir: schemathesis keeps no state between
@@ -72,6 +56,6 @@ status=0
   -H "Authorization: Bearer $TOKEN") || status=$?
 if [ "$status" -ne 0 ]; then
   echo "schemathesis found answers that break docs/openapi.yaml (node log: last lines)" >&2
-  tail -n 20 "$work/node.log" >&2
+  tail -n 20 "$work/node/node.log" >&2
 fi
 exit "$status"

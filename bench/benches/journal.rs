@@ -12,14 +12,12 @@
 //! Run: `cargo bench -p bench --bench journal` (add `-- --quick` for a smoke
 //! run). Per-record fsync is slow, so samples are few and short.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use queue::{Event, EventKind, Journal, JournalOptions};
+use seckill_testkit::block_on;
 
 /// Concurrent appenders: purchases waiting on the log at once.
 const THREADS: u64 = 8;
@@ -83,25 +81,6 @@ fn order_event() -> Event {
             fingerprint: Some("9f86d081884c7d65".into()),
         },
     )
-}
-
-/// Runs a future to completion on this thread (no runtime needed).
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park();
-    }
 }
 
 criterion_group!(benches, append_durable);

@@ -16,17 +16,14 @@
 //! `cargo bench -p bench --bench restart` (add `-- --quick` for a smoke
 //! run). `RESTART_ORDERS=10000,100000` picks the history sizes.
 
-use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use queue::{Event, EventKind, Journal, JournalOptions};
 use seckill::config::Config;
 use seckill::node::{compact, now_ms, EmbeddedNode};
+use seckill_testkit::block_on;
 
 const SALE: &str = "bench";
 /// Orders left reserved at the end of the history.
@@ -145,25 +142,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// Runs a future to completion on this thread (no runtime needed).
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park();
-    }
 }
 
 criterion_group!(benches, restart);

@@ -61,6 +61,9 @@ pub enum Command {
     Run(RunArgs),
     /// Raise the open-loop rate until p99 breaks the SLO; report capacity.
     FindMax(FindMaxArgs),
+    /// Medians over rounds and ratios between them, from `label,metric,value`
+    /// CSV rows and `LABEL=RUN.json` run records (what the bench scripts print).
+    Summarize(crate::summarize::SummarizeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +275,10 @@ pub fn main_to(cli: Cli, command_line: String, out: &mut dyn Write) -> i32 {
     let result = match cli.command {
         Command::Run(args) => run(&args, &command_line, out),
         Command::FindMax(args) => find_max(&args, &command_line, out),
+        Command::Summarize(args) => crate::summarize::summarize(&args).map(|text| {
+            let _ = out.write_all(text.as_bytes());
+            0
+        }),
     };
     match result {
         Ok(code) => code,

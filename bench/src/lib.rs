@@ -32,7 +32,10 @@
 //! - `tokens`: [`tokens::BuyerTokens`], one pre-minted buyer token per
 //!   simulated buyer (`--buyer-key`), for nodes with `buyer_keys`.
 //! - `user`: [`user::User`], a simulated buyer (hot or cold, and its index).
-//! - `cli`: the command line of `seckill-bench` (`run`, `find-max`).
+//! - `summarize`: `seckill-bench summarize`, the medians over rounds and
+//!   the ratios the bench scripts print, from CSV rows and run records.
+//! - `cli`: the command line of `seckill-bench` (`run`, `find-max`,
+//!   `summarize`).
 
 pub mod admin;
 pub mod audit;
@@ -45,6 +48,7 @@ pub mod recorder;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod summarize;
 pub mod tokens;
 pub mod user;
 

@@ -25,7 +25,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use queue::journal::MAGIC;
+use queue::journal::{frame_at, FRAME_HEADER, MAGIC};
 use queue::{Event, EventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -38,10 +38,6 @@ use crate::BenchError;
 pub const DEFAULT_KAFKA_TOPIC: &str = "seckill.orders";
 /// How long a Kafka read may take to reach the high watermarks.
 pub const KAFKA_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest frame payload the journal writes.
-const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
-const FRAME_HEADER: usize = 8;
 
 /// The events of an order log, as the audit sees them.
 #[derive(Debug, Default)]
@@ -217,18 +213,6 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, String> {
         ));
     }
     serde_json::from_value(event).map_err(|e| format!("is not an event: {e}"))
-}
-
-/// The payload of a whole, CRC-valid frame starting at `at`.
-fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
-    let header = bytes.get(at..at + FRAME_HEADER)?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len == 0 || len > MAX_RECORD_BYTES {
-        return None;
-    }
-    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
-    (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
 /// The order topic of cluster mode, read with a plain consumer.
@@ -500,6 +484,7 @@ pub fn encode_journal(events: &[Event]) -> Vec<u8> {
 mod tests {
     use super::*;
     use queue::EventKind;
+    use seckill_testkit::block_on;
 
     fn reserved(id: &str) -> Event {
         Event::new(
@@ -718,26 +703,5 @@ mod tests {
         assert_eq!(decode_event(&reserved("o").to_json()), Ok(reserved("o")));
         assert!(decode_event(b"{\"v\":1,\"type\":\"nope\"}").is_err());
         assert!(decode_event(b"\x00\x01").is_err());
-    }
-
-    /// Polls a future to completion on this thread.
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        use std::sync::Arc;
-        use std::task::{Context, Poll, Wake, Waker};
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut f = std::pin::pin!(f);
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-            std::thread::park();
-        }
     }
 }

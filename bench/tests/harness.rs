@@ -15,7 +15,7 @@
 //!   fault, including a corrupted copy of a journal; the CLI's exit codes
 //!   and run files.
 //! - `kafka`: the audit against the Kafka order topic on a real broker
-//!   (tansu via `queue::kafka::fixture::Broker`; `scripts/kafka.sh`
+//!   (tansu via `seckill_testkit::kafka::Broker`; `scripts/kafka.sh`
 //!   installs it) with [`support::FakeNode::start_kafka`]: clean sales on
 //!   a shared topic and redeliveries pass, lost orders, oversell and
 //!   doctored copies fail, a missing topic or broker fails in bounded time.

@@ -11,8 +11,7 @@
 //! - `snapshot`: the embedded mode's snapshot file (what compaction folds
 //!   sealed journal segments into), written temp + fsync + rename.
 //! - `log`: the [`OrderLog`] trait, the seam the order logs plug into.
-//! - `kafka`: [`KafkaLog`], the Kafka order log of cluster mode, and a
-//!   test fixture that runs a real broker.
+//! - `kafka`: [`KafkaLog`], the Kafka order log of cluster mode.
 
 pub mod admission;
 pub mod event;

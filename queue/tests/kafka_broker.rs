@@ -1,5 +1,5 @@
 //! What the Kafka order log relies on, proved against a real broker (tansu
-//! 0.6 with sqlite storage, `queue::kafka::fixture::Broker`) with plain
+//! 0.6 with sqlite storage, `seckill_testkit::kafka::Broker`) with plain
 //! rdkafka clients configured as the node's producer is (idempotent,
 //! acks=all, small linger):
 //!
@@ -32,13 +32,9 @@
 //! They need the tansu binary (`scripts/kafka.sh` installs it).
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use queue::kafka::fixture::Broker;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -46,26 +42,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-
-/// Runs a future to completion on this thread (rdkafka's delivery futures
-/// are completed by librdkafka's threads; no runtime needed).
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park();
-    }
-}
+use seckill_testkit::block_on;
+use seckill_testkit::kafka::Broker;
 
 /// The node's producer settings (idempotent, acks=all, small linger).
 fn producer(broker: &Broker, message_timeout_ms: u64) -> FutureProducer {

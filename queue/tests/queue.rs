@@ -5,37 +5,16 @@
 //!   SIGKILL mid-stream; every record it saw acknowledged as durable must be
 //!   in the journal when it is reopened, exactly once.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread;
-
-/// Runs a future to completion on this thread.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park();
-    }
-}
+use seckill_testkit::block_on;
 
 mod crash {
     use super::block_on;
     use queue::{Event, EventKind, Journal, JournalOptions};
+    use seckill_testkit::Process;
     use std::collections::HashSet;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::path::Path;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::{Duration, Instant};
 
     /// Set in the child process: the data directory it appends to.
@@ -92,39 +71,35 @@ mod crash {
 
     #[test]
     fn acknowledged_records_survive_sigkill() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "crash::child_appends_until_killed",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let tmp = seckill_testkit::temp_dir("seckill-crash-");
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "crash::child_appends_until_killed",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, tmp.path());
+        let mut child = Process::spawn(&mut cmd, &tmp.path().join("child.log"));
         let mut acked: HashSet<(u64, u64)> = HashSet::new();
-        while acked.len() < 2_000 {
-            let line = lines
-                .next()
-                .expect("child ended before it was killed")
-                .unwrap();
+        let mut take = |line: String| {
             if let Some(rest) = line.strip_prefix("acked ") {
                 let (t, n) = rest.split_once(' ').unwrap();
                 acked.insert((t.parse().unwrap(), n.parse().unwrap()));
             }
+        };
+        let mut taken = 0;
+        while taken < 2_000 {
+            let line = child
+                .next_line(Duration::from_secs(30))
+                .expect("child ended before it was killed");
+            taken += usize::from(line.starts_with("acked "));
+            take(line);
         }
-        child.kill().unwrap(); // SIGKILL: no destructor, no close()
-        child.wait().unwrap();
-        // Acknowledgements printed before the kill landed count too.
-        for line in lines {
-            if let Some(rest) = line.unwrap().strip_prefix("acked ") {
-                let (t, n) = rest.split_once(' ').unwrap();
-                acked.insert((t.parse().unwrap(), n.parse().unwrap()));
-            }
+        child.kill(); // SIGKILL: no destructor, no close()
+                      // Acknowledgements printed before the kill landed count too.
+        while let Some(line) = child.next_line(Duration::from_secs(5)) {
+            take(line);
         }
 
         let (journal, events) = Journal::open(tmp.path(), JournalOptions::default()).unwrap();

@@ -1,46 +1,93 @@
 # A local cluster (or one node) on loopback for the bench scripts, sourced:
-# redis-server (scripts/redis.sh), a tansu broker (scripts/kafka.sh), seckill
-# nodes and the settler, every process remembered for cluster_stop.
+# the release build, redis-server (scripts/redis.sh), a tansu broker
+# (scripts/kafka.sh), seckill nodes and the settler, every process
+# remembered for cluster_stop; the admin calls and the summaries.
 #
 #   source scripts/lib/cluster.sh     # from the repository root
-#   cluster_backends "$work"          # redis + tansu on free ports: sets
+#   cluster_build [-p PKG]...         # cargo build --release (default: -p
+#                                     # seckill -p bench), curl installed
+#                                     # (lib/apt.sh); sets NODE_BIN,
+#                                     # BENCH_BIN and CEILING_BIN under
+#                                     # ${CARGO_TARGET_DIR:-target}
+#   cluster_redis "$work"             # redis-server on a free port: sets
 #                                     # CLUSTER_REDIS (redis://...) and
-#                                     # CLUSTER_KAFKA (127.0.0.1:PORT)
+#                                     # CLUSTER_REDIS_PORT
+#   cluster_backends "$work"          # redis + tansu on free ports: also
+#                                     # sets CLUSTER_KAFKA (127.0.0.1:PORT)
 #   cluster_node "$work" NAME FLAGS...   # a node (--listen 127.0.0.1:0, its
 #                                     # data dir under $work/NAME); sets
 #                                     # CLUSTER_ADDR (http://127.0.0.1:PORT)
+#                                     # and CLUSTER_NODE_PID[NAME]
 #   cluster_node_at "$work" NAME PORT FLAGS...  # the same on a fixed port, so
 #                                     # that it can be restarted where the
 #                                     # load's connections point
+#   cluster_stop_node NAME            # SIGTERM, wait (leases go back)
 #   cluster_kill_node "$work" NAME    # SIGKILL it (kill -9: nothing graceful)
 #   cluster_restart_node "$work" NAME # start it again, same port and flags
 #                                     # (retried for up to 30 s: a node id
 #                                     # may still be claimed by the dead one)
 #   cluster_settler "$work"           # seckill settle on the same backends
+#   cluster_admin ADDR METHOD PATH [JSON]  # an admin call with $TOKEN; fails
+#                                     # on a non-2xx answer
+#   cluster_summarize ARGS...         # seckill-bench summarize (medians,
+#                                     # ratios: no parsing of output here)
 #   trap cluster_stop EXIT            # SIGTERM in reverse order of start
 #                                     # (nodes return their leases while
 #                                     # Redis is still up), SIGKILL after 5 s
 #
-# Needs NODE_BIN (the seckill binary) and TOKEN (the admin token); the
-# node's cores come from NODE_CORES (default 1). Returns (exits) non-zero
-# with the process's log when something does not start.
+# Needs TOKEN (the admin token); the node's cores come from NODE_CORES
+# (default 1); CLUSTER_WRAP (an array, e.g. (taskset -c 0)) prefixes every
+# node's command line. Returns (exits) non-zero with the process's log when
+# something does not start.
+
+source scripts/lib/apt.sh
 
 CLUSTER_PIDS=()
 CLUSTER_REDIS=""
+CLUSTER_REDIS_PORT=""
 CLUSTER_KAFKA=""
 CLUSTER_ADDR=""
+CLUSTER_WRAP=()
+# Nodes by name: pid, port and flags (one a line in NAME/flags).
+declare -A CLUSTER_NODE_PID=()
 
+cluster_build() { # cargo package flags (default -p seckill -p bench)
+  local target=${CARGO_TARGET_DIR:-target}
+  if [ $# -eq 0 ]; then set -- -p seckill -p bench; fi
+  apt_install curl curl
+  cargo build --release -q "$@"
+  NODE_BIN=$target/release/seckill
+  BENCH_BIN=$target/release/seckill-bench
+  CEILING_BIN=$target/release/kafka-ceiling
+}
+
+# A loopback port nothing listens on (a random one, checked with a
+# connect): bash only.
 cluster_free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "cluster_free_port: no free port found" >&2
+  return 1
+}
+
+cluster_redis() { # work dir
+  local work=$1
+  bash scripts/redis.sh
+  CLUSTER_REDIS_PORT=$(cluster_free_port)
+  CLUSTER_PIDS+=("$(bash scripts/redis.sh start "$CLUSTER_REDIS_PORT" "$work/redis")")
+  CLUSTER_REDIS=redis://127.0.0.1:$CLUSTER_REDIS_PORT
 }
 
 cluster_backends() { # work dir
   local work=$1 port
-  bash scripts/redis.sh
+  cluster_redis "$work"
   bash scripts/kafka.sh >/dev/null
-  port=$(cluster_free_port)
-  CLUSTER_PIDS+=("$(bash scripts/redis.sh start "$port" "$work/redis")")
-  CLUSTER_REDIS=redis://127.0.0.1:$port
   port=$(cluster_free_port)
   CLUSTER_PIDS+=("$(bash scripts/kafka.sh start "$port" "$work/kafka")")
   CLUSTER_KAFKA=127.0.0.1:$port
@@ -49,21 +96,8 @@ cluster_backends() { # work dir
 cluster_node() { # work dir, name, extra flags...
   local work=$1 name=$2
   shift 2
-  mkdir -p "$work/$name"
-  "$NODE_BIN" --listen 127.0.0.1:0 --data-dir "$work/$name/data" --admin-token "$TOKEN" \
-    --cores "${NODE_CORES:-1}" "$@" >"$work/$name/banner" 2>"$work/$name/node.log" &
-  CLUSTER_PIDS+=("$!")
-  for _ in $(seq 200); do grep -q 'listening on' "$work/$name/banner" && break; sleep 0.1; done
-  CLUSTER_ADDR=$(grep -o 'http://[0-9.:]*' "$work/$name/banner" | head -n1 || true)
-  if [ -z "$CLUSTER_ADDR" ]; then
-    echo "node $name did not start" >&2
-    cat "$work/$name/node.log" >&2
-    return 1
-  fi
+  cluster_node_at "$work" "$name" 0 "$@"
 }
-
-# Fixed-port nodes by name: pid, port and flags (one a line in NAME/flags).
-declare -A CLUSTER_NODE_PID=()
 
 cluster_node_at() { # work dir, name, port, extra flags...
   local work=$1 name=$2 port=$3
@@ -80,23 +114,39 @@ cluster_start_at() { # work dir, name: one try; sets CLUSTER_ADDR
   port=$(cat "$work/$name/port")
   mapfile -t flags <"$work/$name/flags"
   : >"$work/$name/banner"
-  "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$work/$name/data" --admin-token "$TOKEN" \
-    --cores "${NODE_CORES:-1}" "${flags[@]}" >"$work/$name/banner" 2>>"$work/$name/node.log" &
+  "${CLUSTER_WRAP[@]}" "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$work/$name/data" \
+    --admin-token "$TOKEN" --cores "${NODE_CORES:-1}" "${flags[@]}" \
+    >"$work/$name/banner" 2>>"$work/$name/node.log" &
   local pid=$!
   CLUSTER_NODE_PID[$name]=$pid
   CLUSTER_PIDS+=("$pid")
+  cluster_wait_banner "$work/$name/banner" "$pid" || {
+    echo "node $name did not start on port $port" >&2
+    tail -n 20 "$work/$name/node.log" >&2
+    kill -9 "$pid" 2>/dev/null || true
+    return 1
+  }
+}
+
+# The one banner wait: up to 20 s for `seckill listening on http://ADDR` in
+# FILE while PID lives; sets CLUSTER_ADDR.
+cluster_wait_banner() { # banner file, pid
+  local file=$1 pid=$2
+  CLUSTER_ADDR=""
   for _ in $(seq 200); do
-    grep -q 'listening on' "$work/$name/banner" && break
+    grep -q 'listening on' "$file" && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  CLUSTER_ADDR=$(grep -o 'http://[0-9.:]*' "$work/$name/banner" | head -n1 || true)
-  if [ -z "$CLUSTER_ADDR" ]; then
-    echo "node $name did not start on port $port" >&2
-    tail -n 5 "$work/$name/node.log" >&2
-    kill -9 "$pid" 2>/dev/null || true
-    return 1
-  fi
+  CLUSTER_ADDR=$(grep -o 'http://[0-9.:]*' "$file" | head -n1 || true)
+  [ -n "$CLUSTER_ADDR" ]
+}
+
+cluster_stop_node() { # name: SIGTERM, then wait for the exit
+  local pid=${CLUSTER_NODE_PID[$1]:-}
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 
 cluster_kill_node() { # work dir, name
@@ -123,6 +173,16 @@ cluster_settler() { # work dir, extra flags...
   "$NODE_BIN" settle --redis "$CLUSTER_REDIS" --kafka "$CLUSTER_KAFKA" "$@" \
     >"$work/settler.out" 2>"$work/settler.log" &
   CLUSTER_PIDS+=("$!")
+}
+
+cluster_admin() { # addr, method, path, [JSON body]: the answer on stdout
+  local addr=$1 method=$2 path=$3
+  curl -sf -X "$method" "$addr$path" -H "Authorization: Bearer $TOKEN" \
+    -H 'Content-Type: application/json' ${4:+-d "$4"}
+}
+
+cluster_summarize() { # seckill-bench summarize ARGS...
+  "$BENCH_BIN" summarize "$@"
 }
 
 cluster_stop() {

@@ -19,7 +19,8 @@
 //!   embedded mode, rebuilt from the order log on start.
 //! - `registry`: the sales a node knows, read by cores through caches.
 //! - `redis`: the Redis side of the cluster stock authority: `RedisStore`,
-//!   the Lua scripts, and a `redis-server` test fixture.
+//!   the Lua scripts (tests start a real `redis-server` with the
+//!   `seckill-testkit` dev-dependency).
 //! - `striped`: lock-striped maps used by the embedded authority.
 //! - `sync`: the std/loom switch used by `shards` so that the stealing and
 //!   sold-out logic can be model-checked (`RUSTFLAGS="--cfg loom"`).

@@ -22,7 +22,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stock::redis::fixture::RedisServer;
+use seckill_testkit::RedisServer;
 use stock::redis::{RedisStore, ReserveCall};
 use stock::SaleSpec;
 

@@ -1,5 +1,5 @@
 //! The audit against the Kafka order topic of cluster mode, on a real
-//! broker (tansu, `queue::kafka::fixture::Broker`; `scripts/kafka.sh`
+//! broker (tansu, `seckill_testkit::kafka::Broker`; `scripts/kafka.sh`
 //! installs it): a clean sale passes on a topic shared with another sale, a
 //! redelivered event passes (at least once), a lost order, an oversell, a
 //! conflicting second record of an order and a key with two orders fail;
@@ -14,10 +14,10 @@ use bench::cli::Cli;
 use bench::orderlog::{KafkaTopic, LogSpec, OrderLogSource};
 use bench::Recorder;
 use clap::Parser;
-use queue::kafka::fixture::Broker;
 use queue::{Event, EventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use seckill_testkit::kafka::Broker;
 
 use crate::audit::{run_cli_without, verdicts};
 use crate::support::{clean_sale_load, exclusive, FakeNode, Fault};

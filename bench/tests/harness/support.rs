@@ -13,6 +13,7 @@ use bench::admin::{self, SaleSetup};
 use bench::scenario::KeyMode;
 use bench::{run_load, LoadConfig, Mode, PurchaseMix, Recorder, Schedule, Workload};
 use queue::{Event, EventKind, Journal, JournalOptions, KafkaLog, KafkaOptions, OrderLog};
+use seckill_testkit::block_on;
 
 /// Every test takes this so that none runs beside another: timing needs
 /// quiet cores (the machine may have two; a spinning pacer takes one).
@@ -580,26 +581,6 @@ fn handle(
             (200, "", order(&oid))
         }
         _ => (404, "", r#"{"error":"not_found"}"#.into()),
-    }
-}
-
-/// Polls a future to completion on this thread.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        thread::park();
     }
 }
 

@@ -4,10 +4,10 @@
 //!   producer (acks=all, small linger): an append resolves on its delivery
 //!   report; the message key is the order id (sale id for sale events), so
 //!   one order's events stay in order on one partition.
-//! - `fixture`: [`fixture::Broker`], a real Kafka-API broker (tansu, sqlite
-//!   storage) on a free loopback port for tests, killed on drop.
+//!
+//! Tests run a real broker with `seckill_testkit::kafka::Broker` (a
+//! dev-dependency, not part of this library).
 
-pub mod fixture;
 pub mod lag;
 pub mod log;
 

@@ -399,10 +399,7 @@ fn metric(c: &mut Client, name: &str) -> u64 {
 
 /// A node with a 2 s write timeout.
 fn node_with_write_timeout_2s() -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-it-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-it-");
     Node::start_in_env(root, &[], &[("SECKILL_WRITE_TIMEOUT_S", "2")])
 }
 

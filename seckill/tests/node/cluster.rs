@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::support::{assert_error, assert_ok, Client, Node};
 
@@ -29,26 +29,7 @@ pub(crate) fn cluster_node(redis: &RedisServer, id: u32, extra: &[&str]) -> Node
 /// [`cluster_node`] on any `--redis` value (a Redis Cluster's seed list, a
 /// Sentinel URL).
 pub(crate) fn cluster_node_at(url: &str, id: u32, extra: &[&str]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-cluster-")
-        .tempdir()
-        .expect("temp dir");
-    std::fs::write(
-        root.path().join("seckill.toml"),
-        "lease_ttl_s = 2\nredis_timeout_ms = 300\n",
-    )
-    .expect("write config");
-    let id = id.to_string();
-    let mut args = vec![
-        "--redis",
-        url,
-        "--node-id",
-        id.as_str(),
-        "--config",
-        "{root}/seckill.toml",
-    ];
-    args.extend_from_slice(extra);
-    Node::start_in(root, &args)
+    Node::start_cluster(url, id, "", extra, &[])
 }
 
 /// Waits until every node knows `sale` (nodes learn sales created
@@ -871,25 +852,7 @@ fn sigterm_mid_sale_answers_what_is_in_flight_and_returns_the_lease() {
 /// A cluster node on the journal with a 1 s reconciliation grace, and
 /// `env` (e.g. a failpoint).
 fn journal_node(redis: &RedisServer, id: u32, env: &[(&str, &str)]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-cluster-")
-        .tempdir()
-        .expect("temp dir");
-    std::fs::write(
-        root.path().join("seckill.toml"),
-        "lease_ttl_s = 2\nredis_timeout_ms = 300\njournal_grace_s = 1\n",
-    )
-    .expect("write config");
-    let (url, id) = (redis.url(), id.to_string());
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--node-id",
-        id.as_str(),
-        "--config",
-        "{root}/seckill.toml",
-    ];
-    Node::start_in_env(root, &args, env)
+    Node::start_cluster(&redis.url(), id, "journal_grace_s = 1\n", &[], env)
 }
 
 #[test]

@@ -6,18 +6,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::buy_the_rest;
 use crate::support::{assert_ok, Node};
 
 /// A cluster node whose journal is sealed every 4 KiB (about 15 orders).
 fn sealing_node(redis: &RedisServer) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-cluster-journal-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-cluster-journal-");
     std::fs::write(
         root.path().join("seckill.toml"),
         "lease_ttl_s = 2\nredis_timeout_ms = 300\njournal_segment_bytes = 4096\n",
@@ -39,18 +36,11 @@ fn sealing_node(redis: &RedisServer) -> Node {
 
 /// The sealed segments of `dir`, oldest first.
 fn sealed(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
+    queue::journal::sealed_segments(dir)
         .expect("read data dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("orders.journal."))
-                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    out.sort();
-    out
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect()
 }
 
 #[test]

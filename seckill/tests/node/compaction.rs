@@ -15,10 +15,7 @@ const SALE: &str = "compact";
 
 /// A node that seals its journal every 4 KiB (about 15 events).
 fn compacting_node(extra: &str, env: &[(&str, &str)]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-it-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-it-");
     std::fs::write(
         root.path().join("seckill.toml"),
         format!("journal_segment_bytes = 4096\n{extra}"),

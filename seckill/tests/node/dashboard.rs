@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
-use stock::redis::fixture::RedisServer;
 use tungstenite::{Message, WebSocket};
 
 use crate::cluster::{cluster_node, wait_for_sale};
@@ -216,10 +216,7 @@ struct Browser {
 
 impl Browser {
     fn open(url: &str) -> Browser {
-        let profile = tempfile::Builder::new()
-            .prefix("seckill-chromium-")
-            .tempdir()
-            .expect("temp dir");
+        let profile = seckill_testkit::temp_dir("seckill-chromium-");
         // Killed on drop from here on, also when a step below panics.
         let mut chromium = Chromium(
             Command::new(chromium())

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::cluster_node;
 
@@ -114,7 +114,7 @@ fn dashboard_and_alerts_name_only_metrics_a_node_exposes() {
     c.create_sale("m", &json!({ "stock": 3, "per_user_limit": 1 }));
     let mut text = c.get("/metrics").text();
     // And a Kafka node: the settlers' lag, once measured at the broker.
-    let broker = queue::kafka::fixture::Broker::start();
+    let broker = seckill_testkit::kafka::Broker::start();
     let kafka = crate::kafka::kafka_node(&redis, &broker, 2, &[]);
     let mut k = kafka.client();
     text.push_str(&crate::support::eventually(

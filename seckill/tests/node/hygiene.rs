@@ -5,19 +5,19 @@
 //! delivery timeout; a node and the settler warn at start when Redis does
 //! not persist or the order topic is not replicated.
 
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use queue::kafka::fixture::Broker;
 use queue::{Event, EventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+use seckill_testkit::kafka::Broker;
+use seckill_testkit::process::{self, Process};
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::{cluster_node, redis_cli, wait_for_sale};
 use crate::kafka::{
@@ -125,10 +125,7 @@ fn a_node_that_lost_its_id_stops_selling_and_answers_503() {
 /// Runs a cluster node with `id` that is expected to refuse to start:
 /// returns its exit status and its stderr.
 fn start_refused(redis: &RedisServer, id: u32) -> (ExitStatus, String) {
-    let dir = tempfile::Builder::new()
-        .prefix("seckill-refused-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = seckill_testkit::temp_dir("seckill-refused-");
     let data = dir.path().join("data");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_seckill"));
     cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -136,33 +133,13 @@ fn start_refused(redis: &RedisServer, id: u32) -> (ExitStatus, String) {
         .args(["--admin-token", TOKEN, "--cores", "1", "--redis"])
         .arg(redis.url())
         .args(["--node-id", &id.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SECKILL_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd.spawn().expect("start seckill");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for seckill") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a second node with id {id} started (still running after 30 s)");
-        }
-        thread::sleep(Duration::from_millis(50));
+        .env("RUST_LOG", "warn");
+    process::clear_env(&mut cmd, "SECKILL_");
+    let mut child = Process::spawn(&mut cmd, &dir.path().join("node.log"));
+    let Some(status) = child.wait_exit(Duration::from_secs(30)) else {
+        panic!("a second node with id {id} started (still running after 30 s)");
     };
-    let mut log = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut log);
-    }
-    (status, log)
+    (status, child.log())
 }
 
 // ----- an unreadable event stops the settler ------------------------------------

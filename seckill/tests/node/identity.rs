@@ -14,9 +14,9 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use std::time::Duration;
 
+use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::wait_for_sale;
 use crate::support::{assert_error, assert_ok, eventually, now_s, Node, Response, TOKEN};
@@ -105,10 +105,7 @@ fn wait_sold(nodes: &[Node], sale: &str, n: u64) {
 /// One embedded node with both keys (from the environment) and the
 /// payment token.
 fn embedded() -> Vec<Node> {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-identity-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-identity-");
     let keys = format!("{KEY_OLD},{KEY_NEW}");
     vec![Node::start_in_env(
         root,
@@ -124,30 +121,10 @@ fn embedded() -> Vec<Node> {
 fn cluster(redis: &RedisServer) -> Vec<Node> {
     (1..=2)
         .map(|id| {
-            let root = tempfile::Builder::new()
-                .prefix("seckill-identity-cluster-")
-                .tempdir()
-                .expect("temp dir");
-            std::fs::write(
-                root.path().join("seckill.toml"),
-                format!(
-                    "lease_ttl_s = 2\nredis_timeout_ms = 300\nbuyer_keys = [\"{KEY_OLD}\", \"{KEY_NEW}\"]\npayment_token = \"{PAYMENT}\"\n"
-                ),
-            )
-            .expect("write config");
-            let url = redis.url();
-            let id = id.to_string();
-            Node::start_in(
-                root,
-                &[
-                    "--redis",
-                    url.as_str(),
-                    "--node-id",
-                    id.as_str(),
-                    "--config",
-                    "{root}/seckill.toml",
-                ],
-            )
+            let toml = format!(
+                "buyer_keys = [\"{KEY_OLD}\", \"{KEY_NEW}\"]\npayment_token = \"{PAYMENT}\"\n"
+            );
+            Node::start_cluster(&redis.url(), id, &toml, &[], &[])
         })
         .collect()
 }
@@ -359,10 +336,7 @@ fn cluster_order_ids_are_unguessable() {
 /// payment token, when set, is still required to pay.
 #[test]
 fn trusted_mode_warns_and_payment_token_still_binds() {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-identity-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-identity-");
     let node = Node::start_in_env(root, &[], &[("SECKILL_PAYMENT_TOKEN", PAYMENT)]);
     assert!(
         node.log_tail().contains("trusted mode"),
@@ -511,11 +485,7 @@ fn cluster_tickets_admit_only_their_sale() {
 /// `seckill token` with the node's keys in its environment.
 fn mint_with_tool(args: &[&str], keys: &str) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_seckill"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SECKILL_") {
-            cmd.env_remove(key);
-        }
-    }
+    seckill_testkit::process::clear_env(&mut cmd, "SECKILL_");
     cmd.arg("token")
         .args(args)
         .env("SECKILL_BUYER_KEYS", keys)

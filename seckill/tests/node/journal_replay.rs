@@ -526,7 +526,7 @@ fn run(ops: Vec<Op>, admission_tokens: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (journal, _) = Journal::open(dir.path(), JournalOptions::default()).expect("journal");
     for e in &events {
-        block_on_thread(journal.append(e)).expect("durable");
+        seckill_testkit::block_on(journal.append(e)).expect("durable");
     }
     journal.close();
     let (_, reread) = Journal::open(dir.path(), JournalOptions::default()).expect("reopen");
@@ -534,25 +534,6 @@ fn run(ops: Vec<Op>, admission_tokens: usize) {
     let from_file = fresh_authority();
     replay(&from_file, &reread).expect("replay of the journal file");
     world.check_same_state(&from_file);
-}
-
-/// Waits for a future woken from another thread (the journal's writer).
-fn block_on_thread<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
 }
 
 proptest! {

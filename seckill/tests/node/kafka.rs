@@ -7,21 +7,21 @@
 //! an order a replay acknowledged is logged by the settler, never released.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use queue::kafka::fixture::Broker;
 use queue::{Event, EventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use seckill_testkit::kafka::Broker;
+use seckill_testkit::process::{self, Process};
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::{buy_the_rest, load, redis_cli, redis_int, wait_for_sale};
 use crate::support::{assert_error, assert_ok, Client, Node};
@@ -51,34 +51,14 @@ pub(crate) fn kafka_node_timeout(
     env: &[(&str, &str)],
     produce_timeout_ms: u64,
 ) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-kafka-")
-        .tempdir()
-        .expect("temp dir");
-    std::fs::write(
-        root.path().join("seckill.toml"),
-        format!(
-            "lease_ttl_s = 2\nredis_timeout_ms = 300\nkafka_timeout_ms = {produce_timeout_ms}\n"
-        ),
-    )
-    .expect("write config");
-    let (url, bootstrap, id) = (redis.url(), broker.bootstrap(), id.to_string());
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--kafka",
-        bootstrap.as_str(),
-        "--node-id",
-        id.as_str(),
-        "--config",
-        "{root}/seckill.toml",
-    ];
-    Node::start_in_env(root, &args, env)
+    let toml = format!("kafka_timeout_ms = {produce_timeout_ms}\n");
+    let bootstrap = broker.bootstrap();
+    Node::start_cluster(&redis.url(), id, &toml, &["--kafka", &bootstrap], env)
 }
 
 /// A `seckill settle` process. Killed on drop.
 pub(crate) struct Settler {
-    child: Option<Child>,
+    child: Option<Process>,
     dir: tempfile::TempDir,
     args: Vec<String>,
     starts: usize,
@@ -111,10 +91,7 @@ impl Settler {
         ];
         let mut s = Settler {
             child: None,
-            dir: tempfile::Builder::new()
-                .prefix("seckill-settler-")
-                .tempdir()
-                .expect("temp dir"),
+            dir: seckill_testkit::temp_dir("seckill-settler-"),
             args,
             starts: 0,
         };
@@ -127,30 +104,20 @@ impl Settler {
     }
 
     fn spawn(&mut self) {
-        let log = File::create(self.log(self.starts)).expect("settler log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_seckill"));
-        cmd.args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SECKILL_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SECKILL_") {
-                cmd.env_remove(key);
-            }
-        }
-        self.child = Some(cmd.spawn().expect("start seckill settle"));
+        cmd.args(&self.args).env(
+            "RUST_LOG",
+            std::env::var("SECKILL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        process::clear_env(&mut cmd, "SECKILL_");
+        self.child = Some(Process::spawn(&mut cmd, &self.log(self.starts)));
         self.starts += 1;
     }
 
     /// SIGKILL.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -161,17 +128,10 @@ impl Settler {
 
     /// How the settler exited, if it did within `limit`.
     pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut().expect("the settler was started");
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the settler") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        self.child
+            .as_mut()
+            .expect("the settler was started")
+            .wait_exit(limit)
     }
 
     /// The whole stderr of run `n` (0 is the first).

@@ -8,10 +8,7 @@ use crate::support::Node;
 
 /// A node logging at info level (tests run nodes at warn).
 fn start(extra: &[&str]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-logs-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-logs-");
     Node::start_in_env(root, extra, &[("RUST_LOG", "info")])
 }
 

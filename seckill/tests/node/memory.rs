@@ -11,10 +11,7 @@ use crate::support::{assert_error, assert_ok, eventually, Node};
 
 /// A node whose finished orders and idempotency records live 1 s.
 fn short_memory_node(extra: &str) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-it-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-it-");
     std::fs::write(
         root.path().join("seckill.toml"),
         format!("order_retention_s = 1\nidempotency_ttl_s = 1\n{extra}"),

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::{cluster_node, command_calls, redis_cli, redis_int, wait_for_sale};
 use crate::support::{assert_error, assert_ok, Client, Node};

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use seckill_testkit::redis_cluster::{RedisCluster, SentinelSet};
 use serde_json::json;
-use stock::redis::cluster_fixture::{RedisCluster, SentinelSet};
 
 use crate::cluster::{buy_the_rest, cluster_node_at, load, wait_for_sale};
 use crate::support::{assert_error, assert_ok, eventually, Client, Node};
@@ -264,7 +264,7 @@ fn a_cluster_master_killed_mid_sale_keeps_every_200_and_the_sale_resumes() {
 /// not when the primary has a replica (the default waits for it).
 #[test]
 fn a_node_warns_when_the_primary_has_no_replica() {
-    let lone = stock::redis::fixture::RedisServer::start();
+    let lone = seckill_testkit::RedisServer::start();
     let node = cluster_node_at(&lone.url(), 1, &[]);
     let warned = |log: &str| {
         log.lines()

@@ -7,8 +7,8 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use seckill_testkit::RedisServer;
 use serde_json::json;
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::{redis_cli, wait_for_sale};
 use crate::support::{assert_error, assert_ok, Node};
@@ -16,25 +16,7 @@ use crate::support::{assert_error, assert_ok, Node};
 /// A cluster node on `redis` with node id `id`; `toml` is added to its
 /// config file, `env` to its environment.
 fn node(redis: &RedisServer, id: u32, toml: &str, env: &[(&str, &str)]) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-replay-")
-        .tempdir()
-        .expect("temp dir");
-    std::fs::write(
-        root.path().join("seckill.toml"),
-        format!("lease_ttl_s = 2\nredis_timeout_ms = 300\n{toml}"),
-    )
-    .expect("write config");
-    let (url, id) = (redis.url(), id.to_string());
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--node-id",
-        id.as_str(),
-        "--config",
-        "{root}/seckill.toml",
-    ];
-    Node::start_in_env(root, &args, env)
+    Node::start_cluster(&redis.url(), id, toml, &[], env)
 }
 
 /// Waits until `node` reports `sale` in `state`.

@@ -77,10 +77,7 @@ fn the_auto_driver_sells_exactly_the_stock() {
 }
 
 fn node_with_config(text: &str) -> Node {
-    let root = tempfile::Builder::new()
-        .prefix("seckill-it-")
-        .tempdir()
-        .expect("temp dir");
+    let root = seckill_testkit::temp_dir("seckill-it-");
     std::fs::write(root.path().join("seckill.toml"), text).expect("write config");
     Node::start_in(root, &["--config", "{root}/seckill.toml"])
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
-use stock::redis::fixture::RedisServer;
 
 use crate::cluster::{cluster_node, wait_for_sale};
 use crate::support::Node;

@@ -1,25 +1,27 @@
 //! What every test needs: a real `seckill` process on a temp data dir
-//! ([`Node`]), a small blocking HTTP/1.1 client with keep-alive, pipelining
-//! and raw byte sends ([`Client`]), and a reader of the order journal
-//! ([`read_journal`]) so that tests check the file itself, not the node's
-//! word about it.
+//! ([`Node`], on `seckill_testkit::Process`), a small blocking HTTP/1.1
+//! client with keep-alive, pipelining and raw byte sends ([`Client`]), and
+//! a reader of the order journal ([`read_journal`], on
+//! `queue::journal::frames`) so that tests check the file itself, not the
+//! node's word about it.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use seckill_testkit::process::{self, Process};
 use serde_json::{json, Value};
 
 /// The admin token every test node runs with.
 pub const TOKEN: &str = "it-admin-token-7f3a";
 /// How long a node may take to print its banner (debug build, busy box).
 const START_LIMIT: Duration = Duration::from_secs(30);
+/// What the node prints on stdout once it listens, before its address.
+pub const BANNER: &str = "seckill listening on http://";
 /// How long a graceful stop may take.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
 /// Socket read/write timeout of the test client: no test hangs on a node
@@ -28,7 +30,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A `seckill` child process on its own temp data dir. Killed on drop.
 pub struct Node {
-    child: Option<Child>,
+    child: Option<Process>,
     addr: SocketAddr,
     root: tempfile::TempDir,
     starts: usize,
@@ -48,16 +50,42 @@ impl Node {
     /// used again by [`Node::restart`]). `{root}` in a flag stands for the
     /// node's temp root, e.g. for a `--config` file written there first.
     pub fn start_with(extra: &[&str]) -> Node {
-        let root = tempfile::Builder::new()
-            .prefix("seckill-it-")
-            .tempdir()
-            .expect("temp dir");
-        Node::start_in(root, extra)
+        Node::start_in(seckill_testkit::temp_dir("seckill-it-"), extra)
     }
 
     /// Like [`Node::start_with`], in a temp root made by the caller.
     pub fn start_in(root: tempfile::TempDir, extra: &[&str]) -> Node {
         Node::start_in_env(root, extra, &[])
+    }
+
+    /// A cluster node (`--redis URL --node-id ID`) whose config file holds
+    /// a short lease TTL and Redis timeout (a killed node's lease comes
+    /// back within a test's time), then `toml`; `extra` flags and `env`
+    /// as for [`Node::start_in_env`].
+    pub fn start_cluster(
+        redis_url: &str,
+        id: u32,
+        toml: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let root = seckill_testkit::temp_dir("seckill-cluster-");
+        std::fs::write(
+            root.path().join("seckill.toml"),
+            format!("lease_ttl_s = 2\nredis_timeout_ms = 300\n{toml}"),
+        )
+        .expect("write config");
+        let id = id.to_string();
+        let mut args = vec![
+            "--redis",
+            redis_url,
+            "--node-id",
+            id.as_str(),
+            "--config",
+            "{root}/seckill.toml",
+        ];
+        args.extend_from_slice(extra);
+        Node::start_in_env(root, &args, env)
     }
 
     /// Like [`Node::start_in`], with `env` set in the node's environment.
@@ -88,7 +116,7 @@ impl Node {
 
     /// The running process's resident memory in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.as_ref().expect("the node is running").id();
+        let pid = self.child.as_ref().expect("the node is running").pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
         status
@@ -116,22 +144,14 @@ impl Node {
     /// SIGTERM, then waits for a clean exit (status 0).
     pub fn terminate(&mut self) {
         let mut child = self.child.take().expect("the node is running");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let status = wait_with_limit(&mut child, STOP_LIMIT);
-        match status {
+        // Killed if it does not stop in time.
+        match child.terminate(STOP_LIMIT) {
             Some(s) => assert!(
                 s.success(),
                 "the node exited with {s} on SIGTERM; log:\n{}",
                 self.log_tail()
             ),
             None => {
-                let _ = child.kill();
-                let _ = child.wait();
                 panic!(
                     "the node did not stop within {STOP_LIMIT:?} of SIGTERM; log:\n{}",
                     self.log_tail()
@@ -142,9 +162,7 @@ impl Node {
 
     /// SIGKILL: the process dies wherever it is.
     pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("the node is running");
-        child.kill().expect("SIGKILL the node");
-        let _ = child.wait();
+        self.child.take().expect("the node is running").kill();
     }
 
     /// Starts a new process on the same data dir (stopping the running one
@@ -170,14 +188,9 @@ impl Node {
     /// Waits for the node to exit by itself (a failpoint), within `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("the node is running");
-        match wait_with_limit(&mut child, limit) {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the node did not exit within {limit:?}");
-            }
-        }
+        child
+            .wait_exit(limit)
+            .unwrap_or_else(|| panic!("the node did not exit within {limit:?}"))
     }
 
     /// The last few KiB of every run's stderr, for failure messages.
@@ -191,12 +204,8 @@ impl Node {
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
         for n in 0..self.starts {
-            let text = std::fs::read_to_string(log_path(self.root.path(), n)).unwrap_or_default();
-            let start = text.len().saturating_sub(4096);
-            let start = (start..text.len())
-                .find(|i| text.is_char_boundary(*i))
-                .unwrap_or(text.len());
-            out.push_str(&format!("--- run {n} ---\n{}\n", &text[start..]));
+            let text = process::tail(&log_path(self.root.path(), n), 4096);
+            out.push_str(&format!("--- run {n} ---\n{text}\n"));
         }
         out
     }
@@ -204,10 +213,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // The process is killed as it drops.
+        self.child.take();
         if std::thread::panicking() {
             eprintln!("node stderr:\n{}", self.log_tail());
         }
@@ -219,9 +226,14 @@ fn log_path(root: &Path, n: usize) -> PathBuf {
 }
 
 /// Starts `seckill` and reads its stdout until the banner gives the port.
-fn spawn(root: &Path, n: usize, extra: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
+fn spawn(
+    root: &Path,
+    n: usize,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Process, SocketAddr) {
     let data = root.join("data");
-    let log = File::create(log_path(root, n)).expect("create the node log");
+    let log = log_path(root, n);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_seckill"));
     cmd.arg("--listen")
         .arg("127.0.0.1:0")
@@ -235,51 +247,20 @@ fn spawn(root: &Path, n: usize, extra: &[String], env: &[(String, String)]) -> (
         .env(
             "RUST_LOG",
             std::env::var("SECKILL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
+        );
     // The node reads SECKILL_* settings: none may leak in from the shell.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SECKILL_") {
-            cmd.env_remove(key);
-        }
-    }
+    process::clear_env(&mut cmd, "SECKILL_");
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let mut child = cmd.spawn().expect("start the seckill binary");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keeps draining stdout after the banner so the node never blocks
-        // on a full pipe.
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("seckill listening on http://") {
-                let _ = tx.send(addr.trim().to_owned());
-            }
+    let mut child = Process::spawn(&mut cmd, &log);
+    match child.wait_for_line(BANNER, START_LIMIT) {
+        Some(addr) => (child, addr.parse().expect("the banner has an address")),
+        None => {
+            child.kill();
+            panic!(
+                "the node did not print its banner within {START_LIMIT:?}; stderr:\n{}",
+                child.log()
+            );
         }
-    });
-    match rx.recv_timeout(START_LIMIT) {
-        Ok(addr) => (child, addr.parse().expect("the banner has an address")),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(log_path(root, n)).unwrap_or_default();
-            panic!("the node did not print its banner within {START_LIMIT:?}; stderr:\n{log}");
-        }
-    }
-}
-
-fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for the node") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -704,19 +685,10 @@ impl Journal {
 /// decode as an event of schema version 1; reading a file stops at its
 /// first short or bad-CRC frame (`torn_bytes` counts the live file's).
 pub fn read_journal(dir: &Path) -> Journal {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("orders.journal."))
-                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    segments.sort();
+    let segments = queue::journal::sealed_segments(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
     let mut events = Vec::new();
-    for segment in &segments {
+    for (_, segment) in &segments {
         read_journal_file(segment, &mut events);
     }
     let torn_bytes = read_journal_file(&dir.join("orders.journal"), &mut events);
@@ -727,28 +699,17 @@ pub fn read_journal(dir: &Path) -> Journal {
 /// after its last good frame.
 fn read_journal_file(path: &Path, events: &mut Vec<Value>) -> usize {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert!(
-        bytes.starts_with(b"SKJRNL01"),
-        "{} does not start with the magic",
-        path.display()
-    );
-    let mut at = 8;
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + 8 + len;
-        if len == 0 || end > bytes.len() || crc32fast::hash(&bytes[at + 8..end]) != crc {
-            break;
-        }
-        let event: Value = serde_json::from_slice(&bytes[at + 8..end])
+    let mut frames = queue::journal::frames(&bytes)
+        .unwrap_or_else(|| panic!("{} does not start with the magic", path.display()));
+    for (at, payload) in frames.by_ref() {
+        let event: Value = serde_json::from_slice(payload)
             .unwrap_or_else(|e| panic!("journal frame at {at} is not JSON: {e}"));
         assert_eq!(event["v"], 1, "journal frame at {at}: {event}");
         assert!(event["at"].is_u64(), "journal frame at {at}: {event}");
         assert!(event["type"].is_string(), "journal frame at {at}: {event}");
         events.push(event);
-        at = end;
     }
-    bytes.len() - at
+    bytes.len() - frames.end()
 }
 
 /// Unix time in seconds.

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use queue::kafka::fixture::Broker;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use seckill_testkit::kafka::Broker;
+use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
-use stock::redis::fixture::RedisServer;
 
 use crate::kafka::{eventually, kafka_node, Settler, TOPIC};
 use crate::support::{assert_error, assert_ok, read_journal, Client, Node};

@@ -14,11 +14,6 @@
 //!   Kafka delivery timeout; [`Persistence`], whether Redis persists.
 //! - `stats`: each node's stats record (`sk:{stats}:node:<id>`, TTL) and
 //!   the read-back of every live node's, for the operator's view.
-//! - `fixture`: [`fixture::RedisServer`], a real `redis-server` on a free
-//!   loopback port for tests, killed on drop.
-//! - `cluster_fixture`: [`cluster_fixture::RedisCluster`] (3 masters + 3
-//!   replicas) and [`cluster_fixture::SentinelSet`] (primary, replica, 3
-//!   sentinels), real processes for tests, killed on drop.
 //!
 //! # Data model
 //!
@@ -69,8 +64,6 @@
 //! order id, by target status), so an undetermined one is settled by
 //! repeating it or reading the order.
 
-pub mod cluster_fixture;
-pub mod fixture;
 mod node;
 pub mod stats;
 mod store;

@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(counts[CALL_BUCKETS.len()], 1);
         assert_eq!(sum_us, 3_000_000);
     }
-    use crate::redis::fixture::RedisServer;
+    use seckill_testkit::RedisServer;
 
     #[tokio::test]
     async fn records_expire_and_are_read_back_by_every_node() {

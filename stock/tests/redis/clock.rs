@@ -1,8 +1,8 @@
 //! A node whose clock runs behind Redis's: its reservations are refused as
 //! too old (`gone`), and the units it took for them must not be lost.
 
+use seckill_testkit::RedisServer;
 use stock::cluster::{ClusterOptions, RedisAuthority};
-use stock::redis::fixture::RedisServer;
 use stock::{Attempt, StockAuthority, StockError};
 
 use crate::{now_s, spec};

@@ -1,7 +1,7 @@
 //! Redis Cluster and Sentinel: the fixtures themselves, then the store on
 //! them.
 
-use stock::redis::cluster_fixture::{RedisCluster, SentinelSet};
+use seckill_testkit::redis_cluster::{RedisCluster, SentinelSet};
 
 #[test]
 fn the_cluster_fixture_spreads_the_slots_over_three_masters_with_replicas() {
@@ -48,7 +48,7 @@ pub fn sales_on_every_master(cluster: &RedisCluster) -> Vec<String> {
 mod store {
     use std::time::Duration;
 
-    use stock::redis::cluster_fixture::RedisCluster;
+    use seckill_testkit::redis_cluster::RedisCluster;
     use stock::redis::{
         Abandoned, ClaimOutcome, KeyRecall, Moved, NodeClaim, Persistence, Recalled, RedisStore,
         ReserveOutcome,
@@ -219,7 +219,7 @@ mod store {
 mod sentinel {
     use std::time::{Duration, Instant};
 
-    use stock::redis::cluster_fixture::SentinelSet;
+    use seckill_testkit::redis_cluster::SentinelSet;
     use stock::redis::{RedisStore, ReserveOutcome};
 
     use crate::{call, counts, spec, TIMEOUT};
@@ -350,7 +350,7 @@ mod sentinel {
 /// still one server to connect to: the cluster probe does not lock it out.
 #[tokio::test(flavor = "current_thread")]
 async fn a_server_refusing_info_is_taken_as_one_server() {
-    let server = stock::redis::fixture::RedisServer::start();
+    let server = seckill_testkit::RedisServer::start();
     let mut admin = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()

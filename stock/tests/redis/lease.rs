@@ -335,7 +335,7 @@ fn a_stop_leaves_nothing_in_the_lease_when_lease_calls_are_in_flight() {
     use stock::StockAuthority;
 
     const SALES: usize = 64;
-    let server = stock::redis::fixture::RedisServer::start();
+    let server = seckill_testkit::RedisServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

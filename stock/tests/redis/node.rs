@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use stock::redis::fixture::RedisServer;
+use seckill_testkit::RedisServer;
 use stock::redis::{ClaimOutcome, NodeClaim, Persistence, RedisStore, NODES_KEY};
 
 use crate::{setup, TIMEOUT};

@@ -3,8 +3,8 @@
 //! used on another node is found, the order it replays is never released
 //! afterwards, and the lookups waiting for Redis are bounded.
 
+use seckill_testkit::RedisServer;
 use stock::cluster::{ClusterOptions, RedisAuthority};
-use stock::redis::fixture::RedisServer;
 use stock::redis::{Abandoned, Moved, ReserveOutcome};
 use stock::{Attempt, KeyLookup, OrderStatus, StockAuthority, StockError};
 

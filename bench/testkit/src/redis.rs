@@ -2,29 +2,30 @@
 //! own temporary directory, with persistence off (or, `start_persistent`,
 //! an append-only file fsynced on every write), and killed on drop.
 //!
-//! Usable from any crate's tests (`stock::redis::fixture::RedisServer`); it
+//! Usable from any crate's tests (`seckill_testkit::RedisServer`); it
 //! needs nothing but `redis-server` on `PATH` (`scripts/redis.sh` installs
 //! it).
 //!
 //! ```no_run
-//! let mut redis = stock::redis::fixture::RedisServer::start();
+//! let mut redis = seckill_testkit::RedisServer::start();
 //! let url = redis.url(); // redis://127.0.0.1:PORT/
 //! redis.stop(); // "Redis down"
 //! redis.start_again(); // same port, empty data set
 //!
-//! let mut redis = stock::redis::fixture::RedisServer::start_persistent();
+//! let mut redis = seckill_testkit::RedisServer::start_persistent();
 //! redis.freeze(); // SIGSTOP: connections stay open, nothing is answered
 //! redis.thaw(); // SIGCONT
 //! redis.start_again(); // SIGKILL, then the same port with its data
 //! ```
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::{on_a_free_port, retry_for, temp_dir, Process};
 
 /// How long a started server may take to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,8 +36,8 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    dir: tempfile::TempDir,
+    child: Option<Process>,
     /// Append-only file on, fsynced on every write: a restart keeps every
     /// write Redis answered.
     persistent: bool,
@@ -61,25 +62,18 @@ impl RedisServer {
 
     fn start_with(persistent: bool) -> RedisServer {
         require_redis_server();
-        let dir = temp_dir();
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match spawn_ready(port, &dir, persistent) {
-                Ok(child) => {
-                    return RedisServer {
-                        port,
-                        dir,
-                        child: Some(child),
-                        persistent,
-                    }
-                }
-                // Most likely the port was taken between probing and binding.
-                Err(e) => last_error = e,
-            }
+        let dir = temp_dir("seckill-redis-");
+        match on_a_free_port(PORT_ATTEMPTS, |port| {
+            spawn_ready(port, dir.path(), persistent)
+        }) {
+            Ok((port, child)) => RedisServer {
+                port,
+                dir,
+                child: Some(child),
+                persistent,
+            },
+            Err(e) => panic!("could not start redis-server after {PORT_ATTEMPTS} ports: {e}"),
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        panic!("could not start redis-server after {PORT_ATTEMPTS} ports: {last_error}");
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -100,8 +94,7 @@ impl RedisServer {
     /// when already stopped.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -119,12 +112,7 @@ impl RedisServer {
 
     fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
-            let status = Command::new("kill")
-                .arg(sig)
-                .arg(child.id().to_string())
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill {sig} {} failed", child.id());
+            child.signal(sig);
         }
     }
 
@@ -136,18 +124,11 @@ impl RedisServer {
     /// When it does not come back within a few seconds.
     pub fn start_again(&mut self) {
         self.stop();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match spawn_ready(self.port, &self.dir, self.persistent) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("redis-server did not come back on port {}: {e}", self.port)
-                }
-                Err(_) => thread::sleep(Duration::from_millis(50)),
-            }
+        let (port, dir, persistent) = (self.port, self.dir.path(), self.persistent);
+        let pause = Duration::from_millis(50);
+        match retry_for(READY_TIMEOUT, pause, || spawn_ready(port, dir, persistent)) {
+            Ok(child) => self.child = Some(child),
+            Err(e) => panic!("redis-server did not come back on port {port}: {e}"),
         }
     }
 }
@@ -155,7 +136,6 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -174,60 +154,32 @@ fn require_redis_server() {
     }
 }
 
-/// A port that was free a moment ago (bind to port 0, read it, release).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "seckill-redis-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create the redis-server temp dir");
-    dir
-}
-
 /// Spawns `redis-server` on `port` and waits until it answers; kills it on
 /// failure.
-fn spawn_ready(port: u16, dir: &Path, persistent: bool) -> Result<Child, String> {
-    let log = std::fs::File::create(dir.join("redis.log")).map_err(|e| e.to_string())?;
+fn spawn_ready(port: u16, dir: &Path, persistent: bool) -> Result<Process, String> {
     let aof: &[&str] = if persistent {
         &["--appendonly", "yes", "--appendfsync", "always"]
     } else {
         &["--appendonly", "no"]
     };
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
         .args(["--save", "", "--daemonize", "no"])
-        .args(aof)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn redis-server: {e}"))?;
+        .args(aof);
+    let mut child = Process::spawn_logged(&mut cmd, &dir.join("redis.log"));
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-            return Err(format!("redis-server exited ({status}): {log}"));
+        if let Some(status) = child.try_wait() {
+            return Err(format!("redis-server exited ({status}): {}", child.log()));
         }
-        if answers(port, child.id()) {
+        if answers(port, child.pid()) {
             return Ok(child);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             return Err(format!("no PONG on port {port} within {READY_TIMEOUT:?}"));
         }
         thread::sleep(Duration::from_millis(10));

@@ -2,35 +2,34 @@
 //! loopback port with sqlite storage in its own temporary directory, killed
 //! on drop.
 //!
-//! Usable from any crate's tests (`queue::kafka::fixture::Broker`); it needs
+//! Usable from any crate's tests (`seckill_testkit::kafka::Broker`, feature
+//! `kafka`); it needs
 //! the tansu binary (see [`tansu_binary`]; `scripts/kafka.sh` installs it).
 //! The sqlite engine keeps topics, messages and committed offsets across a
 //! SIGKILL, so [`Broker::stop`] + [`Broker::start_again`] is a broker crash
 //! and restart with its data intact.
 //!
 //! ```no_run
-//! let mut broker = queue::kafka::fixture::Broker::start();
+//! let mut broker = seckill_testkit::kafka::Broker::start();
 //! broker.create_topic("seckill.orders", 6);
 //! let bootstrap = broker.bootstrap(); // 127.0.0.1:PORT
 //! broker.stop(); // "Kafka down" (SIGKILL)
 //! broker.start_again(); // same port, same topics, messages and offsets
 //! ```
 
-use std::future::Future;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{block_on, on_a_free_port, retry_for, temp_dir, Process};
 
 /// How long a started broker may take to answer a metadata request (it is
 /// typically ready in well under a second).
@@ -47,8 +46,8 @@ const CLUSTER_ID: &str = "seckill-test";
 pub struct Broker {
     binary: PathBuf,
     port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    dir: tempfile::TempDir,
+    child: Option<Process>,
 }
 
 impl Broker {
@@ -66,28 +65,25 @@ impl Broker {
                  or point SECKILL_TANSU at a tansu binary"
             )
         });
-        let dir = temp_dir();
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match spawn_ready(&binary, port, &dir) {
-                Ok(child) => {
-                    return Broker {
-                        binary,
-                        port,
-                        dir,
-                        child: Some(child),
-                    }
-                }
-                // Most likely the port was taken between probing and binding.
-                Err(e) => last_error = e,
+        let dir = temp_dir("seckill-tansu-");
+        let started = on_a_free_port(PORT_ATTEMPTS, |port| {
+            let started = spawn_ready(&binary, port, dir.path());
+            if started.is_err() {
+                // A failed attempt may have left a half-made database behind.
+                let _ = std::fs::remove_dir_all(dir.path());
+                let _ = std::fs::create_dir_all(dir.path());
             }
-            // A failed attempt may have left a half-made database behind.
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::create_dir_all(&dir);
+            started
+        });
+        match started {
+            Ok((port, child)) => Broker {
+                binary,
+                port,
+                dir,
+                child: Some(child),
+            },
+            Err(e) => panic!("could not start tansu after {PORT_ATTEMPTS} ports: {e}"),
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        panic!("could not start tansu after {PORT_ATTEMPTS} ports: {last_error}");
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
@@ -101,13 +97,13 @@ impl Broker {
 
     /// The broker's directory: its sqlite database and `tansu.log`.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Everything the broker printed so far (all its runs), e.g. to look
     /// for a `panicked` line.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
     /// Whether the broker process is running (started and not stopped).
@@ -119,8 +115,7 @@ impl Broker {
     /// no-op when already stopped.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -131,18 +126,11 @@ impl Broker {
     /// When it does not come back within `READY_TIMEOUT`.
     pub fn start_again(&mut self) {
         self.stop();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match spawn_ready(&self.binary, self.port, &self.dir) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("tansu did not come back on port {}: {e}", self.port)
-                }
-                Err(_) => thread::sleep(Duration::from_millis(100)),
-            }
+        let (binary, port, dir) = (&self.binary, self.port, self.dir.path());
+        let pause = Duration::from_millis(100);
+        match retry_for(READY_TIMEOUT, pause, || spawn_ready(binary, port, dir)) {
+            Ok(child) => self.child = Some(child),
+            Err(e) => panic!("tansu did not come back on port {port}: {e}"),
         }
     }
 
@@ -208,7 +196,6 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -241,46 +228,6 @@ pub fn tansu_binary() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// Runs a future to completion on this thread (parks between polls).
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park();
-    }
-}
-
-/// A port that was free a moment ago (bind to port 0, read it, release).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "seckill-tansu-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create the tansu temp dir");
-    dir
-}
-
 /// A client for metadata requests only.
 fn metadata_client(bootstrap: &str) -> BaseConsumer {
     ClientConfig::new()
@@ -301,16 +248,10 @@ fn log_tail(dir: &Path) -> String {
 
 /// Spawns `tansu broker` on `port` with its database in `dir`, and waits
 /// until it answers a metadata request; kills it on failure.
-fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("tansu.log"))
-        .map_err(|e| format!("open tansu.log: {e}"))?;
-    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Process, String> {
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut child = Command::new(binary)
-        .arg("broker")
+    let mut cmd = Command::new(binary);
+    cmd.arg("broker")
         .args(["--cluster-id", CLUSTER_ID])
         .args(["--listener-url", &url])
         .args(["--advertised-listener-url", &url])
@@ -321,21 +262,16 @@ fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
         // Settings tansu would otherwise take from the environment.
         .env_remove("SCHEMA_REGISTRY")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-    let fail = |child: &mut Child, why: String| {
-        let _ = child.kill();
-        let _ = child.wait();
+        .env_remove("RUST_LOG");
+    let mut child = Process::spawn_logged(&mut cmd, &dir.join("tansu.log"));
+    let fail = |child: &mut Process, why: String| {
+        child.kill();
         Err(format!("{why}; tansu.log:\n{}", log_tail(dir)))
     };
     let deadline = Instant::now() + READY_TIMEOUT;
     // First the listener, then a metadata round trip.
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = child.try_wait() {
             return Err(format!(
                 "tansu exited ({status}); tansu.log:\n{}",
                 log_tail(dir)
@@ -359,7 +295,7 @@ fn spawn_ready(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
         let answered = client.fetch_metadata(None, Duration::from_secs(1)).is_ok();
         // The port may belong to someone else if tansu failed to bind it:
         // then tansu exits at once.
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = child.try_wait() {
             return Err(format!(
                 "tansu exited ({status}); tansu.log:\n{}",
                 log_tail(dir)

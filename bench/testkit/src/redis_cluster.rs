@@ -11,7 +11,7 @@
 //! Needs `redis-server` and `redis-cli` on `PATH` (`scripts/redis.sh`).
 //!
 //! ```no_run
-//! use stock::redis::cluster_fixture::{RedisCluster, SentinelSet};
+//! use seckill_testkit::redis_cluster::{RedisCluster, SentinelSet};
 //! let mut cluster = RedisCluster::start();
 //! let seeds = cluster.seeds(); // redis://127.0.0.1:P1,redis://127.0.0.1:P2,...
 //! let port = cluster.master_of("sk:{s1}:pool");
