@@ -26,7 +26,9 @@
 # the settler's grace (SETTLE_GRACE_MS) and audits:
 # - the order topic (seckill-bench's --kafka audit, --audit-after): no
 #   oversell, every 200 logged once, per-user limit, one key one order, no
-#   200 released by compensation, every order ended;
+#   200 released by compensation, every order ended, no false sold-out (no
+#   410 after units had been unsold on the log's timeline for more than
+#   1.5 s before the request);
 # - Redis (soak_clients.py redis): no order left reserved, nothing left
 #   unlogged, pool + leases + sold == stock with sold == units of reserved
 #   and paid orders, every order answered 200 (harness and payers) known

@@ -84,7 +84,7 @@ fn a_clean_sale_passes_every_check() {
     let (code, record) = run_cli(&node, &[]);
     let v = verdicts(&record);
     assert_eq!(code, 0, "{:#?}", record.audit);
-    assert_eq!(v.len(), 8);
+    assert_eq!(v.len(), 9);
     assert!(
         v.values().all(|v| *v == Verdict::Pass),
         "{:#?}",
@@ -202,6 +202,8 @@ fn a_corrupted_copy_of_the_journal_fails() {
             acked: rec.acked(),
             holders: rec.holders().len() as u64,
             sold_out_answers: rec.code_count("sold_out"),
+            sold_out_at: rec.sold_out_at(),
+            sold_out_untimed: rec.sold_out_untimed(),
             failures: rec.failures(),
             unfinished: rec.unfinished,
             log: parse_journal(image),
