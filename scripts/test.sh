@@ -2,7 +2,10 @@
 # The full test suite, as CI runs it (.ci/run calls this script):
 #   1. formatting and clippy (warnings are errors),
 #   2. every crate's unit and integration tests (the node tests start real
-#      `seckill` processes on loopback, kill them and restart them),
+#      `seckill` processes on loopback, kill them and restart them; the
+#      property tests: the HTTP parser and JSON bodies, `seckill --test
+#      fuzz`, and the embedded authority against its model, `stock --test
+#      model`),
 #   3. the fault soak, 60 s in each mode (scripts/soak.sh: kill -9,
 #      Redis and broker restarts, hostile clients; every invariant audited),
 #   4. loom model checks of the stock shards' stealing and sold-out flag.
