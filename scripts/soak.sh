@@ -84,14 +84,15 @@ seconds() { # 90, 90s, 5m -> seconds
 }
 duration_s=$(seconds "$DURATION")
 
-cargo build --release -q -p seckill -p bench
 audit_after=$((PAYMENT_TIMEOUT_S + SETTLE_GRACE_MS / 1000 + 10))
-# A hard bound on the whole run once built (SOAK_TIMEOUT_S, default the
-# load + the wait for the audit + 4 minutes for starts, restarts and the
-# audit): past it, timeout(1) sends SIGTERM to the soak's process group
-# (every process it started: they are not detached), the trap below stops
-# the cluster, and the exit status is 124; SIGKILL 60 s later if stuck.
+# Built first, then the run itself again under a hard bound
+# (SOAK_TIMEOUT_S, default the load + the wait for the audit + 4 minutes
+# for starts, restarts and the audit): past it, timeout(1) sends SIGTERM
+# to the soak's process group (every process it started: none is
+# detached), the trap below stops the cluster, and the exit status is 124;
+# SIGKILL 60 s later if stuck.
 if [ -z "${SOAK_BOUNDED:-}" ]; then
+  cargo build --release -q -p seckill -p bench
   export SOAK_BOUNDED=1
   exec timeout --kill-after=60s "${SOAK_TIMEOUT_S:-$((duration_s + audit_after + 240))}s" bash "$0" "$@"
 fi
