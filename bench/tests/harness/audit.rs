@@ -144,6 +144,8 @@ fn stranded_stock_fails() {
     assert_eq!(code, 1);
     assert_eq!(v["sells_out"], Verdict::Fail, "{:#?}", record.audit);
     assert_eq!(v["no_oversell"], Verdict::Pass);
+    // Its sold_out answers came while 2 units were never sold: all false.
+    assert_eq!(v["no_false_sold_out"], Verdict::Fail, "{:#?}", record.audit);
 }
 
 /// `--audit-after` audits later and adds `orders_settled`: the fake node
