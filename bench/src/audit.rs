@@ -451,6 +451,8 @@ fn no_false_sold_out(
     let origin = log.events.iter().map(|e| e.at).min().unwrap_or(0);
     let mut false_answers = 0u64;
     let mut beyond_view = 0u64;
+    // The first false answers: (sent, ms units had been unsold or None).
+    let mut flagged: Vec<(u64, Option<u64>)> = Vec::new();
     // The longest time units had been unsold when a request answered
     // sold_out was sent: (ms, sent at); None: never all live before.
     let mut worst: Option<(Option<u64>, u64)> = None;
@@ -461,6 +463,9 @@ fn no_false_sold_out(
         let unsold = last_full.map(|t| a.sent_ms.saturating_sub(t));
         if unsold.is_none_or(|ms| ms > FALSE_SOLD_OUT_TOLERANCE_MS) {
             false_answers += 1;
+            if flagged.len() < 5 {
+                flagged.push((a.sent_ms, unsold));
+            }
         } else if unsold.is_some_and(|ms| ms > SOLD_OUT_VIEW_MS) {
             beyond_view += 1;
         }
@@ -493,6 +498,16 @@ fn no_false_sold_out(
             )
         }
         None => {}
+    }
+    if !flagged.is_empty() {
+        let shown: Vec<String> = flagged
+            .iter()
+            .map(|(sent, unsold)| match unsold {
+                Some(ms) => format!("sent at {sent} ms, unsold {ms} ms"),
+                None => format!("sent at {sent} ms, never all live before"),
+            })
+            .collect();
+        detail += &format!(" (the first: {})", shown.join("; "));
     }
     if untimed > 0 {
         detail += &format!("; {untimed} answers not timed");
@@ -1032,6 +1047,11 @@ mod tests {
         assert!(check.detail.starts_with("3 of 3"), "{}", check.detail);
         assert!(
             check.detail.contains("before the stock was ever all live"),
+            "{}",
+            check.detail
+        );
+        assert!(
+            check.detail.contains("sent at 35000 ms, unsold 5000 ms"),
             "{}",
             check.detail
         );
