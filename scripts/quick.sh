@@ -32,12 +32,13 @@ step "unit tests (every crate's lib)"
 cargo test --workspace --lib
 
 step "in-process integration tests"
-# stock: the shards under real threads. queue: the journal (a child
+# stock: the shards under real threads, the embedded authority against
+# its model. queue: the journal (a child
 # process killed mid-append), KafkaLog on librdkafka's in-process mock
 # cluster. seckill: every endpoint's statuses and bodies through
 # Core::handle (tests/api.rs), the parser and body property tests
 # (tests/fuzz.rs), the journal-order property test on Core::handle.
-cargo test -p stock --test stock
+cargo test -p stock --test stock --test model
 cargo test -p queue --test queue --test kafka_mock
 cargo test -p seckill --test api --test fuzz
 cargo test -p seckill --test node journal_replay::

@@ -26,7 +26,9 @@
 # the settler's grace (SETTLE_GRACE_MS) and audits:
 # - the order topic (seckill-bench's --kafka audit, --audit-after): no
 #   oversell, every 200 logged once, per-user limit, one key one order, no
-#   200 released by compensation, every order ended;
+#   200 released by compensation, every order ended, no false sold-out (no
+#   410 after units had been unsold on the log's timeline for more than
+#   1.5 s before the request);
 # - Redis (soak_clients.py redis): no order left reserved, nothing left
 #   unlogged, pool + leases + sold == stock with sold == units of reserved
 #   and paid orders, every order answered 200 (harness and payers) known
@@ -42,12 +44,15 @@
 # Prints and keeps a table (faults by kind, requests, 200s, each invariant
 # PASS/FAIL with counts, peak node RSS) in $OUT/soak-<mode>-<time>.md with
 # the harness's run record beside it; KEEP=1 keeps the work dir (logs).
-# Exit status 1 when any check failed.
+# Exit status 1 when any check failed, 124 when the run outlived its hard
+# bound (SOAK_TIMEOUT_S); interrupted or timed out, it stops every process
+# it started (trap).
 #
 # Settings (env): MODE=cluster|embedded DURATION=5m NODES=3 RATE=300 CONNS=24
 #   STOCK=200 PAYMENT_TIMEOUT_S=20 SETTLE_GRACE_MS=15000 KILL_EVERY=20
 #   PAYERS=2 PAY_SHARE=0.5 CANCEL_SHARE=0.25 NODE_CORES=1 SEED=1 OUT=<run dir>
 #   RSS_LIMIT_MB=256 (a node's peak RSS above it fails the soak)
+#   SOAK_TIMEOUT_S=<DURATION + audit wait + 240> (the hard bound, build excluded)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,7 +84,18 @@ seconds() { # 90, 90s, 5m -> seconds
 }
 duration_s=$(seconds "$DURATION")
 
-cargo build --release -q -p seckill -p bench
+audit_after=$((PAYMENT_TIMEOUT_S + SETTLE_GRACE_MS / 1000 + 10))
+# Built first, then the run itself again under a hard bound
+# (SOAK_TIMEOUT_S, default the load + the wait for the audit + 4 minutes
+# for starts, restarts and the audit): past it, timeout(1) sends SIGTERM
+# to the soak's process group (every process it started: none is
+# detached), the trap below stops the cluster, and the exit status is 124;
+# SIGKILL 60 s later if stuck.
+if [ -z "${SOAK_BOUNDED:-}" ]; then
+  cargo build --release -q -p seckill -p bench
+  export SOAK_BOUNDED=1
+  exec timeout --kill-after=60s "${SOAK_TIMEOUT_S:-$((duration_s + audit_after + 240))}s" bash "$0" "$@"
+fi
 NODE_BIN=$TARGET_DIR/release/seckill
 bench_bin=$TARGET_DIR/release/seckill-bench
 clients="python3 scripts/lib/soak_clients.py"
@@ -89,20 +105,26 @@ if [ -z "${SECKILL_COMMIT:-}" ] && git rev-parse HEAD >/dev/null 2>&1; then
 fi
 export SECKILL_COMMIT=${SECKILL_COMMIT:-unknown}
 
+redis_port="" redis_pid="" kafka_port="" kafka_pid=""
 work=$(mktemp -d /tmp/seckill-soak.XXXXXX)
 source scripts/lib/cluster.sh
 bg_pids=()
 cleanup() {
   local pid
   for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # A Redis paused by the fault schedule must run again to stop.
+  [ -z "$redis_pid" ] || kill -CONT "$redis_pid" 2>/dev/null || true
   cluster_stop
   if [ -n "${KEEP:-}" ]; then echo "soak: work dir kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
+# Interrupted (Ctrl-C, timeout(1), CI cancelling): exit, so that the EXIT
+# trap stops everything this soak started.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 fault() { echo "$(date -u +%s) $*" >>"$work/faults.log"; echo "soak: t=$((SECONDS - t0))s fault: $*"; }
 
 # ---- the cluster ----------------------------------------------------------
-redis_port="" redis_pid="" kafka_port="" kafka_pid=""
 redis_start() {
   mkdir -p "$work/redis"
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" \
@@ -158,7 +180,6 @@ fi
 sale=soak-$(date -u +%H%M%S)
 name=soak-$MODE-$(date -u +%H%M%S)
 mkdir -p "$OUT"
-audit_after=$((PAYMENT_TIMEOUT_S + SETTLE_GRACE_MS / 1000 + 10))
 "$bench_bin" run --target "$target" --admin-token "$TOKEN" "${order_log[@]}" \
   --scenario purchase --sale "$sale" --stock "$STOCK" --per-user-limit 1 \
   --payment-timeout-s "$PAYMENT_TIMEOUT_S" --rate "$RATE" --duration "${duration_s}s" \

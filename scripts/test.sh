@@ -2,8 +2,13 @@
 # The full test suite, as CI runs it (.ci/run calls this script):
 #   1. formatting and clippy (warnings are errors),
 #   2. every crate's unit and integration tests (the node tests start real
-#      `seckill` processes on loopback, kill them and restart them),
-#   3. loom model checks of the stock shards' stealing and sold-out flag.
+#      `seckill` processes on loopback, kill them and restart them; the
+#      property tests: the HTTP parser and JSON bodies, `seckill --test
+#      fuzz`, and the embedded authority against its model, `stock --test
+#      model`),
+#   3. the fault soak, 60 s in each mode (scripts/soak.sh: kill -9,
+#      Redis and broker restarts, hostile clients; every invariant audited),
+#   4. loom model checks of the stock shards' stealing and sold-out flag.
 # Embedded mode needs nothing installed beyond the Rust toolchain; the
 # cluster tests need redis-server, which scripts/redis.sh installs (apt-get)
 # when missing, the dashboard's browser test Debian's chromium and the
@@ -65,6 +70,22 @@ rm -f "$tansu_log"
 
 step "cargo test (workspace)"
 cargo test --workspace
+
+# The fault soak, short: both modes, 60 s of load each (then the wait
+# for the payment timeout and the settler's grace, and the audit: about
+# 2 minutes each). Any invariant FAIL, or the soak's own hard bound
+# (timeout(1) inside scripts/soak.sh), fails the suite; the tables go to a
+# temporary directory, not bench/runs.
+step "the fault soak, 60 s: cluster, then embedded (scripts/soak.sh)"
+soak_out=$(mktemp -d)
+for mode in cluster embedded; do
+  if ! MODE=$mode DURATION=60s OUT="$soak_out" bash scripts/soak.sh; then
+    echo "the fault soak (MODE=$mode) failed; its table:" >&2
+    cat "$soak_out"/soak-"$mode"-*.md >&2 2>/dev/null || true
+    exit 1
+  fi
+done
+rm -rf "$soak_out"
 
 step "schemathesis: a running node against docs/openapi.yaml"
 bash scripts/schemathesis.sh

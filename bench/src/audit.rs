@@ -20,6 +20,10 @@
 //!   stock.
 //! - `acked_never_released`: no order answered 200 (first or as a replay)
 //!   has a `stock_released` event: compensation never takes a 200 back.
+//! - `no_false_sold_out`: no `410 sold_out` answer came while units were
+//!   unsold (not in a reserved or paid order, by the log's timeline) for
+//!   longer than [`FALSE_SOLD_OUT_TOLERANCE_MS`] before the request was
+//!   sent through the moment it was answered.
 //! - `orders_settled` ([`settled`], for an audit run once the sale's payment
 //!   timeout and the settler's grace have passed): every order of the sale
 //!   ended paid, cancelled, expired or released.
@@ -32,7 +36,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin::SaleView;
 use crate::orderlog::LogContents;
-use crate::recorder::AckedOrder;
+use crate::recorder::{AckedOrder, SoldOutAt};
+
+/// How long units may have been unsold, before a purchase was sent, for a
+/// `410 sold_out` answer to it still to be right. The contract lets a node
+/// answer from its last view of the cluster, at most about 200 ms old (the
+/// poller reads Redis every 200 ms); a unit given back (cancel, expiry) to
+/// the pool or held in another node's lease then reaches a node with dry
+/// shards by a lease or a rebalance (`want.lua`, seen by the holders on
+/// their next poll, `give_back.lua`, the asker's lease: up to two more
+/// polls, 400 ms). 600 ms in all; the rest, to 1.5 s, is for a shared
+/// 2-core machine, where a poll tick or the stamp of an event (`at`, made
+/// by the process that wrote it) can be late by hundreds of milliseconds
+/// under load. A node answering from a view older than this is wrong, not
+/// slow. Embedded mode is exact (one authority), so there the tolerance
+/// only absorbs clock reads.
+pub const FALSE_SOLD_OUT_TOLERANCE_MS: u64 = 1_500;
+
+/// How old the contract lets a node's view be: answers after units had
+/// been unsold longer than this (but within the tolerance) are counted
+/// apart, as the figure to watch.
+pub const SOLD_OUT_VIEW_MS: u64 = 200;
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +122,10 @@ pub struct AuditInput<'a> {
     pub holders: u64,
     /// Answers with the `sold_out` code.
     pub sold_out_answers: u64,
+    /// When purchases were answered `sold_out` (all, or the first ones).
+    pub sold_out_at: &'a [SoldOutAt],
+    /// `sold_out` answers whose times were not kept.
+    pub sold_out_untimed: u64,
     /// Requests whose outcome is unknown (transport errors, no answer, 5xx).
     pub failures: u64,
     /// Requests still unanswered when the run ended.
@@ -360,6 +388,18 @@ pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
         )),
     }
 
+    // no_false_sold_out
+    match &input.log {
+        Err(_) => checks.push(Check::skip("no_false_sold_out", "no log")),
+        Ok(log) => checks.push(no_false_sold_out(
+            log,
+            input.sale_id,
+            input.stock,
+            input.sold_out_at,
+            input.sold_out_untimed,
+        )),
+    }
+
     // sells_out
     let demand_met = input.sold_out_answers > 0 || input.holders >= input.stock;
     if input.failures > 0 {
@@ -393,6 +433,160 @@ pub fn audit(input: &AuditInput<'_>) -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// `no_false_sold_out`: each `sold_out` answer against the log's timeline
+/// of live units (in orders reserved and not cancelled, expired or
+/// released; a paid order stays live). An answer is false when the sale had no moment with every
+/// unit live from [`FALSE_SOLD_OUT_TOLERANCE_MS`] before its request was
+/// sent through its answer.
+fn no_false_sold_out(
+    log: &LogContents,
+    sale_id: &str,
+    stock: u64,
+    answers: &[SoldOutAt],
+    untimed: u64,
+) -> Check {
+    let full = full_spans(log, sale_id, stock);
+    let origin = log.events.iter().map(|e| e.at).min().unwrap_or(0);
+    let mut false_answers = 0u64;
+    let mut beyond_view = 0u64;
+    // The first false answers: (sent, ms units had been unsold or None).
+    let mut flagged: Vec<(u64, Option<u64>)> = Vec::new();
+    // The longest time units had been unsold when a request answered
+    // sold_out was sent: (ms, sent at); None: never all live before.
+    let mut worst: Option<(Option<u64>, u64)> = None;
+    for a in answers {
+        // The last moment at or before the answer when every unit was live.
+        let i = full.partition_point(|(start, _)| *start <= a.answered_ms);
+        let last_full = i.checked_sub(1).map(|i| full[i].1.min(a.answered_ms));
+        let unsold = last_full.map(|t| a.sent_ms.saturating_sub(t));
+        if unsold.is_none_or(|ms| ms > FALSE_SOLD_OUT_TOLERANCE_MS) {
+            false_answers += 1;
+            if flagged.len() < 5 {
+                flagged.push((a.sent_ms, unsold));
+            }
+        } else if unsold.is_some_and(|ms| ms > SOLD_OUT_VIEW_MS) {
+            beyond_view += 1;
+        }
+        let longer = match (worst, unsold) {
+            (None, _) | (Some((Some(_), _)), None) => true,
+            (Some((Some(w), _)), Some(ms)) => ms > w,
+            (Some((None, _)), _) => false,
+        };
+        if longer {
+            worst = Some((unsold, a.sent_ms));
+        }
+    }
+    let mut detail = format!(
+        "{false_answers} of {} sold_out answers to requests sent after units had been unsold \
+         for more than {FALSE_SOLD_OUT_TOLERANCE_MS} ms; {beyond_view} more than \
+         {SOLD_OUT_VIEW_MS} ms",
+        answers.len()
+    );
+    match worst {
+        Some((Some(ms), at)) => {
+            detail += &format!(
+                "; longest: {ms} ms (sent {:.1} s into the log)",
+                at.saturating_sub(origin) as f64 / 1e3
+            )
+        }
+        Some((None, at)) => {
+            detail += &format!(
+                "; one sent {:.1} s into the log, before the stock was ever all live",
+                at.saturating_sub(origin) as f64 / 1e3
+            )
+        }
+        None => {}
+    }
+    if !flagged.is_empty() {
+        let shown: Vec<String> = flagged
+            .iter()
+            .map(|(sent, unsold)| match unsold {
+                Some(ms) => format!("sent at {sent} ms, unsold {ms} ms"),
+                None => format!("sent at {sent} ms, never all live before"),
+            })
+            .collect();
+        detail += &format!(" (the first: {})", shown.join("; "));
+    }
+    if untimed > 0 {
+        detail += &format!("; {untimed} answers not timed");
+    }
+    Check::new("no_false_sold_out", false_answers == 0, detail)
+}
+
+/// The spans (start, end) of the log's timeline, in `at` milliseconds,
+/// during which every unit of the sale was in a live order (`end`
+/// `u64::MAX`: still at the end of the log). Each order counts once, from
+/// its first `order_reserved` to its first cancel, expiry or release; an
+/// order released without a reservation in the log (compensation of a
+/// reservation that was never logged) counts as live from the start, so
+/// that the check errs towards passing when the log is incomplete.
+fn full_spans(log: &LogContents, sale_id: &str, stock: u64) -> Vec<(u64, u64)> {
+    let mut reserved: HashMap<&str, (u64, u32)> = HashMap::new();
+    let mut ended: HashMap<&str, u64> = HashMap::new();
+    for e in &log.events {
+        match &e.kind {
+            EventKind::OrderReserved {
+                order_id,
+                sale_id: sale,
+                quantity,
+                ..
+            } if sale == sale_id => {
+                reserved.entry(order_id).or_insert((e.at, *quantity));
+            }
+            EventKind::OrderCancelled {
+                order_id,
+                sale_id: sale,
+                quantity,
+                ..
+            }
+            | EventKind::OrderExpired {
+                order_id,
+                sale_id: sale,
+                quantity,
+                ..
+            }
+            | EventKind::StockReleased {
+                order_id,
+                sale_id: sale,
+                quantity,
+                ..
+            } if sale == sale_id => {
+                ended.entry(order_id).or_insert(e.at);
+                reserved.entry(order_id).or_insert((0, *quantity));
+            }
+            _ => {}
+        }
+    }
+    // (at, units): reservations before releases of the same millisecond.
+    let mut changes: Vec<(u64, i64)> = Vec::with_capacity(reserved.len() * 2);
+    for (id, (at, qty)) in &reserved {
+        changes.push((*at, i64::from(*qty)));
+        if let Some(end) = ended.get(id) {
+            changes.push(((*end).max(*at), -i64::from(*qty)));
+        }
+    }
+    changes.sort_unstable_by_key(|(at, delta)| (*at, -*delta));
+    let mut spans = Vec::new();
+    let mut live = 0i64;
+    let mut since = None;
+    for (at, delta) in changes {
+        live += delta;
+        let full = live >= stock as i64;
+        match (full, since) {
+            (true, None) => since = Some(at),
+            (false, Some(start)) => {
+                spans.push((start, at));
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = since {
+        spans.push((start, u64::MAX));
+    }
+    spans
 }
 
 /// `orders_settled`: every order of `sale_id` reserved in the log has ended
@@ -611,6 +805,8 @@ mod tests {
             acked: acks,
             holders: 2,
             sold_out_answers: 5,
+            sold_out_at: &[],
+            sold_out_untimed: 0,
             failures: 0,
             unfinished: 0,
             log: Ok(LogContents {
@@ -632,7 +828,7 @@ mod tests {
             2,
         );
         assert!(v.values().all(|v| *v == Verdict::Pass), "{v:?}");
-        assert_eq!(v.len(), 8);
+        assert_eq!(v.len(), 9);
     }
 
     #[test]
@@ -781,6 +977,86 @@ mod tests {
         assert_eq!(settled(&Err("gone".into()), "s").verdict, Verdict::Fail);
     }
 
+    fn at(mut e: Event, ms: u64) -> Event {
+        e.at = ms;
+        e
+    }
+
+    fn sold_out_check(events: Vec<Event>, answers: &[(u64, u64)]) -> Check {
+        let log = LogContents {
+            events,
+            ..LogContents::default()
+        };
+        let answers: Vec<SoldOutAt> = answers
+            .iter()
+            .map(|&(sent_ms, answered_ms)| SoldOutAt {
+                sent_ms,
+                answered_ms,
+            })
+            .collect();
+        no_false_sold_out(&log, "s", 2, &answers, 0)
+    }
+
+    #[test]
+    fn a_sold_out_answer_while_units_stay_unsold_fails() {
+        const TOL: u64 = FALSE_SOLD_OUT_TOLERANCE_MS;
+        // Stock 2: all live from 1,000 ms; o1 cancelled at 10,000 (one
+        // unit unsold), o3 reserves it again at 20,000; o2 expires at
+        // 30,000 and stays unsold.
+        let events = vec![
+            at(reserved("o1", "a"), 1_000),
+            at(reserved("o2", "b"), 1_000),
+            at(ended(released, "o1", "a"), 10_000),
+            at(reserved("o3", "c"), 20_000),
+            at(ended(paid, "o3", "c"), 21_000),
+            at(
+                Event::new(
+                    0,
+                    EventKind::OrderExpired {
+                        order_id: "o2".into(),
+                        sale_id: "s".into(),
+                        user_id: "b".into(),
+                        quantity: 1,
+                    },
+                ),
+                30_000,
+            ),
+        ];
+        // While every unit was live, and within the tolerance after a
+        // unit came back (the node's view may be that old): right.
+        let right = [
+            (1_000, 1_001),
+            (9_999, 10_002),
+            (10_000 + TOL, 10_000 + TOL + 5),
+            (20_000, 20_001),
+            (25_000, 25_001),
+            (30_000 + TOL - 1, 30_000 + TOL + 100),
+        ];
+        let check = sold_out_check(events.clone(), &right);
+        assert_eq!(check.verdict, Verdict::Pass, "{}", check.detail);
+        // Units unsold for longer than the tolerance when the request was
+        // sent: false, each counted; so is one before the sale ever sold
+        // out, and a paid order keeps its unit.
+        let wrong = [
+            (10_000 + TOL + 1, 10_000 + TOL + 2),
+            (35_000, 35_000),
+            (500, 600),
+        ];
+        let check = sold_out_check(events, &wrong);
+        assert_eq!(check.verdict, Verdict::Fail, "{}", check.detail);
+        assert!(check.detail.starts_with("3 of 3"), "{}", check.detail);
+        assert!(
+            check.detail.contains("before the stock was ever all live"),
+            "{}",
+            check.detail
+        );
+        assert!(
+            check.detail.contains("sent at 35000 ms, unsold 5000 ms"),
+            "{}",
+            check.detail
+        );
+    }
+
     #[test]
     fn unreadable_log_fails() {
         let input = AuditInput {
@@ -791,6 +1067,8 @@ mod tests {
             acked: &[],
             holders: 0,
             sold_out_answers: 0,
+            sold_out_at: &[],
+            sold_out_untimed: 0,
             failures: 0,
             unfinished: 0,
             log: Err("corrupt".into()),

@@ -567,6 +567,8 @@ fn audit_run(c: &Common, p: &Prepared, rec: &Recorder) -> Vec<Check> {
         acked: rec.acked(),
         holders: rec.holders().len() as u64,
         sold_out_answers: rec.code_count("sold_out"),
+        sold_out_at: rec.sold_out_at(),
+        sold_out_untimed: rec.sold_out_untimed(),
         failures: rec.failures(),
         unfinished: rec.unfinished,
         log,

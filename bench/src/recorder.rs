@@ -26,11 +26,13 @@
 //!
 //! PERFORMANCE-CRITICAL PATH (of the load generator): [`Recorder::response`]
 //! runs once per request. Allocation only for 200 purchase answers (one
-//! order each, bounded by the stock) and for a new error code.
+//! order each, bounded by the stock), for a new error code, and for the
+//! times of `sold_out` answers to purchases (16 bytes each, amortised, at
+//! most [`MAX_SOLD_OUT_TIMES`] per thread: the false sold-out audit).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,18 @@ use crate::user::User;
 
 /// Highest latency a histogram holds exactly (longer ones are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// At most this many `sold_out` answer times are kept per load thread
+/// (16 MiB); later ones are only counted ([`Recorder::sold_out_untimed`]).
+pub const MAX_SOLD_OUT_TIMES: usize = 1 << 20;
+
+/// When a purchase answered `410 sold_out` was sent and answered, Unix
+/// milliseconds (the clock of the order log's `at`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoldOutAt {
+    pub sent_ms: u64,
+    pub answered_ms: u64,
+}
 
 /// An order the node acknowledged with 200.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +98,8 @@ impl Bucket {
 /// The observations of one load thread (or, merged, of a run).
 pub struct Recorder {
     start: Instant,
+    /// `start` in Unix milliseconds.
+    start_unix_ms: u64,
     interval: Duration,
     corrected: Histogram<u64>,
     service: Histogram<u64>,
@@ -103,6 +119,10 @@ pub struct Recorder {
     acked: Vec<AckedOrder>,
     /// Users who got a decisive answer: an order, or `limit_exceeded`.
     holders: HashSet<User>,
+    /// Purchases answered `sold_out`: when (at most [`MAX_SOLD_OUT_TIMES`]).
+    sold_out_at: Vec<SoldOutAt>,
+    /// Purchases answered `sold_out` beyond [`MAX_SOLD_OUT_TIMES`].
+    sold_out_untimed: u64,
     last_done: Option<Instant>,
     /// Requests that were due or sent but had no answer when the run ended.
     pub unfinished: u64,
@@ -110,8 +130,15 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(start: Instant, interval: Duration) -> Self {
+        let since = start.elapsed();
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(since)
+            .as_millis() as u64;
         Recorder {
             start,
+            start_unix_ms,
             interval: interval.max(Duration::from_millis(10)),
             corrected: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
             service: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
@@ -126,6 +153,8 @@ impl Recorder {
             timeline: Vec::new(),
             acked: Vec::new(),
             holders: HashSet::new(),
+            sold_out_at: Vec::new(),
+            sold_out_untimed: 0,
             last_done: None,
             unfinished: 0,
         }
@@ -176,6 +205,16 @@ impl Recorder {
             }
         } else if head.status == 409 && error_code(body) == Some(b"limit_exceeded") {
             self.holders.insert(meta.user);
+        } else if head.status == 410 && error_code(body) == Some(b"sold_out") {
+            if self.sold_out_at.len() < MAX_SOLD_OUT_TIMES {
+                let at = SoldOutAt {
+                    sent_ms: self.unix_ms(sent),
+                    answered_ms: self.unix_ms(done),
+                };
+                self.sold_out_at.push(at);
+            } else {
+                self.sold_out_untimed += 1;
+            }
         }
     }
 
@@ -251,6 +290,8 @@ impl Recorder {
         }
         self.acked.extend(other.acked);
         self.holders.extend(other.holders);
+        self.sold_out_at.extend(other.sold_out_at);
+        self.sold_out_untimed += other.sold_out_untimed;
         self.last_done = self.last_done.max(other.last_done);
         self.unfinished += other.unfinished;
     }
@@ -258,6 +299,21 @@ impl Recorder {
     /// Orders acknowledged with 200 (replays included).
     pub fn acked(&self) -> &[AckedOrder] {
         &self.acked
+    }
+
+    /// When purchases were answered `sold_out` (the first
+    /// [`MAX_SOLD_OUT_TIMES`] of each thread).
+    pub fn sold_out_at(&self) -> &[SoldOutAt] {
+        &self.sold_out_at
+    }
+
+    /// Purchases answered `sold_out` whose times were not kept.
+    pub fn sold_out_untimed(&self) -> u64 {
+        self.sold_out_untimed
+    }
+
+    fn unix_ms(&self, at: Instant) -> u64 {
+        self.start_unix_ms + at.saturating_duration_since(self.start).as_millis() as u64
     }
 
     /// Users known to hold at least one unit.
@@ -643,6 +699,19 @@ mod tests {
         b.response(t0, t0, at, &head(503, 2), b"{}", Some(meta));
         a.merge(b);
         assert_eq!(a.code_count("sold_out"), 2);
+        // Both sold-out answers timed, in Unix ms, 1.5 s after sending.
+        assert_eq!(a.sold_out_at().len(), 2);
+        let first = a.sold_out_at()[0];
+        assert_eq!(first.answered_ms - first.sent_ms, 1_500);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            first.sent_ms.abs_diff(now_ms) < 60_000,
+            "{first:?} vs now {now_ms}"
+        );
+        assert_eq!(a.sold_out_untimed(), 0);
         assert_eq!(a.code_count("limit_exceeded"), 1);
         assert_eq!(a.acked().len(), 1);
         assert_eq!(a.acked()[0].user_id, "h3");

@@ -84,7 +84,7 @@ fn a_clean_sale_passes_every_check() {
     let (code, record) = run_cli(&node, &[]);
     let v = verdicts(&record);
     assert_eq!(code, 0, "{:#?}", record.audit);
-    assert_eq!(v.len(), 8);
+    assert_eq!(v.len(), 9);
     assert!(
         v.values().all(|v| *v == Verdict::Pass),
         "{:#?}",
@@ -144,6 +144,8 @@ fn stranded_stock_fails() {
     assert_eq!(code, 1);
     assert_eq!(v["sells_out"], Verdict::Fail, "{:#?}", record.audit);
     assert_eq!(v["no_oversell"], Verdict::Pass);
+    // Its sold_out answers came while 2 units were never sold: all false.
+    assert_eq!(v["no_false_sold_out"], Verdict::Fail, "{:#?}", record.audit);
 }
 
 /// `--audit-after` audits later and adds `orders_settled`: the fake node
@@ -202,6 +204,8 @@ fn a_corrupted_copy_of_the_journal_fails() {
             acked: rec.acked(),
             holders: rec.holders().len() as u64,
             sold_out_answers: rec.code_count("sold_out"),
+            sold_out_at: rec.sold_out_at(),
+            sold_out_untimed: rec.sold_out_untimed(),
             failures: rec.failures(),
             unfinished: rec.unfinished,
             log: parse_journal(image),

@@ -64,7 +64,7 @@ fn a_clean_sale_on_a_shared_topic_passes() {
         let (code, record) = run_on_kafka(&node, &broker, &[("--sale", sale)]);
         let v = verdicts(&record);
         assert_eq!(code, 0, "{sale}: {:#?}", record.audit);
-        assert_eq!(v.len(), 8);
+        assert_eq!(v.len(), 9);
         assert!(
             v.values().all(|v| *v == Verdict::Pass),
             "{sale}: {:#?}",
@@ -267,6 +267,8 @@ fn doctored_copies_of_the_topic_fail_and_redeliveries_do_not() {
             acked: rec.acked(),
             holders: rec.holders().len() as u64,
             sold_out_answers: rec.code_count("sold_out"),
+            sold_out_at: rec.sold_out_at(),
+            sold_out_untimed: rec.sold_out_untimed(),
             failures: rec.failures(),
             unfinished: rec.unfinished,
             log: read_topic(&broker, topic),
