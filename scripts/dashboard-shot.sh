@@ -5,7 +5,7 @@
 # headless Chromium opens /dashboard, signs in with the admin token and
 # captures the page mid-run.
 #
-# Settings (env): DURATION=30s (the crowd) SHOT_AFTER_S=12 CONNS=32
+# Settings (env): DURATION=30s (the crowd) SHOT_AFTER_S=16 CONNS=32
 #                 STOCK=150000 OUT=<run dir> (writes OUT/dashboard-bench.png)
 #                 CARGO_TARGET_DIR (where the release build goes)
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/cluster.sh
 
 DURATION=${DURATION:-30s}
-SHOT_AFTER_S=${SHOT_AFTER_S:-12}
+SHOT_AFTER_S=${SHOT_AFTER_S:-16}
 CONNS=${CONNS:-32}
 STOCK=${STOCK:-150000}
 TOKEN=bench-token
@@ -41,7 +41,10 @@ devtools=$(cluster_free_port)
 "$chromium" --headless=new --no-sandbox --disable-gpu --user-data-dir="$work/chromium" \
   --remote-debugging-port="$devtools" about:blank >"$work/chromium.log" 2>&1 &
 CLUSTER_PIDS+=("$!")
-sleep "$((SHOT_AFTER_S > 3 ? SHOT_AFTER_S - 3 : 0))"
-python3 scripts/lib/cdp_shot.py "$devtools" "$addr/dashboard" "$TOKEN" "$OUT/dashboard-bench.png" 3
+# The page opens 2 s into the run and is captured SHOT_AFTER_S in (its
+# charts draw what the page itself has seen).
+sleep 2
+python3 scripts/lib/cdp_shot.py "$devtools" "$addr/dashboard" "$TOKEN" "$OUT/dashboard-bench.png" \
+  "$((SHOT_AFTER_S > 5 ? SHOT_AFTER_S - 4 : 1))"
 wait "${CLUSTER_PIDS[-3]}" "${CLUSTER_PIDS[-2]}" 2>/dev/null || true
 echo "sold: $(cluster_admin "$addr" GET /sales/big | tr -d '\n')"
