@@ -7,12 +7,19 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use crate::model::{SaleSpec, SaleState, StockError, Switch};
 use crate::striped::Striped;
 use crate::ShardedStock;
+
+/// Milliseconds on this process's monotonic clock (since its first read).
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 const LIVE: u8 = 0;
 const PAUSED: u8 = 1;
@@ -35,6 +42,15 @@ pub struct Sale {
     /// seen); always 0 in embedded mode. Dry shards with both hints at 0
     /// are sold out: no unit is left anywhere this node could get.
     elsewhere_hint: AtomicU64,
+    /// When the hints were last read from the authority ([`monotonic_ms`]),
+    /// in cluster mode by the poller.
+    view_at_ms: AtomicU64,
+    /// The hints are too old to call the sale sold out (cluster mode: no
+    /// poll has read them lately, e.g. Redis stalled); set by the cluster's
+    /// watchdog, never in embedded mode. While set, dry shards are not
+    /// "sold out": the purchase asks the authority (a lease) and answers
+    /// what it says, or 503.
+    view_stale: AtomicBool,
     /// Units each user holds in `reserved` or `paid` orders, as counted by an
     /// in-process authority (the Redis authority keeps them in Redis).
     pub(crate) holders: Striped<HashMap<Box<str>, u32>>,
@@ -61,6 +77,8 @@ impl Sale {
             sold: AtomicU64::new(0),
             pool_hint: AtomicU64::new(0),
             elsewhere_hint: AtomicU64::new(0),
+            view_at_ms: AtomicU64::new(monotonic_ms()),
+            view_stale: AtomicBool::new(false),
             holders: Striped::new(),
             ext: OnceLock::new(),
         }
@@ -116,11 +134,36 @@ impl Sale {
         Ok(())
     }
 
-    /// Whether, as last seen, no unit is left outside this node's shards
-    /// that it could get: the pool is empty and no other node holds a
-    /// leased unit. With dry shards, the sale is sold out.
+    /// Whether, as last seen and seen lately, no unit is left outside this
+    /// node's shards that it could get: the pool is empty, no other node
+    /// holds a leased unit, and the view is not stale. With dry shards,
+    /// the sale is sold out.
     pub fn nothing_elsewhere(&self) -> bool {
-        self.pool_hint() == 0 && self.elsewhere_hint() == 0
+        self.pool_hint() == 0 && self.elsewhere_hint() == 0 && !self.view_stale()
+    }
+
+    /// The authority's view of this sale (pool and other nodes' leases)
+    /// was just read: by the cluster's poller, or a lease call's reply.
+    pub fn mark_view_read(&self) {
+        self.view_at_ms.store(monotonic_ms(), Ordering::Release);
+        self.set_view_stale(false);
+    }
+
+    /// How old the view is, in ms.
+    pub fn view_age_ms(&self) -> u64 {
+        monotonic_ms().saturating_sub(self.view_at_ms.load(Ordering::Acquire))
+    }
+
+    /// Whether the view is too old to call the sale sold out.
+    pub fn view_stale(&self) -> bool {
+        self.view_stale.load(Ordering::Acquire)
+    }
+
+    /// Written only when it changes: the gate of every request reads it.
+    pub fn set_view_stale(&self, stale: bool) {
+        if self.view_stale() != stale {
+            self.view_stale.store(stale, Ordering::Release);
+        }
     }
 
     /// Units the authority may still lease to this node, as last seen.
@@ -239,6 +282,20 @@ mod tests {
         // Units in the shards: open whatever the hints say.
         sale.stock.put_back(0, 1);
         assert!(sale.gate(150).is_ok());
+    }
+
+    #[test]
+    fn a_stale_view_is_never_sold_out() {
+        let sale = Sale::with_local_units(spec(3), 2, 0);
+        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
+        // No poll read the hints lately: the gate lets the buyer ask.
+        sale.set_view_stale(true);
+        assert!(!sale.nothing_elsewhere());
+        assert!(sale.gate(150).is_ok());
+        // A read (a poll, a lease reply) makes the view fresh again.
+        sale.mark_view_read();
+        assert!(!sale.view_stale());
+        assert!(matches!(sale.gate(150), Err(StockError::SoldOut)));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::redis::stats::{ScriptCall, StatsBoard};
 use crate::redis::{Abandoned, KeyRecall, Recalled, RedisStore, ReserveCall, ReserveOutcome};
 
 use super::leases::{lease, leases_settled, reset_after_no_lease, return_leases};
-use super::poller::{background, release_claim};
+use super::poller::{background, release_claim, watch_views};
 use super::{reconcile, Abandon, Call, Shared};
 
 /// At most one `warn!` per second of a kind of message that an outage
@@ -75,6 +75,7 @@ pub(super) async fn backend_main(
     tx: mpsc::UnboundedSender<Call>,
 ) {
     let background = tokio::spawn(background(store.clone(), shared.clone(), tx));
+    let views = tokio::spawn(watch_views(shared.clone()));
     let mut calls = Vec::with_capacity(512);
     let mut batch = Vec::new();
     let mut replies = Vec::new();
@@ -125,6 +126,7 @@ pub(super) async fn backend_main(
                 Call::Stop(done) => {
                     shared.stopping.store(true, Ordering::SeqCst);
                     background.abort();
+                    views.abort();
                     if let Some(reconciler) = reconciler.take() {
                         // Its claims come due again after the grace.
                         reconciler.abort();

@@ -54,6 +54,15 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
+    /// How old a sale's view of the cluster (its pool, the other nodes'
+    /// leases) may be for this node to answer `sold_out` from it: two poll
+    /// intervals and a Redis call's worth of slack (at least 500 ms). Past
+    /// it, a dry node asks Redis for a lease and answers what it says, or
+    /// 503.
+    pub fn view_limit(&self) -> Duration {
+        (self.poll_interval * 2 + Duration::from_millis(100)).max(Duration::from_millis(500))
+    }
+
     pub fn new(node_id: u32, shards: usize) -> Self {
         ClusterOptions {
             node_id,

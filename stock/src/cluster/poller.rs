@@ -143,6 +143,7 @@ pub(super) async fn poll_once(store: &RedisStore, shared: &Shared) {
             sale.set_pool_hint(status.pool);
             rebalance::read_tail(store, shared, &sale, &status).await;
         }
+        sale.mark_view_read();
         if !shared.opts.expiry {
             continue;
         }
@@ -151,6 +152,23 @@ pub(super) async fn poll_once(store: &RedisStore, shared: &Shared) {
                 let shard = fnv(order_id.as_bytes()) as usize % shards;
                 shared.due[shard].lock().push(order_id);
             }
+        }
+    }
+}
+
+/// Marks each sale's view stale once no poll has read it for
+/// [`ClusterOptions::view_limit`](super::ClusterOptions::view_limit) (Redis
+/// stalled, or the poll loop held up by slow calls), and fresh again once
+/// one has: a node calls a sale sold out only from a view that recent.
+/// Its own task, so that it runs while the poll loop waits on Redis.
+pub(super) async fn watch_views(shared: Arc<Shared>) {
+    let limit = shared.opts.view_limit().as_millis() as u64;
+    let mut tick = tokio::time::interval(shared.opts.poll_interval / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for sale in shared.sales.all().iter() {
+            sale.set_view_stale(sale.view_age_ms() > limit);
         }
     }
 }

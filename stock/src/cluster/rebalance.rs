@@ -75,6 +75,7 @@ pub(super) async fn lease_or_wait(
             sale.stock.put_back(core, ask.granted);
         }
         sale.set_pool_hint(ask.pool_left);
+        sale.mark_view_read();
         if ask.granted > 0 || ask.pool_left > 0 || ask.elsewhere == 0 {
             // Units, a closed sale, or nothing left to wait for.
             return Ok(());
@@ -97,6 +98,7 @@ pub(super) async fn lease_or_wait(
             }
             if tail.elsewhere == 0 {
                 sale.set_pool_hint(0);
+                sale.mark_view_read();
                 return Ok(());
             }
         }
@@ -126,6 +128,7 @@ pub(super) async fn lease_ahead(
         sale.stock.put_back(core, ask.granted);
     }
     sale.set_pool_hint(ask.pool_left);
+    sale.mark_view_read();
     Ok(())
 }
 
