@@ -20,8 +20,8 @@ USERS=${USERS:-100000}
 TOKEN=bench-token
 
 cluster_build
-work=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_workdir
+work=$CLUSTER_WORK
 
 key=$(head -c 32 /dev/urandom | base64 | tr -d '=+/\n')
 cluster_node "$work" off

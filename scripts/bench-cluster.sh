@@ -25,8 +25,8 @@ OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
 
 apt_install wrk wrk
 cluster_build
-work=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_workdir
+work=$CLUSTER_WORK
 cluster_redis "$work"
 
 scripts_called() { # evalsha + script|load calls so far (Redis's INFO)
@@ -60,9 +60,7 @@ for round in $(seq "$ROUNDS"); do
     cluster_summarize --rows --metric sold "$mode=$work/sale.json" >>"$rounds"
     echo "$mode,secs,${DURATION%s}" >>"$rounds"
     gone="g$round-$mode"
-    cluster_admin "$addr" PUT "/admin/sales/$gone" '{"stock":1,"per_user_limit":1}' >/dev/null
-    sleep 0.3
-    curl -sf -X POST "$addr/sales/$gone/purchase" -d '{"user_id":"first"}' >/dev/null
+    cluster_sold_out "$addr" "$gone" 0.3
     sleep 0.5
     before=$(scripts_called)
     wrk_run "$gone" bench/wrk/static.lua

@@ -45,8 +45,8 @@ TOKEN=bench-token
 OUT=${OUT:-bench/runs/$(date -u +%F)-$(hostname)}
 
 cluster_build
-work=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_workdir
+work=$CLUSTER_WORK
 cluster_backends "$work"
 kafka=$CLUSTER_KAFKA
 

@@ -31,8 +31,8 @@
 #                 BASELINE_BIN=<another seckill binary, e.g. main's>
 #                 OUT=<file.md to write the run to>
 set -euo pipefail
-source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
+source scripts/lib/cluster.sh
 
 if [ "${QUICK:-0}" != 0 ]; then DURATION=${DURATION:-2s}; fi
 ROUNDS=${ROUNDS:-3}
@@ -48,13 +48,9 @@ PATH=$PATH:/usr/sbin:/sbin
 apt_install wrk wrk
 apt_install nginx nginx
 bash scripts/redis.sh
-if [ -z "${NODE_BIN:-}" ]; then
-  cargo build --release -q -p seckill
-  NODE_BIN=./target/release/seckill
-fi
-source scripts/lib/cluster.sh
-work=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_build_node
+cluster_workdir
+work=$CLUSTER_WORK
 
 wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 need() { for s in "$@"; do wanted "$s" && return 0; done; return 1; }
@@ -116,15 +112,8 @@ if need leased-sale per-request-sale; then
   per_request_addr=$CLUSTER_ADDR per_request_pid=${CLUSTER_PIDS[-1]}
 fi
 
-admin() { # addr, method, path, body
-  curl -sf -X "$2" "$1$3" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$4" >/dev/null
-}
-sell_out() { # addr: the sale "gone", sold out
-  admin "$1" PUT /admin/sales/gone '{"stock":1,"per_user_limit":1}'
-  curl -sf -X POST "$1/sales/gone/purchase" -d '{"user_id":"first"}' >/dev/null
-}
-if need node-soldout; then sell_out "$node_addr"; fi
-if need base-soldout; then sell_out "$base_addr"; fi
+if need node-soldout; then cluster_sold_out "$node_addr" gone; fi
+if need base-soldout; then cluster_sold_out "$base_addr" gone; fi
 
 # --- one measured wrk run --------------------------------------------------
 ticks() { # pids...: utime+stime in clock ticks, summed
@@ -169,14 +158,14 @@ for round in $(seq "$ROUNDS"); do
       base-healthz) measure "$scenario" "$base_pid" "" "$base_addr/healthz" ;;
       base-soldout) SALE=gone measure "$scenario" "$base_pid" "" -s bench/wrk/static.lua "$base_addr" ;;
       embedded-sale)
-        admin "$node_addr" PUT "/admin/sales/e$round" '{"stock":100000000,"per_user_limit":1}'
+        cluster_admin "$node_addr" PUT "/admin/sales/e$round" '{"stock":100000000,"per_user_limit":1}' >/dev/null
         SALE="e$round" measure "$scenario" "$node_pid" "" -s bench/wrk/purchase.lua "$node_addr" ;;
       leased-sale)
-        admin "$leased_addr" PUT "/admin/sales/l$round" '{"stock":100000000,"per_user_limit":1}'
+        cluster_admin "$leased_addr" PUT "/admin/sales/l$round" '{"stock":100000000,"per_user_limit":1}' >/dev/null
         sleep 0.3
         SALE="l$round" measure "$scenario" "$leased_pid" "$redis_pid" -s bench/wrk/purchase.lua "$leased_addr" ;;
       per-request-sale)
-        admin "$per_request_addr" PUT "/admin/sales/p$round" '{"stock":100000000,"per_user_limit":1}'
+        cluster_admin "$per_request_addr" PUT "/admin/sales/p$round" '{"stock":100000000,"per_user_limit":1}' >/dev/null
         sleep 0.3
         SALE="p$round" measure "$scenario" "$per_request_pid" "$redis_pid" -s bench/wrk/purchase.lua "$per_request_addr" ;;
       *) echo "unknown scenario $scenario" >&2; exit 2 ;;

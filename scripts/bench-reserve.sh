@@ -11,8 +11,8 @@
 #                 NODE_CORES=1 OUT=<file to append the summary to>
 #                 NODE_BIN=<binary> (default: this tree's release build)
 set -euo pipefail
-source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
+source scripts/lib/cluster.sh
 
 : "${BASELINE_BIN:?set BASELINE_BIN to the seckill binary to compare with}"
 ROUNDS=${ROUNDS:-3}
@@ -23,13 +23,9 @@ export NODE_CORES=${NODE_CORES:-1}
 
 apt_install wrk wrk
 bash scripts/redis.sh
-if [ -z "${NODE_BIN:-}" ]; then
-  cargo build --release -q -p seckill
-  NODE_BIN=./target/release/seckill
-fi
-source scripts/lib/cluster.sh
-work=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_build_node
+cluster_workdir
+work=$CLUSTER_WORK
 
 declare -A addr port
 for which in this baseline; do
@@ -50,8 +46,7 @@ results=$work/results
 for round in $(seq "$ROUNDS"); do
   for which in this baseline; do
     a=${addr[$which]} p=${port[$which]} sale="r$round"
-    curl -sf -X PUT "$a/admin/sales/$sale" -H "Authorization: Bearer $TOKEN" \
-      -d '{"stock":100000000,"per_user_limit":1}' >/dev/null
+    cluster_admin "$a" PUT "/admin/sales/$sale" '{"stock":100000000,"per_user_limit":1}' >/dev/null
     sleep 0.3
     read -r usec0 calls0 <<<"$(evalsha "$p")"
     sold0=$(redis-cli -p "$p" get "sk:{$sale}:sold")

@@ -24,13 +24,12 @@ TOKEN=bench-token
 
 apt_install wrk wrk
 cluster_build
-work=$(mktemp -d)
-trap 'cluster_stop; rm -rf "$work"' EXIT
+cluster_workdir
+work=$CLUSTER_WORK
 cluster_node "$work" node --driver "$DRIVER"
 addr=$CLUSTER_ADDR
 
-cluster_admin "$addr" PUT /admin/sales/soldout '{"stock":1,"per_user_limit":1}' >/dev/null
-curl -sf -X POST "$addr/sales/soldout/purchase" -d '{"user_id":"first"}' >/dev/null
+cluster_sold_out "$addr" soldout
 
 # wrk's own "Requests/sec:" line.
 wrk_rps() { wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" "$@" | sed -n 's/^Requests\/sec: *//p'; }

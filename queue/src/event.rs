@@ -25,7 +25,7 @@
 //! seconds, as in the HTTP API.
 
 use serde::{Deserialize, Serialize};
-use stock::Order;
+use stock::{Order, SaleSpec};
 /// The sale switch and the order change, spelled once (in `stock`'s model):
 /// [`Switch::recorded`] is the `switch` of `sale_switched`, and
 /// [`EventKind::order`] makes the event of each [`OrderChange`].
@@ -154,6 +154,44 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The `sale_created` event of `spec`.
+    pub fn sale_created(spec: &SaleSpec) -> EventKind {
+        EventKind::SaleCreated {
+            sale_id: spec.sale_id.clone(),
+            stock: spec.stock,
+            per_user_limit: spec.per_user_limit,
+            starts_at: spec.starts_at,
+            ends_at: spec.ends_at,
+            payment_timeout_s: spec.payment_timeout_s,
+            ticket_required: spec.ticket_required,
+        }
+    }
+
+    /// The sale a `sale_created` defines; `None` for any other event.
+    pub fn sale_spec(&self) -> Option<SaleSpec> {
+        let EventKind::SaleCreated {
+            sale_id,
+            stock,
+            per_user_limit,
+            starts_at,
+            ends_at,
+            payment_timeout_s,
+            ticket_required,
+        } = self
+        else {
+            return None;
+        };
+        Some(SaleSpec {
+            sale_id: sale_id.clone(),
+            stock: *stock,
+            per_user_limit: *per_user_limit,
+            starts_at: *starts_at,
+            ends_at: *ends_at,
+            payment_timeout_s: *payment_timeout_s,
+            ticket_required: *ticket_required,
+        })
+    }
+
     /// The event of `change` of `order`: the one place an order's event is
     /// made. `idempotency_key` and `fingerprint` (hex) go into an
     /// `order_reserved` only.
@@ -338,6 +376,26 @@ mod tests {
                 change == OrderChange::Reserved
             );
         }
+    }
+
+    #[test]
+    fn a_sale_spec_round_trips_through_its_sale_created() {
+        let spec = SaleSpec {
+            sale_id: "s".into(),
+            stock: 5,
+            per_user_limit: 2,
+            starts_at: 10,
+            ends_at: Some(20),
+            payment_timeout_s: 900,
+            ticket_required: true,
+        };
+        let kind = EventKind::sale_created(&spec);
+        assert_eq!(kind.sale_spec().as_ref(), Some(&spec));
+        let json = Event::new(1, kind).to_json();
+        assert_eq!(
+            Event::from_json(&json).unwrap().kind.sale_spec(),
+            Some(spec)
+        );
     }
 
     #[test]

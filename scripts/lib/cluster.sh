@@ -9,6 +9,10 @@
 #                                     # (lib/apt.sh); sets NODE_BIN,
 #                                     # BENCH_BIN and CEILING_BIN under
 #                                     # ${CARGO_TARGET_DIR:-target}
+#   cluster_build_node                # NODE_BIN as given, else cluster_build
+#                                     # -p seckill (curl installed either way)
+#   cluster_workdir                   # a temp dir in CLUSTER_WORK, and the
+#                                     # EXIT trap: cluster_stop, then rm -rf
 #   cluster_redis "$work"             # redis-server on a free port: sets
 #                                     # CLUSTER_REDIS (redis://...) and
 #                                     # CLUSTER_REDIS_PORT
@@ -29,6 +33,9 @@
 #   cluster_settler "$work"           # seckill settle on the same backends
 #   cluster_admin ADDR METHOD PATH [JSON]  # an admin call with $TOKEN; fails
 #                                     # on a non-2xx answer
+#   cluster_sold_out ADDR SALE [WAIT] # SALE created with one unit and bought
+#                                     # (WAIT seconds between), so that every
+#                                     # later purchase is answered 410
 #   cluster_summarize ARGS...         # seckill-bench summarize (medians,
 #                                     # ratios: no parsing of output here)
 #   trap cluster_stop EXIT            # SIGTERM in reverse order of start
@@ -59,6 +66,19 @@ cluster_build() { # cargo package flags (default -p seckill -p bench)
   NODE_BIN=$target/release/seckill
   BENCH_BIN=$target/release/seckill-bench
   CEILING_BIN=$target/release/kafka-ceiling
+}
+
+cluster_build_node() { # NODE_BIN as given, else this tree's release build
+  if [ -n "${NODE_BIN:-}" ]; then
+    apt_install curl curl
+  else
+    cluster_build -p seckill
+  fi
+}
+
+cluster_workdir() { # CLUSTER_WORK, removed on exit after cluster_stop
+  CLUSTER_WORK=$(mktemp -d)
+  trap 'cluster_stop; rm -rf "$CLUSTER_WORK"' EXIT
 }
 
 # A loopback port nothing listens on (a random one, checked with a
@@ -179,6 +199,12 @@ cluster_admin() { # addr, method, path, [JSON body]: the answer on stdout
   local addr=$1 method=$2 path=$3
   curl -sf -X "$method" "$addr$path" -H "Authorization: Bearer $TOKEN" \
     -H 'Content-Type: application/json' ${4:+-d "$4"}
+}
+
+cluster_sold_out() { # addr, sale, [seconds between the sale and the buy]
+  cluster_admin "$1" PUT "/admin/sales/$2" '{"stock":1,"per_user_limit":1}' >/dev/null
+  sleep "${3:-0}"
+  curl -sf -X POST "$1/sales/$2/purchase" -d '{"user_id":"first"}' >/dev/null
 }
 
 cluster_summarize() { # seckill-bench summarize ARGS...

@@ -500,18 +500,7 @@ impl<A: StockAuthority, L: OrderLog> Core<A, L> {
                 .into());
             }
         } else {
-            let event = Event::new(
-                now_ms(),
-                EventKind::SaleCreated {
-                    sale_id: spec.sale_id.clone(),
-                    stock: spec.stock,
-                    per_user_limit: spec.per_user_limit,
-                    starts_at: spec.starts_at,
-                    ends_at: spec.ends_at,
-                    payment_timeout_s: spec.payment_timeout_s,
-                    ticket_required: spec.ticket_required,
-                },
-            );
+            let event = Event::new(now_ms(), EventKind::sale_created(&spec));
             self.node.log.append(&event).await?;
         }
         let sale = authority.create_sale(spec).await?;

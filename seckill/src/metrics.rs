@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use stock::histogram::Buckets;
 use stock::redis::stats::StatsBoard;
 
 /// Statuses counted by `seckill_responses_total{status}`.
@@ -33,6 +34,7 @@ pub const BACKEND_ERRORS: [&str; 3] = ["stock_unavailable", "undetermined", "log
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+const LATENCY: Buckets = Buckets::new(&BUCKETS);
 
 /// One core's counters.
 #[repr(align(128))]
@@ -89,12 +91,10 @@ impl CoreMetrics {
     pub fn order(&self, elapsed_us: u64) {
         bump(&self.orders, 1);
         bump(&self.latency_sum_us, elapsed_us);
-        let secs = elapsed_us as f64 / 1e6;
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        bump(&self.latency_buckets[i], 1);
+        bump(
+            &self.latency_buckets[LATENCY.index(elapsed_us as f64 / 1e6)],
+            1,
+        );
     }
 
     pub fn replay(&self) {
@@ -196,30 +196,15 @@ impl Metrics {
         )
     }
 
-    /// The `q` quantile (0..1) of the purchase latency in milliseconds,
-    /// interpolated within its histogram bucket (as Prometheus's
-    /// `histogram_quantile`), and the number of purchases measured.
+    /// The `q` quantile (0..1) of the purchase latency in milliseconds
+    /// ([`Buckets::quantile_ms`]), and the number of purchases measured.
     pub fn latency_quantile_ms(&self, q: f64) -> (f64, u64) {
-        let counts: [u64; BUCKETS.len() + 1] =
-            std::array::from_fn(|i| self.sum(|c| &c.latency_buckets[i]));
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return (0.0, 0);
-        }
-        let rank = q * total as f64;
-        let mut below = 0u64;
-        for (i, n) in counts.iter().enumerate() {
-            if *n > 0 && (below + n) as f64 >= rank {
-                let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
-                let Some(&upper) = BUCKETS.get(i) else {
-                    return (lower * 1e3, total);
-                };
-                let within = (rank - below as f64) / *n as f64;
-                return ((lower + (upper - lower) * within) * 1e3, total);
-            }
-            below += n;
-        }
-        (BUCKETS[BUCKETS.len() - 1] * 1e3, total)
+        LATENCY.quantile_ms(&self.latency_counts(), q)
+    }
+
+    /// The purchase latency histogram's counts, all cores.
+    fn latency_counts(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.sum(|c| &c.latency_buckets[i]))
     }
 
     pub fn core(&self, core: usize) -> &CoreMetrics {
@@ -349,15 +334,8 @@ impl Metrics {
             "# HELP {name} Latency of purchases that made an order, parse to durable."
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.sum(|c| &c.latency_buckets[i]);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.sum(|c| &c.latency_buckets[BUCKETS.len()]);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
         let sum = self.sum(|c| &c.latency_sum_us) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        LATENCY.render(out, name, "", &self.latency_counts(), sum);
     }
 }
 
@@ -365,31 +343,16 @@ impl Metrics {
 /// (a reserve pipeline, a recall pipeline, a transition), timed by the
 /// backend thread.
 fn render_call_latency(out: &mut Vec<u8>, calls: &stock::redis::stats::CallLatency) {
-    use stock::redis::stats::{ScriptCall, CALL_BUCKETS};
+    use stock::redis::stats::{ScriptCall, CALL_HISTOGRAM};
     let name = "seckill_redis_call_seconds";
     let _ = writeln!(
         out,
         "# HELP {name} Round trip of the backend's Redis script calls: a pipeline of reservations, of key recalls, one transition.\n# TYPE {name} histogram"
     );
     for call in ScriptCall::ALL {
-        let label = call.as_str();
         let (counts, sum_us) = calls.counts(call);
-        let mut cumulative = 0;
-        for (bound, n) in CALL_BUCKETS.iter().zip(counts) {
-            cumulative += n;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{call=\"{label}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += counts[CALL_BUCKETS.len()];
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{call=\"{label}\",le=\"+Inf\"}} {cumulative}\n\
-             {name}_sum{{call=\"{label}\"}} {}\n\
-             {name}_count{{call=\"{label}\"}} {cumulative}",
-            sum_us as f64 / 1e6
-        );
+        let labels = format!("call=\"{}\"", call.as_str());
+        CALL_HISTOGRAM.render(out, name, &labels, &counts, sum_us as f64 / 1e6);
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc, OnceLock};
 use queue::snapshot::{self, Snapshot};
 use queue::{journal, Admission, Event, EventKind, Journal, JournalOptions, KafkaLog, OrderLog};
 use stock::cluster::{ChangeLog, ClusterOptions, RedisAuthority, Relog, StockMode};
-use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, SaleSpec, StockAuthority};
+use stock::{EmbeddedAuthority, Order, OrderStatus, Sale, StockAuthority};
 
 pub use crate::clock::{now_micros, now_ms, now_s};
 use crate::config::{Config, StockModeSetting};
@@ -574,31 +574,15 @@ fn replay_events(authority: &EmbeddedAuthority, events: &[Event]) -> anyhow::Res
     for (i, event) in events.iter().enumerate() {
         let at_s = event.at / 1000;
         let result = match &event.kind {
-            EventKind::SaleCreated {
-                sale_id,
-                stock,
-                per_user_limit,
-                starts_at,
-                ends_at,
-                payment_timeout_s,
-                ticket_required,
-            } => {
-                let spec = SaleSpec {
-                    sale_id: sale_id.clone(),
-                    stock: *stock,
-                    per_user_limit: *per_user_limit,
-                    starts_at: *starts_at,
-                    ends_at: *ends_at,
-                    payment_timeout_s: *payment_timeout_s,
-                    ticket_required: *ticket_required,
-                };
+            EventKind::SaleCreated { sale_id, .. } => {
                 // A second definition of a live id lost the race when it was
                 // made (it was answered 409): the first one stands.
-                if authority.sale(sale_id).is_none() {
-                    out.sales += 1;
-                    authority.restore_sale(spec)
-                } else {
-                    Ok(())
+                match event.kind.sale_spec() {
+                    Some(spec) if authority.sale(sale_id).is_none() => {
+                        out.sales += 1;
+                        authority.restore_sale(spec)
+                    }
+                    _ => Ok(()),
                 }
             }
             EventKind::SaleSwitched { sale_id, switch } => {

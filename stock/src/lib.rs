@@ -17,6 +17,8 @@
 //!   needs them.
 //! - `embedded`: [`EmbeddedAuthority`], the in-process authority of the
 //!   embedded mode, rebuilt from the order log on start.
+//! - `histogram`: [`histogram::Buckets`], the bucket and quantile code of
+//!   the latency histograms (the node's purchases, the backend's Redis calls).
 //! - `registry`: the sales a node knows, read by cores through caches.
 //! - `redis`: the Redis side of the cluster stock authority: `RedisStore`,
 //!   the Lua scripts (tests start a real `redis-server` with the
@@ -29,6 +31,7 @@ pub mod authority;
 #[cfg(not(loom))]
 pub mod cluster;
 pub mod embedded;
+pub mod histogram;
 pub mod model;
 #[cfg(not(loom))]
 pub mod redis;

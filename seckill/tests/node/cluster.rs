@@ -80,6 +80,18 @@ pub(crate) struct Tally {
     pub by_code: HashMap<String, usize>,
 }
 
+impl Tally {
+    /// The order ids the load was answered 200 with, then `rest` (the ones
+    /// bought after it, [`buy_the_rest`]).
+    pub fn order_ids_and(&self, rest: Vec<String>) -> Vec<String> {
+        self.orders
+            .iter()
+            .map(|(o, _)| o.clone())
+            .chain(rest)
+            .collect()
+    }
+}
+
 /// Each of `users` makes `attempts` purchases from `threads` keep-alive
 /// connections per node. User `u`'s `k`-th attempt goes to node
 /// `(u + k) % nodes`: with `attempts <= nodes`, every attempt of a user
@@ -198,12 +210,7 @@ fn three_nodes_sell_exactly_the_stock_with_the_limit_held_across_nodes() {
         tally.orders.len()
     );
     let rest = buy_the_rest(&addrs, "c3", "late", Duration::from_secs(30));
-    let all: Vec<String> = tally
-        .orders
-        .iter()
-        .map(|(o, _)| o.clone())
-        .chain(rest)
-        .collect();
+    let all = tally.order_ids_and(rest);
     assert_eq!(
         all.len(),
         3000,

@@ -14,10 +14,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use queue::{Event, EventKind};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use seckill_testkit::kafka::Broker;
 use seckill_testkit::process::{self, Process};
 use seckill_testkit::RedisServer;
@@ -162,43 +158,10 @@ impl Drop for Settler {
 
 /// Every event in the topic, read from the start of every partition.
 fn read_topic(broker: &Broker) -> Vec<Event> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", format!("it-reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader consumer");
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), timeout)
-        .expect("topic metadata");
-    let mut tpl = TopicPartitionList::new();
-    let mut highs = HashMap::new();
-    for p in metadata.topics()[0].partitions() {
-        let (_, high) = consumer
-            .fetch_watermarks(TOPIC, p.id(), timeout)
-            .expect("watermarks");
-        highs.insert(p.id(), high);
-        tpl.add_partition_offset(TOPIC, p.id(), Offset::Beginning)
-            .expect("assign");
-    }
-    consumer.assign(&tpl).expect("assign partitions");
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while highs
+    crate::support::read_topic(broker, TOPIC)
         .iter()
-        .any(|(p, high)| next.get(p).copied().unwrap_or(0) < *high)
-    {
-        assert!(Instant::now() < deadline, "could not read the whole topic");
-        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
-            let msg = msg.expect("read a message");
-            next.insert(msg.partition(), msg.offset() + 1);
-            let event = Event::from_json(msg.payload().expect("payload")).expect("an event");
-            events.push(event);
-        }
-    }
-    events
+        .map(|m| Event::from_json(&m.payload).expect("an event"))
+        .collect()
 }
 
 /// How many times each order id appears with each event type.
@@ -248,12 +211,7 @@ fn every_acknowledged_order_is_in_the_topic_exactly_once_across_three_nodes() {
     wait_for_sale(&nodes.iter().collect::<Vec<_>>(), "k3");
     let tally = load(&addrs, "k3", 2_000, 2, 12);
     let rest = buy_the_rest(&addrs, "k3", "late", Duration::from_secs(30));
-    let acknowledged: Vec<String> = tally
-        .orders
-        .iter()
-        .map(|(o, _)| o.clone())
-        .chain(rest)
-        .collect();
+    let acknowledged = tally.order_ids_and(rest);
     assert_eq!(
         acknowledged.len(),
         600,

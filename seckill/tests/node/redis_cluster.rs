@@ -80,12 +80,7 @@ fn three_nodes_on_a_three_master_cluster_sell_exactly_the_stock_of_every_sale() 
             "{sale}: a user got two units across nodes"
         );
         let rest = buy_the_rest(&addrs, sale, "late", Duration::from_secs(30));
-        let all: HashSet<String> = tally
-            .orders
-            .into_iter()
-            .map(|(o, _)| o)
-            .chain(rest)
-            .collect();
+        let all: HashSet<String> = tally.order_ids_and(rest).into_iter().collect();
         assert_eq!(all.len(), 400, "{sale}: sold == stock once settled");
         let key = format!("sk:{{{sale}}}:sold");
         assert_eq!(cluster_cli(&cluster, &["GET", &key]).trim(), "400");

@@ -3,7 +3,7 @@
 //! client with keep-alive, pipelining and raw byte sends ([`Client`]), and
 //! a reader of the order journal ([`read_journal`], on
 //! `queue::journal::frames`) so that tests check the file itself, not the
-//! node's word about it.
+//! node's word about it; likewise [`read_topic`] reads a Kafka topic whole.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use seckill_testkit::kafka::Broker;
 use seckill_testkit::process::{self, Process};
 use serde_json::{json, Value};
 
@@ -734,4 +739,59 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One message of a Kafka topic: its headers (values as text) and payload.
+pub struct TopicMessage {
+    pub headers: HashMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+/// Every message of `topic` on `broker`, read from the start of every
+/// partition up to the high watermarks it had when the read began.
+pub fn read_topic(broker: &Broker, topic: &str) -> Vec<TopicMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("it-reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .expect("watermarks");
+        highs.insert(p.id(), high);
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&tpl).expect("assign partitions");
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while highs
+        .iter()
+        .any(|(p, high)| next.get(p).copied().unwrap_or(0) < *high)
+    {
+        assert!(Instant::now() < deadline, "could not read the whole topic");
+        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
+            let msg = msg.expect("read a message");
+            next.insert(msg.partition(), msg.offset() + 1);
+            let mut headers = HashMap::new();
+            if let Some(h) = msg.headers() {
+                for header in h.iter() {
+                    let value = String::from_utf8_lossy(header.value.unwrap_or_default());
+                    headers.insert(header.key.to_owned(), value.into_owned());
+                }
+            }
+            let payload = msg.payload().expect("payload").to_vec();
+            out.push(TopicMessage { headers, payload });
+        }
+    }
+    out
 }

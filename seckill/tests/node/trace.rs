@@ -7,10 +7,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use seckill_testkit::kafka::Broker;
 use seckill_testkit::RedisServer;
 use serde_json::{json, Value};
@@ -143,54 +139,13 @@ fn a_request_id_is_answered_logged_and_journaled_in_embedded_mode() {
 
 /// Every message of the topic: its headers and its event.
 fn read_topic_headers(broker: &Broker) -> Vec<(HashMap<String, String>, Value)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", format!("trace-reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader consumer");
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), timeout)
-        .expect("topic metadata");
-    let mut tpl = TopicPartitionList::new();
-    let mut highs = HashMap::new();
-    for p in metadata.topics()[0].partitions() {
-        let (_, high) = consumer
-            .fetch_watermarks(TOPIC, p.id(), timeout)
-            .expect("watermarks");
-        highs.insert(p.id(), high);
-        tpl.add_partition_offset(TOPIC, p.id(), Offset::Beginning)
-            .expect("assign");
-    }
-    consumer.assign(&tpl).expect("assign partitions");
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while highs
-        .iter()
-        .any(|(p, high)| next.get(p).copied().unwrap_or(0) < *high)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "could not read the topic"
-        );
-        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
-            let msg = msg.expect("read a message");
-            next.insert(msg.partition(), msg.offset() + 1);
-            let mut headers = HashMap::new();
-            if let Some(h) = msg.headers() {
-                for header in h.iter() {
-                    let value = String::from_utf8_lossy(header.value.unwrap_or_default());
-                    headers.insert(header.key.to_owned(), value.into_owned());
-                }
-            }
-            let event: Value =
-                serde_json::from_slice(msg.payload().expect("payload")).expect("JSON");
-            out.push((headers, event));
-        }
-    }
-    out
+    crate::support::read_topic(broker, TOPIC)
+        .into_iter()
+        .map(|m| {
+            let event = serde_json::from_slice(&m.payload).expect("JSON");
+            (m.headers, event)
+        })
+        .collect()
 }
 
 #[test]

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use redis::Script;
 
 use super::RedisStore;
+use crate::histogram::Buckets;
 use crate::model::StockError;
 
 /// How often a node publishes its record.
@@ -77,6 +78,8 @@ impl ScriptCall {
 pub const CALL_BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+/// [`CALL_BUCKETS`] as a [`Buckets`], for the quantiles and `/metrics`.
+pub const CALL_HISTOGRAM: Buckets = Buckets::new(&CALL_BUCKETS);
 
 /// A histogram per [`ScriptCall`] of how long the call took, from sending
 /// to the answer (errors and timeouts included). Written by the backend's
@@ -91,11 +94,7 @@ pub struct CallLatency {
 impl CallLatency {
     /// Counts one `call` that took `elapsed`.
     pub fn record(&self, call: ScriptCall, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let i = CALL_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(CALL_BUCKETS.len());
+        let i = CALL_HISTOGRAM.index(elapsed.as_secs_f64());
         let c = call as usize;
         self.buckets[c][i].fetch_add(1, Ordering::Relaxed);
         self.sum_us[c].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -111,29 +110,10 @@ impl CallLatency {
         )
     }
 
-    /// The `q` quantile (0..1) of `call`'s latency in milliseconds,
-    /// interpolated within its bucket (as Prometheus's
-    /// `histogram_quantile`), and how many calls were measured.
+    /// The `q` quantile (0..1) of `call`'s latency in milliseconds
+    /// ([`Buckets::quantile_ms`]), and how many calls were measured.
     pub fn quantile_ms(&self, call: ScriptCall, q: f64) -> (f64, u64) {
-        let (counts, _) = self.counts(call);
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return (0.0, 0);
-        }
-        let rank = q * total as f64;
-        let mut below = 0u64;
-        for (i, n) in counts.iter().enumerate() {
-            if *n > 0 && (below + n) as f64 >= rank {
-                let lower = if i == 0 { 0.0 } else { CALL_BUCKETS[i - 1] };
-                let Some(&upper) = CALL_BUCKETS.get(i) else {
-                    return (lower * 1e3, total);
-                };
-                let within = (rank - below as f64) / *n as f64;
-                return ((lower + (upper - lower) * within) * 1e3, total);
-            }
-            below += n;
-        }
-        (CALL_BUCKETS[CALL_BUCKETS.len() - 1] * 1e3, total)
+        CALL_HISTOGRAM.quantile_ms(&self.counts(call).0, q)
     }
 }
 
