@@ -169,6 +169,10 @@ struct Settler {
     /// offsets vs the head), published in Redis about once a second.
     lag: Arc<LagProbe>,
     lag_measured: Option<std::time::Instant>,
+    /// A measurement is running (its own task: the probe's broker calls
+    /// may each wait `kafka_timeout_ms` while the broker restarts, and the
+    /// settling loop must not wait with them).
+    lag_running: Arc<AtomicBool>,
 }
 
 /// How long the settler's record in Redis outlives its last publish.
@@ -280,6 +284,7 @@ impl Settler {
                 .context("cannot create the lag probe")?,
             ),
             lag_measured: None,
+            lag_running: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -314,7 +319,7 @@ impl Settler {
                     let mut tally = Tally::default();
                     self.expire_due(&mut tally).await;
                     self.reconcile(&mut tally).await;
-                    self.publish_lag().await;
+                    self.publish_lag();
                     if tally.expired + tally.released + tally.relogged > 0 {
                         info!(?tally, "settled");
                     }
@@ -353,35 +358,39 @@ impl Settler {
     /// Measures how far behind the topic's head the settler is (at most
     /// once a second) and publishes it as its record in Redis
     /// (`sk:{stats}:settler`: `lag_events`, `lag_seconds`, `at_ms`).
-    async fn publish_lag(&mut self) {
+    /// Measures the lag and publishes it in Redis, at most once a second
+    /// and one measurement at a time, in a task of its own.
+    fn publish_lag(&mut self) {
         if self
             .lag_measured
             .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            || self.lag_running.swap(true, Ordering::AcqRel)
         {
             return;
         }
         self.lag_measured = Some(std::time::Instant::now());
-        let probe = self.lag.clone();
-        let lag = match tokio::task::spawn_blocking(move || probe.measure(now_ms())).await {
-            Ok(Ok(lag)) => lag,
-            Ok(Err(e)) => {
-                debug!(error = %e, "cannot measure the lag");
-                return;
+        let (probe, store, running) = (
+            self.lag.clone(),
+            self.store.clone(),
+            self.lag_running.clone(),
+        );
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || probe.measure(now_ms())).await {
+                Ok(Ok(lag)) => {
+                    let record = serde_json::json!({
+                        "lag_events": lag.events,
+                        "lag_seconds": lag.seconds,
+                        "at_ms": now_ms(),
+                    });
+                    if let Err(e) = store.publish_settler(&record.to_string(), RECORD_TTL).await {
+                        debug!(error = %e, "cannot publish the settler's record");
+                    }
+                }
+                Ok(Err(e)) => debug!(error = %e, "cannot measure the lag"),
+                Err(_) => {}
             }
-            Err(_) => return,
-        };
-        let record = serde_json::json!({
-            "lag_events": lag.events,
-            "lag_seconds": lag.seconds,
-            "at_ms": now_ms(),
+            running.store(false, Ordering::Release);
         });
-        if let Err(e) = self
-            .store
-            .publish_settler(&record.to_string(), RECORD_TTL)
-            .await
-        {
-            debug!(error = %e, "cannot publish the settler's record");
-        }
     }
 
     /// Keeps the request id of an order read reserved until the order is
