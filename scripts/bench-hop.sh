@@ -10,77 +10,68 @@
 #
 #   BINS="/tmp/base/seckill target/release/seckill" scripts/bench-hop.sh
 #
-# Settings (env): BINS (default target/release/seckill) ROUNDS=3 DURATION=5s
-#                 CONNS=64 NODE_CORES=1 PORT=6398
-# Prints one line per run and the medians per binary; on a shared machine
-# compare the binaries by ratio, not absolutes.
+# Settings (env): BINS (default: this tree's release build) ROUNDS=3
+#                 DURATION=5s CONNS=64 NODE_CORES=1
+#                 CARGO_TARGET_DIR (where the release build goes)
+# Prints the medians per binary (b1, b2, ... in the order of BINS) and the
+# ratios of each to b1; on a shared machine compare by ratio, not
+# absolutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/cluster.sh
 
-BINS=${BINS:-target/release/seckill}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-64}
 NODE_CORES=${NODE_CORES:-1}
-PORT=${PORT:-6398}
 TOKEN=bench-token
 TICKS=$(getconf CLK_TCK)
 
-bash scripts/redis.sh
-work=$(mktemp -d)
-redis_pid=$(bash scripts/redis.sh start "$PORT" "$work/redis")
-node_pid=""
-cleanup() {
-  [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
-  kill "$redis_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+apt_install wrk wrk
+cluster_build
+BINS=${BINS:-$NODE_BIN}
+cluster_workdir
+work=$CLUSTER_WORK
+cluster_redis "$work"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null |
     awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n + 0}'
 }
+per_order() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / (b > 0 ? b : 1)}'; }
 
-results="$work/results"
+rounds="$work/rounds.csv"
+ratios=()
 for round in $(seq "$ROUNDS"); do
+  i=0
   for bin in $BINS; do
-    out="$work/node.out"
-    : >"$out"
-    "$bin" --listen 127.0.0.1:0 --data-dir "$work/data-$RANDOM" --admin-token "$TOKEN" \
-      --cores "$NODE_CORES" --redis "redis://127.0.0.1:$PORT" --node-id 1 \
-      >"$out" 2>"$work/node.log" &
-    node_pid=$!
-    for _ in $(seq 100); do grep -q 'listening on' "$out" && break; sleep 0.1; done
-    addr=$(grep -o 'http://[0-9.:]*' "$out" | head -n1)
-    [ -n "$addr" ] || { echo "node did not start"; cat "$work/node.log"; exit 1; }
-    sale="h$round-$RANDOM"
-    curl -sf -X PUT "$addr/admin/sales/$sale" -H "Authorization: Bearer $TOKEN" \
-      -H 'Content-Type: application/json' -d '{"stock":100000000,"per_user_limit":1}' >/dev/null
+    i=$((i + 1))
+    NODE_BIN=$bin cluster_node "$work" "b$i-$round" --redis "$CLUSTER_REDIS" --node-id 1
+    addr=$CLUSTER_ADDR pid=${CLUSTER_NODE_PID[b$i-$round]}
+    sale="h$round-$i"
+    cluster_admin "$addr" PUT "/admin/sales/$sale" '{"stock":100000000,"per_user_limit":1}' >/dev/null
     sleep 0.5
-    t0=$(cpu_ticks "$node_pid"); s0=$(switches "$node_pid")
-    rps=$(SALE="$sale" wrk -t1 -c"$CONNS" -d"$DURATION" -s bench/wrk/purchase.lua "$addr" |
-      awk '/Requests\/sec/ {print $2}')
-    t1=$(cpu_ticks "$node_pid"); s1=$(switches "$node_pid")
-    sold=$(curl -s "$addr/sales/$sale" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sold"])')
-    kill "$node_pid"; wait "$node_pid" 2>/dev/null || true; node_pid=""
-    echo "$bin $sold $((t1 - t0)) $((s1 - s0)) $rps ${DURATION%s}" | tee -a "$results"
+    t0=$(cpu_ticks "$pid") s0=$(switches "$pid")
+    SALE="$sale" wrk -t1 -c"$CONNS" -d"$DURATION" -s bench/wrk/purchase.lua "$addr" >"$work/wrk.out"
+    t1=$(cpu_ticks "$pid") s1=$(switches "$pid")
+    sold=$(cluster_admin "$addr" GET "/sales/$sale" | grep -o '"sold":[0-9]*' | cut -d: -f2)
+    cluster_stop_node "b$i-$round"
+    cpu_us=$(awk -v t=$((t1 - t0)) -v k="$TICKS" 'BEGIN {printf "%.0f", t / k * 1e6}')
+    secs=${DURATION%s}
+    {
+      echo "b$i,cpu_us_per_order,$(per_order "$cpu_us" "$sold")"
+      echo "b$i,switches_per_order,$(per_order $((s1 - s0)) "$sold")"
+      echo "b$i,orders_per_s,$(per_order "$sold" "$secs")"
+    } | tee -a "$rounds"
   done
 done
-
-python3 - "$results" "$TICKS" <<'PY'
-import statistics, sys
-rows, ticks = {}, int(sys.argv[2])
-for line in open(sys.argv[1]):
-    b, sold, cpu, sw, rps, secs = line.split()
-    sold = max(int(sold), 1)
-    rows.setdefault(b, []).append((int(cpu) / ticks * 1e6 / sold, int(sw) / sold, sold / float(secs)))
-med = {b: [statistics.median(r[i] for r in rs) for i in range(3)] for b, rs in rows.items()}
-for b, (cpu, sw, ops) in med.items():
-    print(f"{b}: node CPU {cpu:.1f} us/order, {sw:.2f} context switches/order, {ops:.0f} orders/s (medians of {len(rows[b])})")
-bins = list(med)
-for b in bins[1:]:
-    print(f"ratio {b} / {bins[0]}: CPU/order {med[b][0] / med[bins[0]][0]:.2f}, "
-          f"switches/order {med[b][1] / med[bins[0]][1]:.2f}, orders/s {med[b][2] / med[bins[0]][2]:.2f}")
-PY
+i=0
+for bin in $BINS; do
+  i=$((i + 1))
+  echo "b$i = $bin"
+  if [ "$i" -gt 1 ]; then
+    for m in cpu_us_per_order switches_per_order orders_per_s; do ratios+=(--ratio "b$i/b1:$m"); done
+  fi
+done
+cluster_summarize "$rounds" "${ratios[@]}"

@@ -48,7 +48,9 @@ PATH=$PATH:/usr/sbin:/sbin
 apt_install wrk wrk
 apt_install nginx nginx
 bash scripts/redis.sh
-cluster_build_node
+given_bin=${NODE_BIN:-}
+cluster_build -p seckill -p bench # seckill-bench summarizes the rounds
+NODE_BIN=${given_bin:-$NODE_BIN}
 cluster_workdir
 work=$CLUSTER_WORK
 
@@ -143,10 +145,21 @@ print("wrk-cpu-s", r.ru_utime + r.ru_stime)' wrk -t1 -c"$CONNS" -d"$DURATION" "$
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   wrk_cpu=$(awk '/wrk-cpu-s/ {print $2}' <<<"$out")
-  echo "$name $rps $requests ${non2xx:-0} $((s1 - s0)) $((r1 - r0)) $wrk_cpu"
+  # One round's rows for `seckill-bench summarize`: answers/s, 2xx/s, and
+  # µs of CPU per request of the server, Redis and wrk.
+  awk -v n="$name" -v rps="$rps" -v reqs="$requests" -v bad="${non2xx:-0}" \
+    -v server=$((s1 - s0)) -v redis=$((r1 - r0)) -v wrk="$wrk_cpu" -v hz="$(getconf CLK_TCK)" '
+    BEGIN {
+      if (reqs < 1) reqs = 1
+      printf "%s,rps,%.1f\n", n, rps
+      printf "%s,ok_rps,%.1f\n", n, rps * (reqs - bad) / reqs
+      printf "%s,server_us_per_req,%.2f\n", n, server * 1e6 / hz / reqs
+      if (redis > 0) printf "%s,redis_us_per_req,%.2f\n", n, redis * 1e6 / hz / reqs
+      printf "%s,wrk_us_per_req,%.2f\n", n, wrk * 1e6 / reqs
+    }'
 }
 
-results=$work/results
+results=$work/rounds.csv
 for round in $(seq "$ROUNDS"); do
   for scenario in $SCENARIOS; do
     case $scenario in
@@ -173,44 +186,15 @@ for round in $(seq "$ROUNDS"); do
   done | tee -a "$results"
 done
 
-summary=$(python3 - "$results" "$(getconf CLK_TCK)" <<'PY'
-import statistics, sys
-tick = 1e6 / float(sys.argv[2])  # µs per clock tick
-rows = {}
-for line in open(sys.argv[1]):
-    name, rps, reqs, non2xx, server, redis, wrk = line.split()
-    reqs = max(int(reqs), 1)  # answers, of which non2xx were not 2xx
-    rows.setdefault(name, []).append({
-        "rps": float(rps),
-        "ok": float(rps) * (reqs - int(non2xx)) / reqs,
-        "server": int(server) * tick / reqs,
-        "redis": int(redis) * tick / reqs,
-        "wrk": float(wrk) * 1e6 / reqs,
-    })
-med = lambda name, k: statistics.median(r[k] for r in rows[name])
-print("| scenario | answers/s (median) | 2xx/s | rounds (answers/s) | server µs CPU/req | redis µs CPU/req | wrk µs CPU/req |")
-print("|---|---|---|---|---|---|---|")
-for name, rs in rows.items():
-    redis = f"{med(name, 'redis'):.1f}" if any(r["redis"] for r in rs) else "-"
-    each = " ".join(f"{r['rps']:,.0f}" for r in rs)
-    print(f"| {name} | {med(name, 'rps'):,.0f} | {med(name, 'ok'):,.0f} | "
-          f"{each} | {med(name, 'server'):.1f} | {redis} | {med(name, 'wrk'):.1f} |")
-print()
-def ratio(a, b, k="rps", what=""):
-    if a in rows and b in rows:
-        per_round = [x[k] / y[k] for x, y in zip(rows[a], rows[b]) if y[k]]
-        print(f"- {a} / {b}{what}: {med(a, k) / med(b, k):.2f}x "
-              f"(per round {' '.join(f'{x:.2f}' for x in per_round)})")
-ratio("node-soldout", "nginx-post", what=" (target >= 1.1)")
-ratio("node-healthz", "nginx-get")
-ratio("node-soldout", "node-healthz")
-ratio("base-soldout", "nginx-post", what=" (the baseline binary)")
-ratio("node-soldout", "base-soldout", what=" (this binary vs the baseline)")
-ratio("leased-sale", "per-request-sale", "ok", " in orders/s (target >= 1.5)")
-ratio("leased-sale", "nginx-purchase", "ok", " (orders/s vs nginx answers/s)")
-ratio("embedded-sale", "nginx-purchase", "ok", " (orders/s vs nginx answers/s)")
-PY
-)
+summary=$(cluster_summarize "$results" \
+  --ratio node-soldout/nginx-post:rps \
+  --ratio node-healthz/nginx-get:rps \
+  --ratio node-soldout/node-healthz:rps \
+  --ratio base-soldout/nginx-post:rps \
+  --ratio node-soldout/base-soldout:rps \
+  --ratio leased-sale/per-request-sale:ok_rps \
+  --ratio leased-sale/nginx-purchase:ok_rps \
+  --ratio embedded-sale/nginx-purchase:ok_rps)
 settings="ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS NODE_CORES=$NODE_CORES"
 echo
 echo "$summary"
@@ -225,7 +209,9 @@ if [ -n "${OUT:-}" ]; then
     echo
     echo "$summary"
     echo
-    echo "Raw rounds (scenario, answers/s, requests, non-2xx, server ticks, redis ticks, wrk CPU s):"
+    echo "Targets: node-soldout/nginx-post >= 1.1; leased-sale/per-request-sale (ok_rps) >= 1.5."
+    echo
+    echo "Rounds (scenario, metric, value):"
     echo
     echo '```'
     cat "$results"

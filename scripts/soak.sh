@@ -284,21 +284,21 @@ while ((SECONDS - t0 < duration_s)); do
     if ((closed == 0 && t >= duration_s * 4 / 5)); then
       fault "switch_close"
       closed=1
-      curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "${targets[0]}/admin/sales/$sale/close" || true
+      cluster_admin "${targets[0]}" POST "/admin/sales/$sale/close" >/dev/null || true
     elif ((closed == 0 && paused_until > 0 && now >= paused_until)); then
       fault "switch_resume"
       paused_until=0
-      curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "${targets[0]}/admin/sales/$sale/resume" || true
+      cluster_admin "${targets[0]}" POST "/admin/sales/$sale/resume" >/dev/null || true
     elif ((closed == 0 && paused_until == 0 && RANDOM % 7 == 0)); then
       fault "switch_pause"
       paused_until=$((now + 1 + RANDOM % 3))
-      curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "${targets[0]}/admin/sales/$sale/pause" || true
+      cluster_admin "${targets[0]}" POST "/admin/sales/$sale/pause" >/dev/null || true
     fi
   fi
   sleep 1
 done
 if ((paused_until > 0 && closed == 0)); then
-  curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" "${targets[0]}/admin/sales/$sale/resume" || true
+  cluster_admin "${targets[0]}" POST "/admin/sales/$sale/resume" >/dev/null || true
 fi
 echo "soak: load over after ${duration_s}s; the audit runs ${audit_after}s later (payment timeout + settler's grace)"
 
