@@ -72,9 +72,11 @@ fn finished_orders_and_keys_are_forgotten_after_their_retention() {
 /// Buys and cancels from `THREADS` clients, each cycle with
 /// a fresh user and a fresh Idempotency-Key. Memory kept per cycle grows
 /// the node by the same amount in every window of cycles; the allocator's
-/// own warm-up does not. So after a warm-up, the RSS is read after two
-/// equal windows, and the second window may add at most
-/// `GROWTH_LIMIT_KIB`.
+/// own warm-up does not, nor its one-off jumps (a thread cache, an arena
+/// grown once: +1.3 MiB in one window of a CI run, +8 KiB in the next
+/// run). So after a warm-up, the RSS is read after three equal windows,
+/// and at least one of the last two may add at most `GROWTH_LIMIT_KIB`: a
+/// leak grows both.
 #[test]
 fn a_long_buy_cancel_loop_keeps_memory_flat() {
     const THREADS: usize = 4;
@@ -126,12 +128,17 @@ fn a_long_buy_cancel_loop_keeps_memory_flat() {
     let warm_rss = settled_rss(0, WARM_UP);
     let first = settled_rss(WARM_UP, WARM_UP + WINDOW);
     let second = settled_rss(WARM_UP + WINDOW, WARM_UP + 2 * WINDOW);
+    let third = settled_rss(WARM_UP + 2 * WINDOW, WARM_UP + 3 * WINDOW);
     eprintln!(
-        "memory: RSS {warm_rss} KiB after {WARM_UP} buy+cancel cycles, {first} KiB after \
-         {WINDOW} more, {second} KiB after {WINDOW} more"
+        "memory: RSS {warm_rss} KiB after {WARM_UP} buy+cancel cycles, then {first}, \
+         {second} and {third} KiB after each {WINDOW} more"
     );
+    let growth = second
+        .saturating_sub(first)
+        .min(third.saturating_sub(second));
     assert!(
-        second <= first + GROWTH_LIMIT_KIB,
-        "RSS grew from {first} KiB to {second} KiB over {WINDOW} cycles (warm: {warm_rss} KiB)"
+        growth <= GROWTH_LIMIT_KIB,
+        "RSS grew in both windows of {WINDOW} cycles: {first} -> {second} -> {third} KiB \
+         (warm: {warm_rss} KiB)"
     );
 }
